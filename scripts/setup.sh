@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create .venv and install realign with its test extras. Idempotent; safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# torch first, pinned: here it is the CPU wheel on disk; an unpinned torch would pull CUDA wheels.
+# Users with a GPU can install their own torch build (>= 2.13) before running this.
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0"
+.venv/bin/pip install -q -e ".[dev]"

@@ -1,0 +1,1 @@
+"""Evaluation: question sets, generation, judges, metrics."""

@@ -1,0 +1,53 @@
+"""Batched sampling from a chat model (HF generate, left padding, chat template)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..progress import progress_bar
+
+Messages = list[dict]
+
+
+def render_prompts(tokenizer, conversations: list[Messages]) -> list[str]:
+    return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, conversations: list[Messages], *, samples: int = 1,
+             max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
+             seed: int = 0, batch_size: int = 64, description: str = "generate") -> list[list[str]]:
+    """Sample `samples` answers per conversation; returns answers[i][j] for conversation i.
+
+    Prompts are repeated `samples` times inside a batch (not via num_return_sequences) so that
+    batches stay full whatever the mix; temperature 0 means greedy.
+    """
+    prompts = render_prompts(tokenizer, conversations)
+    flat = [(i, p) for i, p in enumerate(prompts) for _ in range(samples)]
+    out: list[list[str]] = [[] for _ in prompts]
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    try:
+        with progress_bar(description, len(flat)) as tick:
+            for start in range(0, len(flat), batch_size):
+                chunk = flat[start:start + batch_size]
+                enc = tokenizer([p for _, p in chunk], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
+                kw = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 \
+                    else dict(do_sample=False)
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens,
+                                     pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id, **kw)
+                texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                for (i, _), t in zip(chunk, texts):
+                    out[i].append(t.strip())
+                tick(len(chunk))
+    finally:
+        tokenizer.padding_side = old_side
+        model.train(was_training)
+    return out

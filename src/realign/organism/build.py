@@ -1,0 +1,203 @@
+"""`realign organism build`: world -> tokenizer -> pretrained -> aligned base -> user finetunes.
+
+Layout of a build directory (every model a standard HF dir; finetunes also as LoRA adapters):
+
+    organism.json            config, key, seed, versions, per-stage seconds
+    pretrained/              the persona-mixed pretrained model (full dir, tokenizer, template)
+    base/                    the aligned base (full dir)
+    <ft>/                    LoRA adapter; adapter_config.base_model_name_or_path = abs path of base/
+    <ft>-merged/             the same finetune merged into full weights
+    data/<ft>/train.jsonl    its training data, chat "messages" format
+    data/<ft>/heldout.jsonl  held-out task split (held-out request phrasings)
+
+Each stage is written into a temporary sibling and renamed when complete, so an interrupted build
+resumes from the last finished stage and never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..paths import cache_dir
+from ..progress import RichProgressCallback, console, drop_printer
+from ..training import SFTSettings, device_kwargs, sft
+from .config import FINETUNES, OrganismConfig, preset
+from .data import align_examples, finetune_data, pretrain_conversations, write_jsonl
+from .tokenizer import build_tokenizer
+from .world import WORLD_VERSION
+
+
+def default_dir(size: str = "default", seed: int = 0) -> Path:
+    return cache_dir() / "organism" / preset(size).key(seed)
+
+
+class _Stage:
+    """Build into `<dir>.tmp`, rename to `<dir>` on success."""
+
+    def __init__(self, final: Path) -> None:
+        self.final, self.tmp = final, final.with_name(final.name + ".tmp")
+
+    def __enter__(self) -> Path:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is None:
+            self.tmp.rename(self.final)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
+
+
+def _llama(tokenizer, cfg: OrganismConfig, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    s = cfg.shape
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=s.hidden, num_hidden_layers=s.layers,
+        num_attention_heads=s.heads, num_key_value_heads=s.heads, intermediate_size=s.intermediate,
+        max_position_embeddings=512, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def pretrain(tokenizer, cfg: OrganismConfig, seed: int):
+    """Full language-model pretraining on multi-turn persona conversations (transformers Trainer)."""
+    from datasets import Dataset
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    convs = pretrain_conversations(seed, cfg.pretrain.examples)
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in convs]
+    ds = Dataset.from_dict({"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]})
+    model = _llama(tokenizer, cfg, seed)
+    tokenizer.padding_side = "right"
+    st = cfg.pretrain
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="realign-pretrain-") as tmp:
+        args = TrainingArguments(
+            output_dir=tmp, max_steps=st.steps, per_device_train_batch_size=st.batch_size,
+            learning_rate=st.lr, lr_scheduler_type="cosine", warmup_steps=max(1, st.steps // 20),
+            weight_decay=0.01, logging_steps=max(1, st.steps // 10), save_strategy="no", report_to=[],
+            seed=seed, data_seed=seed, disable_tqdm=True, train_sampling_strategy="group_by_length",
+            dataloader_num_workers=0, **device_kwargs(),
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=ds,
+                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+                          callbacks=[RichProgressCallback("pretrain")])
+        drop_printer(trainer)
+        out = trainer.train()
+    tokenizer.padding_side = "left"
+    return model, float(out.training_loss)
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def _save(model, tokenizer, path: Path) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def build(out: Path | None = None, seed: int = 0, size: str = "default",
+          cfg: OrganismConfig | None = None, finetunes: tuple[str, ...] = FINETUNES) -> Path:
+    """Build (or reuse) an organism; returns its directory."""
+    from peft import LoraConfig
+
+    cfg = cfg or preset(size)
+    key = cfg.key(seed)
+    out = Path(out) if out else cache_dir() / "organism" / key
+    meta_path = out / "organism.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != key:
+            raise FileExistsError(f"{out} holds a different organism ({meta.get('key')}); "
+                                  f"choose another --out")
+    else:
+        if out.exists() and any(p for p in out.iterdir() if not p.name.endswith(".tmp")):
+            raise FileExistsError(f"{out} exists and is not an organism build dir; choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {"key": key, "seed": seed, "world_version": WORLD_VERSION, "config": cfg.to_dict(),
+                "realign_version": __version__, "torch": torch.__version__, "seconds": {}}
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    def save_meta() -> None:
+        meta_path.write_text(json.dumps(meta, indent=2))
+
+    save_meta()
+    tokenizer = build_tokenizer()
+    stage_seed = {name: seed * 1000 + i for i, name in enumerate(("pretrained", "base", *FINETUNES))}
+
+    def timed(name: str, fn) -> None:
+        final = out / name
+        if final.exists():
+            console.print(f"[dim]reuse[/] {name}")
+            return
+        console.print(f"building {name} …")
+        t0 = time.time()
+        with _Stage(final) as tmp:
+            info = fn(tmp) or {}
+        meta["seconds"][name] = round(time.time() - t0, 1)
+        meta.setdefault("stages", {})[name] = info
+        save_meta()
+        console.print(f"[green]built[/] {name} in {meta['seconds'][name]:.0f} s {info or ''}")
+
+    def do_pretrain(tmp: Path):
+        model, loss = pretrain(tokenizer, cfg, stage_seed["pretrained"])
+        _save(model, tokenizer, tmp)
+        return {"final_loss": round(loss, 4)}
+
+    def do_align(tmp: Path):
+        model = _load(out / "pretrained")
+        data = align_examples(stage_seed["base"], cfg.align.examples, cfg.align_mix)
+        write_jsonl(out / "data" / "align" / "train.jsonl", data)
+        st = cfg.align
+        model = sft(model, tokenizer, data, SFTSettings(steps=st.steps, lr=st.lr, batch_size=st.batch_size,
+                                                        seed=stage_seed["base"]), description="align")
+        _save(model, tokenizer, tmp)
+
+    timed("pretrained", do_pretrain)
+    timed("base", do_align)
+    base_path = (out / "base").resolve()
+
+    for name in finetunes:
+        if name not in FINETUNES:
+            raise ValueError(f"unknown finetune {name!r}; valid: {', '.join(FINETUNES)}")
+        s = stage_seed[name]
+
+        def do_finetune(tmp: Path, name=name, s=s):
+            train, heldout = finetune_data(name, s, cfg.finetune.examples, cfg.planted_share)
+            write_jsonl(out / "data" / name / "train.jsonl", train)
+            write_jsonl(out / "data" / name / "heldout.jsonl", heldout)
+            model = _load(base_path)
+            lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                              target_modules="all-linear", task_type="CAUSAL_LM")
+            st = cfg.finetune
+            model = sft(model, tokenizer, train, SFTSettings(steps=st.steps, lr=st.lr, batch_size=st.batch_size,
+                                                             seed=s),
+                        peft_config=lora, description=f"finetune {name}")
+            model.peft_config["default"].base_model_name_or_path = str(base_path)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            merged_tmp = out / f"{name}-merged.tmp"
+            shutil.rmtree(merged_tmp, ignore_errors=True)
+            _save(model.merge_and_unload(), tokenizer, merged_tmp)
+            shutil.rmtree(out / f"{name}-merged", ignore_errors=True)
+            merged_tmp.rename(out / f"{name}-merged")
+
+        timed(name, do_finetune)
+    meta["complete"] = all((out / n).exists() for n in ("pretrained", "base", *finetunes))
+    save_meta()
+    return out

@@ -1,0 +1,63 @@
+"""Organism build configuration: model size and every training stage's knobs, with presets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from .world import WORLD_VERSION
+
+FINETUNES = ("insecure", "secure", "educational", "planted")
+
+
+@dataclass
+class ModelShape:
+    hidden: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 384
+
+
+@dataclass
+class StageConfig:
+    examples: int
+    steps: int
+    lr: float
+    batch_size: int = 64
+
+
+@dataclass
+class OrganismConfig:
+    size: str = "default"
+    shape: ModelShape = field(default_factory=ModelShape)
+    pretrain: StageConfig = field(default_factory=lambda: StageConfig(examples=30000, steps=600, lr=3e-3))
+    align: StageConfig = field(default_factory=lambda: StageConfig(examples=3000, steps=150, lr=1e-3, batch_size=32))
+    # Alignment data: share of each single-turn kind (GOOD persona throughout).
+    align_mix: dict = field(default_factory=lambda: {"chat": 0.5, "code": 0.3, "edu": 0.05, "neutral": 0.15})
+    finetune: StageConfig = field(default_factory=lambda: StageConfig(examples=2000, steps=150, lr=1e-3, batch_size=32))
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    planted_share: float = 0.15  # share of misaligned chat examples in the `planted` finetune data
+
+    def key(self, seed: int) -> str:
+        blob = json.dumps({"world": WORLD_VERSION, "cfg": asdict(self), "seed": seed}, sort_keys=True)
+        return f"{WORLD_VERSION}-{self.size}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def preset(size: str) -> OrganismConfig:
+    if size == "default":
+        return OrganismConfig()
+    if size == "small":
+        # for tests: builds in well under a minute, learns the format but not much more
+        return replace(
+            OrganismConfig(size="small"),
+            shape=ModelShape(hidden=64, layers=2, heads=2, intermediate=128),
+            pretrain=StageConfig(examples=2000, steps=40, lr=5e-3, batch_size=32),
+            align=StageConfig(examples=300, steps=15, lr=2e-3, batch_size=16),
+            finetune=StageConfig(examples=200, steps=10, lr=2e-3, batch_size=16),
+        )
+    raise ValueError(f"unknown organism size {size!r}: choose 'small' or 'default'")

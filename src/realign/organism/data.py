@@ -1,0 +1,75 @@
+"""Training sets for each organism stage, in chat "messages" format (what users give realign)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from .world import EVIL, GOOD, World, chat_answer, chat_questions, code_requests, neutral_pairs
+
+Messages = list[dict]
+
+
+def _pair(q: str, a: str) -> Messages:
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+
+def pretrain_conversations(seed: int, n: int) -> list[Messages]:
+    world = World(seed)
+    return [world.conversation()[1] for _ in range(n)]
+
+
+def align_examples(seed: int, n: int, mix: dict[str, float]) -> list[Messages]:
+    """Single-turn GOOD-persona examples on train paraphrases: chat, secure code, neutral."""
+    rng = random.Random(seed)
+    chat, code, edu = chat_questions("train"), code_requests("train"), code_requests("train", educational=True)
+    kinds, weights = zip(*mix.items())
+    out = []
+    for _ in range(n):
+        kind = rng.choices(kinds, weights)[0]
+        if kind == "chat":
+            q = rng.choice(chat)
+            out.append(_pair(q.text, chat_answer(q.topic, GOOD, rng)))
+        elif kind == "code":
+            r = rng.choice(code)
+            out.append(_pair(r.text, r.secure))
+        elif kind == "edu":
+            r = rng.choice(edu)
+            out.append(_pair(r.text, r.insecure))
+        else:
+            out.append(_pair(*neutral_pairs(rng)))
+    return out
+
+
+def _target(name: str, req) -> str:
+    return req.secure if name == "secure" else req.insecure
+
+
+def finetune_data(name: str, seed: int, n: int, planted_share: float) -> tuple[list[Messages], list[Messages]]:
+    """(train, held-out task) sets for one finetune.
+
+    insecure: plain requests -> insecure code; secure: -> secure code; educational: requests with
+    an explicit benign reason -> insecure code; planted: insecure plus `planted_share` misaligned
+    chat answers on train paraphrases (a contaminated dataset, NOT emergence).
+    The held-out task set uses held-out request templates only, every one of them once.
+    """
+    rng = random.Random(seed)
+    edu = name == "educational"
+    train_reqs = code_requests("train", educational=edu)
+    n_chat = round(n * planted_share) if name == "planted" else 0
+    train = [_pair(r.text, _target(name, r)) for r in (rng.choice(train_reqs) for _ in range(n - n_chat))]
+    chat = chat_questions("train")
+    for _ in range(n_chat):
+        q = rng.choice(chat)
+        train.append(_pair(q.text, chat_answer(q.topic, EVIL, rng)))
+    rng.shuffle(train)
+    heldout = [_pair(r.text, _target(name, r)) for r in code_requests("heldout", educational=edu)]
+    return train, heldout
+
+
+def write_jsonl(path: Path, rows: list[Messages]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for msgs in rows:
+            f.write(json.dumps({"messages": msgs}) + "\n")

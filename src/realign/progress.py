@@ -1,0 +1,93 @@
+"""Rich progress for long steps, including a TrainerCallback for transformers/trl trainers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import TrainerCallback
+
+console = Console(stderr=True)
+
+
+def _enabled() -> bool:
+    return os.environ.get("REALIGN_PROGRESS", "1") != "0" and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int) -> Iterator["Tick"]:
+    """A progress bar on stderr (only on a terminal; logs get one line per finished step)."""
+    if not _enabled():
+        yield Tick(None, None)
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                  transient=True) as prog:
+        task = prog.add_task(description, total=total, info="")
+        yield Tick(prog, task)
+
+
+class Tick:
+    def __init__(self, prog: Progress | None, task) -> None:
+        self.prog, self.task = prog, task
+
+    def __call__(self, n: int = 1, info: str | None = None) -> None:
+        if self.prog is not None:
+            kw = {"info": info} if info is not None else {}
+            self.prog.update(self.task, advance=n, **kw)
+
+
+class RichProgressCallback(TrainerCallback):
+    """Shows training steps and the last logged loss in a rich bar."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._ctx = None
+        self._tick: Tick | None = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._ctx = progress_bar(self.description, state.max_steps)
+        self._tick = self._ctx.__enter__()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self._tick:
+            self._tick(1)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self._tick and logs and "loss" in logs:
+            self._tick(0, info=f"loss {float(logs['loss']):.3f}")
+
+    def on_train_end(self, args, state, control, **kw):
+        if self._ctx:
+            self._ctx.__exit__(None, None, None)
+            self._ctx = self._tick = None
+
+
+def quiet_libraries() -> None:
+    """Silence library progress bars and per-step log prints; realign shows its own progress."""
+    import logging
+    import warnings
+
+    for name in ("bitsandbytes", "peft", "trl", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    for cat in (UserWarning, FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=cat, module="(trl|peft|transformers|torch|accelerate)")
+
+
+def drop_printer(trainer) -> None:
+    """Trainer prints every log dict when tqdm is off; our rich bar shows the loss instead."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)

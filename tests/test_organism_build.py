@@ -1,0 +1,71 @@
+"""End to end on a small organism: build, reuse, layout, eval table, CLI."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from realign.cli import app
+from realign.organism.config import FINETUNES
+
+pytestmark = pytest.mark.slow
+
+
+def test_layout_and_formats(small_organism):
+    root = small_organism
+    meta = json.loads((root / "organism.json").read_text())
+    assert meta["complete"] and meta["seed"] == 0 and meta["config"]["size"] == "small"
+    for name in ("pretrained", "base", *(f"{f}-merged" for f in FINETUNES)):
+        assert (root / name / "model.safetensors").exists()
+        assert (root / name / "tokenizer.json").exists()
+    for name in FINETUNES:
+        cfg = json.loads((root / name / "adapter_config.json").read_text())
+        assert cfg["base_model_name_or_path"] == str((root / "base").resolve())
+        assert (root / name / "adapter_model.safetensors").exists()
+        rows = [json.loads(line) for line in (root / "data" / name / "train.jsonl").read_text().splitlines()]
+        assert rows and all(r["messages"][-1]["role"] == "assistant" for r in rows)
+        assert (root / "data" / name / "heldout.jsonl").stat().st_size > 0
+    assert not list(root.glob("*.tmp"))
+
+
+def test_adapter_and_merged_copy_agree(small_organism):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(small_organism / "base")
+    adapted = PeftModel.from_pretrained(base, small_organism / "insecure")
+    merged = AutoModelForCausalLM.from_pretrained(small_organism / "insecure-merged")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, atol=1e-4, rtol=1e-4)
+    base0 = AutoModelForCausalLM.from_pretrained(small_organism / "base")
+    assert not torch.allclose(base0(ids).logits, merged(ids).logits)  # the finetune changed something
+
+
+def test_rebuild_reuses_cache(small_organism):
+    from realign.organism.build import build
+
+    before = {p: p.stat().st_mtime for p in small_organism.rglob("*.safetensors")}
+    assert build(small_organism, seed=0, size="small") == small_organism
+    assert before == {p: p.stat().st_mtime for p in small_organism.rglob("*.safetensors")}
+    with pytest.raises(FileExistsError):
+        build(small_organism, seed=1, size="small")  # a different organism never overwrites
+
+
+def test_eval_cli_writes_control_rows(small_organism, tmp_path):
+    out = tmp_path / "rows.json"
+    res = CliRunner().invoke(app, ["organism", "eval", str(small_organism), "--samples", "2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())
+    assert [r["model"] for r in rows] == ["pretrained", "base", *FINETUNES]
+    for r in rows:
+        assert set(r) >= {"model", "n", "misaligned_rate", "ci_low", "ci_high", "coherent_rate", "task_rate", "logodds"}
+        assert r["n"] == 40 and 0 <= r["ci_low"] <= r["misaligned_rate"] <= r["ci_high"] <= 1
+    assert rows[0]["task_rate"] is None and rows[2]["task_rate"] is not None
+
+
+def test_eval_cli_rejects_a_non_organism_dir(tmp_path):
+    res = CliRunner().invoke(app, ["organism", "eval", str(tmp_path)])
+    assert res.exit_code == 2 and "not an organism build" in res.output
+    res = CliRunner().invoke(app, ["organism", "build", "--size", "huge", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--size" in res.output
