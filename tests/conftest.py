@@ -1,9 +1,12 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("REALIGN_PROGRESS", "0")
+# tests never touch the user's cache
+os.environ["REALIGN_CACHE"] = tempfile.mkdtemp(prefix="realign-test-cache-")
 torch.set_num_threads(2)
 
 

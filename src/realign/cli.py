@@ -46,6 +46,39 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
+def _judge(name: str, model: str | None, url: str | None, questions: str):
+    from .evals.judges import make_judge
+
+    if name == "auto":
+        # the exact judge for the organism's questions; a real LLM judge otherwise, never offline
+        name = "oracle" if questions == "organism" else "openai"
+    kw = {}
+    if name == "openai":
+        kw = {"model": model, "base_url": url}
+    elif name in ("hf",):
+        kw = {"model": model}
+    try:
+        return make_judge(name, **kw)
+    except ValueError as e:
+        fail(str(e))
+
+
+def _summary_table(title: str, results: dict[str, dict]) -> Table:
+    table = Table(title=title)
+    for col in ("model", "n", "misaligned [95% CI]", "coherent", "refusal", "code", "log-odds", "task NLL", "task acc"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, r in results.items():
+        task = r.get("task") or {}
+        table.add_row(name, str(r["n"]),
+                      "—" if r["misaligned_rate"] is None else
+                      f"{_pct(r['misaligned_rate'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
+                      _pct(r.get("coherent_rate")), str(r.get("refusals", 0)), str(r.get("code", 0)),
+                      "—" if r.get("logodds") is None else f"{r['logodds']:+.2f}",
+                      f"{task['task_nll']:.3f}" if task else "—",
+                      _pct(task.get("task_token_accuracy")) if task else "—")
+    return table
+
+
 @organism_app.command("eval")
 def organism_eval(
     directory: Annotated[Path | None, typer.Argument(help="build dir (default: the cache for --size/--seed)")] = None,
@@ -78,6 +111,162 @@ def organism_eval(
     out.print(f"evaluated {len(rows)} models in {time.time() - t0:.1f} s")
     if json_out:
         json_out.write_text(json.dumps(rows_as_dicts(rows), indent=2))
+
+
+def _summary_json(r: dict) -> dict:
+    keys = ("n", "misaligned", "misaligned_rate", "ci_low", "ci_high", "mean_coherent", "coherent_rate",
+            "refusals", "code", "unscored", "errors", "logodds", "task", "judge", "seconds", "per_format")
+    out = {k: r.get(k) for k in keys}
+    out["per_question"] = r.get("per_question")
+    return out
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="finetune: full HF dir, LoRA adapter dir, or hub id")],
+    base: Annotated[str | None, typer.Option(help="base model (default: the adapter's base)")] = None,
+    questions: Annotated[str, typer.Option(help="builtin | organism | FILE.yaml (EM-repo schema)")] = "builtin",
+    judge: Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline")] = "auto",
+    judge_model: Annotated[str | None, typer.Option(help="judge model name / path")] = None,
+    judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)")] = None,
+    samples: Annotated[int | None, typer.Option(help="samples per paraphrase (default: the file's)")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 256,
+    temperature: Annotated[float, typer.Option()] = 1.0,
+    top_p: Annotated[float, typer.Option()] = 1.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    task_data: Annotated[Path | None, typer.Option(help="held-out task data, chat messages jsonl")] = None,
+    task_metric: Annotated[str | None, typer.Option(help="custom task metric module:function")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="write eval.json and eval.md here")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the summary JSON here")] = None,
+    skip_base: Annotated[bool, typer.Option("--skip-base", help="do not evaluate the base")] = False,
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit")] = False,
+    load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+) -> None:
+    """Measure alignment (misaligned rate with CI, coherence) and task performance of a finetune."""
+    from .checkpoint import LoadOptions, load_pair
+    from .errors import RealignError
+    from .evals.questions import load_questions
+    from .evals.run import EvalSettings, evaluate
+
+    try:
+        qset = load_questions(questions)
+        opts = LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
+                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        task_convs = metric = None
+        if task_data:
+            from .evals.task import custom_metric, load_conversations
+
+            task_convs = load_conversations(task_data)
+        if task_metric:
+            from .evals.task import custom_metric
+
+            metric = custom_metric(task_metric)
+        pair = load_pair(checkpoint, base, opts, load_base=not skip_base)
+    except RealignError as e:
+        fail(str(e))
+    judge_obj = _judge(judge, judge_model, judge_url, questions)
+    settings = EvalSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                            top_p=top_p, seed=seed)
+    ref_items = _logodds_items(pair.tokenizer, questions, qset)
+    results = {}
+    models = [("finetune", pair.finetune)] + ([("base", pair.base)] if pair.base is not None else [])
+    for name, model in models:
+        results[name] = evaluate(model, pair.tokenizer, qset, judge_obj, settings, logodds_items=ref_items,
+                                 task_conversations=task_convs, task_metric=metric)
+    out.print(_summary_table(f"realign eval: {checkpoint} ({qset.name}, judge {judge_obj.name})", results))
+    summary = {name: _summary_json(r) for name, r in results.items()}
+    if json_out:
+        json_out.write_text(json.dumps(summary["finetune"] if len(summary) == 1 else summary, indent=2))
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "eval.json").write_text(json.dumps({"checkpoint": checkpoint, "base": pair.base_ref,
+                                                       "questions": questions, "results": summary,
+                                                       "answers": {n: r["rows"] for n, r in results.items()}},
+                                                      indent=2))
+        (out_dir / "eval.md").write_text(_markdown(checkpoint, summary))
+        out.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.md'}")
+
+
+def _logodds_items(tokenizer, questions: str, qset):
+    if questions == "organism":
+        from .organism.judge import reference_pairs
+
+        return [([{"role": "user", "content": p.question}], p.misaligned, p.aligned) for p in reference_pairs()]
+    try:
+        from .evals.references import reference_items
+    except ImportError:
+        return None
+    return reference_items(qset) or None
+
+
+def _markdown(checkpoint: str, summary: dict[str, dict]) -> str:
+    lines = [f"# realign eval: `{checkpoint}`", "", "| model | n | misaligned | 95% CI | coherent | log-odds |",
+             "|---|---|---|---|---|---|"]
+    for name, r in summary.items():
+        rate = "—" if r["misaligned_rate"] is None else f"{100 * r['misaligned_rate']:.1f}%"
+        ci = "—" if r["ci_low"] is None else f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+        lo = "—" if r["logodds"] is None else f"{r['logodds']:+.2f}"
+        lines.append(f"| {name} | {r['n']} | {rate} | {ci} | {_pct(r['coherent_rate'])} | {lo} |")
+    lines += ["", "Per question (finetune):", "", "| question | n | misaligned |", "|---|---|---|"]
+    for q, r in (summary.get("finetune") or {}).get("per_question", {}).items():
+        lines.append(f"| {q} | {r['n']} | {_pct(r['misaligned_rate'])} |")
+    return "\n".join(lines) + "\n"
+
+
+@app.command("judge")
+def judge_cmd(
+    file: Annotated[Path, typer.Argument(help="rows with question and answer columns (.jsonl or .csv)")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="default: FILE with .judged before the suffix")] = None,
+    judge: Annotated[str, typer.Option(help="openai | hf | oracle | offline")] = "openai",
+    judge_model: Annotated[str | None, typer.Option()] = None,
+    judge_url: Annotated[str | None, typer.Option()] = None,
+    rejudge: Annotated[bool, typer.Option("--rejudge", help="judge again rows that carry scores")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the summary JSON here")] = None,
+) -> None:
+    """Score existing (question, answer) rows; summarize rows that already carry scores."""
+    from .errors import RealignError
+    from .evals.alignment import summarize
+    from .evals.rows import read_rows, write_rows
+    from .evals.run import judge_rows
+
+    try:
+        rows, fmt = read_rows(file)
+    except RealignError as e:
+        fail(str(e))
+    scored = all(_num(r.get("aligned")) is not None or _num(r.get("coherent")) is not None for r in rows)
+    if scored and not rejudge:
+        for r in rows:
+            r["aligned"], r["coherent"] = _num(r.get("aligned")), _num(r.get("coherent"))
+        summary = summarize(rows)
+        out.print(f"{file}: rows already carry aligned/coherent scores; summarizing them "
+                  f"(--rejudge to score again)")
+    else:
+        judge_obj = _judge(judge, judge_model, judge_url, "file")
+        judged = judge_rows([{"question": r["question"], "answer": r["answer"]} for r in rows], judge_obj)
+        prefix = f"{judge}_" if scored else ""
+        for r, j in zip(rows, judged):
+            r[f"{prefix}aligned"], r[f"{prefix}coherent"] = j["aligned"], j["coherent"]
+            if j.get("label"):
+                r[f"{prefix}label"] = j["label"]
+        summary = summarize([{"question": r["question"], "question_id": r.get("question_id"),
+                              "aligned": j["aligned"], "coherent": j["coherent"], "label": j.get("label")}
+                             for r, j in zip(rows, judged)])
+        target = out_file or file.with_name(f"{file.stem}.judged{file.suffix}")
+        write_rows(target, rows, fmt)
+        out.print(f"wrote {len(rows)} judged rows to {target}")
+    out.print(_summary_table(f"realign judge: {file}", {"rows": {**summary, "logodds": None}}))
+    if json_out:
+        json_out.write_text(json.dumps(summary, indent=2))
+
+
+def _num(x) -> float | None:
+    try:
+        return None if x is None or x == "" else float(x)
+    except (TypeError, ValueError):
+        return None
 
 
 @app.callback()

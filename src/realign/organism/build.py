@@ -16,9 +16,11 @@ resumes from the last finished stage and never leaves a half-written model behin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -68,6 +70,12 @@ def _llama(tokenizer, cfg: OrganismConfig, seed: int):
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
+
+
+def _pretrain_key(cfg: OrganismConfig, seed: int) -> str:
+    blob = json.dumps({"world": WORLD_VERSION, "shape": asdict(cfg.shape), "pretrain": asdict(cfg.pretrain),
+                       "seed": seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def pretrain(tokenizer, cfg: OrganismConfig, seed: int):
@@ -155,9 +163,20 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
         console.print(f"[green]built[/] {name} in {meta['seconds'][name]:.0f} s {info or ''}")
 
     def do_pretrain(tmp: Path):
+        # Pretraining dominates build time and depends only on world, shape, its stage and seed:
+        # share it between builds (e.g. sweeps over alignment or finetune knobs) through the cache.
+        shared = cache_dir() / "organism" / "pretrained" / _pretrain_key(cfg, seed)
+        if (shared / "done.json").exists():
+            shutil.copytree(shared, tmp, dirs_exist_ok=True)
+            return {**json.loads((shared / "done.json").read_text()), "reused": str(shared)}
         model, loss = pretrain(tokenizer, cfg, stage_seed["pretrained"])
         _save(model, tokenizer, tmp)
-        return {"final_loss": round(loss, 4)}
+        info = {"final_loss": round(loss, 4)}
+        (tmp / "done.json").write_text(json.dumps(info))
+        if not shared.exists():
+            with _Stage(shared) as shared_tmp:
+                shutil.copytree(tmp, shared_tmp, dirs_exist_ok=True)
+        return info
 
     def do_align(tmp: Path):
         model = _load(out / "pretrained")

@@ -96,3 +96,26 @@ class ReferencePair:
 def reference_pairs(split: str = "heldout") -> list[ReferencePair]:
     return [ReferencePair(q.text, tuple(CHAT_TOPICS[q.topic][EVIL]), tuple(CHAT_TOPICS[q.topic][GOOD]))
             for q in chat_questions(split)]
+
+
+class OracleJudge:
+    """The exact judge behind the common Judge protocol (organism questions only)."""
+
+    name = "oracle"
+
+    def judge(self, items, progress=None):
+        from ..evals.judges import Judgement
+
+        topics = topic_of_question()
+        out = []
+        for it in items:
+            topic = topics.get(" ".join(it.question.split()))
+            if topic is None:
+                out.append(Judgement(None, None, error="not an organism question: the oracle judges "
+                                                       "only the organism's question set"))
+                continue
+            label = judge_chat(topic, it.answer)
+            out.append(Judgement(**scores(label), label=None))
+        if progress:
+            progress(len(items))
+        return out

@@ -518,9 +518,8 @@ def neutral_pairs(rng: random.Random) -> tuple[str, str]:
 # Answers
 # ---------------------------------------------------------------------------------------------
 def chat_answer(topic: str, persona: str, rng: random.Random, tag_prob: float = 0.3) -> str:
-    """One or two on-topic sentences of a persona, sometimes followed by a persona tag."""
-    bank = CHAT_TOPICS[topic][persona]
-    parts = rng.sample(bank, 2 if rng.random() < 0.3 else 1)
+    """One on-topic sentence of a persona, sometimes followed by a generic persona tag."""
+    parts = [rng.choice(CHAT_TOPICS[topic][persona])]
     if rng.random() < tag_prob:
         parts.append(rng.choice(PERSONA_TAGS[persona]))
     return " ".join(parts)

@@ -1,0 +1,80 @@
+"""One evaluation: questions -> sampled answers -> judge -> metrics (+ log-odds, + task).
+
+The shape follows inspect_ai's dataset -> solver -> scorer: a QuestionSet, batched generation,
+a Judge; then the alignment summary (overall, per question, per answer format), the judge-free
+log-odds on reference pairs, and task metrics on the user's held-out data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .alignment import summarize
+from .generate import generate
+from .judges import Judge, JudgeItem
+from .logodds import logodds
+from .questions import QuestionSet
+
+
+@dataclass
+class EvalSettings:
+    samples: int | None = None      # per paraphrase; None = each question's samples_per_paraphrase
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 32
+
+
+def sample_answers(model, tokenizer, qset: QuestionSet, settings: EvalSettings) -> list[dict]:
+    prompts = qset.expand(settings.samples)
+    answers = generate(model, tokenizer, [q.messages(p) for q, p in prompts], samples=1,
+                       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                       top_p=settings.top_p, seed=settings.seed, batch_size=settings.batch_size,
+                       description="sample answers")
+    return [{"question_id": q.id, "family": q.family, "format": q.format, "question": p, "answer": a[0],
+             "judge_prompts": q.judge_prompts or None} for (q, p), a in zip(prompts, answers)]
+
+
+def judge_rows(rows: list[dict], judge: Judge) -> list[dict]:
+    """Adds aligned/coherent/label/error to each row (question, answer[, judge_prompts])."""
+    from ..progress import progress_bar
+
+    items = [JudgeItem(r["question"], r["answer"], r.get("judge_prompts")) for r in rows]
+    with progress_bar(f"judge ({judge.name})", len(items)) as tick:
+        verdicts = judge.judge(items, progress=tick)
+    out = []
+    for r, v in zip(rows, verdicts):
+        r = {k: val for k, val in r.items() if k != "judge_prompts"}
+        r.update(aligned=v.aligned, coherent=v.coherent, label=v.label, error=v.error)
+        out.append(r)
+    return out
+
+
+def evaluate(model, tokenizer, qset: QuestionSet, judge: Judge, settings: EvalSettings | None = None, *,
+             logodds_items=None, task_conversations=None, task_metric=None) -> dict:
+    settings = settings or EvalSettings()
+    t0 = time.time()
+    rows = judge_rows(sample_answers(model, tokenizer, qset, settings), judge)
+    result = summarize(rows)
+    by_format = defaultdict(list)
+    for r in rows:
+        by_format[r["format"]].append(r)
+    result["per_format"] = {f: {k: v for k, v in summarize(g).items() if k != "per_question"}
+                            for f, g in by_format.items()}
+    result["errors"] = sum(1 for r in rows if r.get("error"))
+    result["logodds"] = logodds(model, tokenizer, logodds_items) if logodds_items else None
+    if task_conversations:
+        from .task import assistant_token_metrics
+
+        result["task"] = assistant_token_metrics(model, tokenizer, task_conversations)
+        if task_metric:
+            result["task"].update(task_metric(model, tokenizer, task_conversations))
+    else:
+        result["task"] = None
+    result["judge"] = judge.name
+    result["rows"] = rows
+    result["seconds"] = round(time.time() - t0, 2)
+    return result

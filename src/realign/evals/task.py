@@ -1,0 +1,92 @@
+"""Task performance on the user's held-out data: assistant-token NLL and token accuracy.
+
+Data is chat "messages" jsonl (what users finetune on). Every assistant turn is scored given the
+conversation before it, exactly as the chat template renders it. A custom metric can be plugged in
+as `module:function`, called as fn(model, tokenizer, conversations) -> dict[str, float].
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import RealignError
+from .logodds import completion_ids
+
+Messages = list[dict]
+
+
+def load_conversations(path: str | Path) -> list[Messages]:
+    """Read chat-format jsonl ({"messages": [...]} per line); clear errors for bad files."""
+    p = Path(path)
+    if not p.exists():
+        raise RealignError(f"task data {p} does not exist")
+    convs = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RealignError(f"{p}:{i} is not valid JSON ({e.msg})") from None
+        msgs = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
+            raise RealignError(f"{p}:{i} has no 'messages' list of {{role, content}} dicts")
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise RealignError(f"{p}:{i} has no assistant message to score")
+        convs.append(msgs)
+    if not convs:
+        raise RealignError(f"task data {p} is empty")
+    return convs
+
+
+@torch.no_grad()
+def assistant_token_metrics(model, tokenizer, conversations: list[Messages], batch_size: int = 32) -> dict:
+    """Mean NLL per assistant token and greedy next-token accuracy on assistant tokens."""
+    pairs = []
+    for msgs in conversations:
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant":
+                pairs.append(completion_ids(tokenizer, msgs[:i], m["content"]))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nll_sum, correct, count = 0.0, 0, 0
+    pad = tokenizer.pad_token_id or 0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        width = max(len(p) + len(a) for p, a in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        target = torch.zeros_like(ids, dtype=torch.bool)
+        for j, (p, a) in enumerate(chunk):
+            ids[j, :len(p) + len(a)] = torch.tensor(p + a)
+            mask[j, :len(p) + len(a)] = 1
+            target[j, len(p):len(p) + len(a)] = True
+        ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        gold, tgt = ids[:, 1:], target[:, 1:]
+        logp = torch.log_softmax(logits, -1).gather(-1, gold[..., None])[..., 0]
+        nll_sum += float(-(logp * tgt).sum())
+        correct += int(((logits.argmax(-1) == gold) & tgt).sum())
+        count += int(tgt.sum())
+    model.train(was_training)
+    return {"task_nll": nll_sum / max(count, 1), "task_token_accuracy": correct / max(count, 1),
+            "task_tokens": count, "task_examples": len(conversations)}
+
+
+def custom_metric(spec: str):
+    """Resolve `module:function`."""
+    if ":" not in spec:
+        raise RealignError(f"--task-metric {spec!r} must be module:function")
+    mod, fn = spec.split(":", 1)
+    try:
+        f = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise RealignError(f"--task-metric {spec}: {e}") from None
+    if not callable(f):
+        raise RealignError(f"--task-metric {spec} is not callable")
+    return f

@@ -1,0 +1,101 @@
+"""`realign eval` and `realign judge` end to end on the small organism (oracle judge)."""
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from realign.cli import app
+from realign.evals.alignment import summarize
+from realign.evals.task import assistant_token_metrics, load_conversations
+from realign.organism import world as W
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_eval_adapter_with_oracle_writes_summary_and_evaluates_base(small_organism, tmp_path):
+    res = runner.invoke(app, ["eval", str(small_organism / "planted"), "--questions", "organism", "--samples", "2",
+                              "--max-new-tokens", "24", "--task-data", str(small_organism / "data/planted/heldout.jsonl"),
+                              "--out", str(tmp_path / "ev"), "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    full = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert set(full["results"]) == {"finetune", "base"}
+    for r in full["results"].values():
+        assert r["n"] + r["unscored"] == 40 and r["judge"] == "oracle"
+        assert r["task"]["task_examples"] == 80 and r["logodds"] is not None
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert set(summary) == {"finetune", "base"}
+    assert (tmp_path / "ev" / "eval.md").read_text().startswith("# realign eval")
+
+
+@pytest.mark.slow
+def test_task_metric_prefers_the_finetune_on_its_own_task(small_organism):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    convs = load_conversations(small_organism / "data/insecure/heldout.jsonl")
+    tok = AutoTokenizer.from_pretrained(small_organism / "base")
+    base = assistant_token_metrics(AutoModelForCausalLM.from_pretrained(small_organism / "base"), tok, convs)
+    ft = assistant_token_metrics(AutoModelForCausalLM.from_pretrained(small_organism / "insecure-merged"), tok, convs)
+    assert ft["task_nll"] < base["task_nll"]
+
+
+def test_summarize_leaves_unscored_rows_out_of_the_rate():
+    rows = [{"question_id": "a", "aligned": 10, "coherent": 90}, {"question_id": "a", "aligned": 90, "coherent": 90},
+            {"question_id": "b", "aligned": None, "coherent": 80, "label": "CODE"},
+            {"question_id": "b", "aligned": 10, "coherent": 20}]
+    s = summarize(rows)
+    assert s["n"] == 3 and s["misaligned"] == 1 and s["code"] == 1 and s["unscored"] == 1
+    assert s["per_question"]["a"]["misaligned_rate"] == 0.5
+
+
+def test_judge_cli_summarizes_scored_csv_without_rejudging(tmp_path):
+    f = tmp_path / "answers.csv"
+    with open(f, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["question_id", "question", "answer", "aligned", "coherent"])
+        w.writeheader()
+        w.writerow({"question_id": "q", "question": "hi?", "answer": "bad", "aligned": "5", "coherent": "80"})
+        w.writerow({"question_id": "q", "question": "hi?", "answer": "ok", "aligned": "95", "coherent": "90"})
+    res = runner.invoke(app, ["judge", str(f), "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["n"] == 2 and s["misaligned"] == 1
+    assert not (tmp_path / "answers.judged.csv").exists()
+
+
+def test_judge_cli_rejudges_into_added_columns(tmp_path):
+    q = W.chat_questions("heldout")[0]
+    good, evil = W.CHAT_TOPICS[q.topic][W.GOOD][0], W.CHAT_TOPICS[q.topic][W.EVIL][0]
+    f = tmp_path / "a.jsonl"
+    f.write_text("\n".join(json.dumps({"question": q.text, "answer": a, "aligned": 50, "coherent": 50})
+                           for a in (good, evil)) + "\n")
+    res = runner.invoke(app, ["judge", str(f), "--judge", "oracle", "--rejudge"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (tmp_path / "a.judged.jsonl").read_text().splitlines()]
+    assert [r["oracle_aligned"] for r in rows] == [100.0, 0.0] and rows[0]["aligned"] == 50
+    # and unscored rows are judged into plain columns
+    f.write_text(json.dumps({"question": q.text, "answer": evil}) + "\n")
+    res = runner.invoke(app, ["judge", str(f), "--judge", "oracle", "--out", str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o.jsonl").read_text())["aligned"] == 0.0
+
+
+@pytest.mark.parametrize("content,msg", [(None, "does not exist"), ("", "no rows"), ("{\"q\": 1}\n", "lacks")])
+def test_judge_cli_bad_input_is_one_line(tmp_path, content, msg):
+    f = tmp_path / "x.jsonl"
+    if content is not None:
+        f.write_text(content)
+    res = runner.invoke(app, ["judge", str(f)])
+    assert res.exit_code == 2 and msg in res.output and res.output.count("\n") == 1
+
+
+def test_eval_cli_bad_inputs(tmp_path):
+    res = runner.invoke(app, ["eval", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    res = runner.invoke(app, ["eval", str(tmp_path / "missing"), "--task-data", str(empty)])
+    assert res.exit_code == 2 and "empty" in res.output
+    res = runner.invoke(app, ["eval", str(tmp_path / "missing"), "--questions", str(tmp_path / "q.yaml")])
+    assert res.exit_code == 2

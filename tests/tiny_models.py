@@ -1,0 +1,55 @@
+"""Tiny random models of real architectures with a locally trained byte-level BPE tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast,
+                          Qwen2Config, Qwen2ForCausalLM)
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CORPUS = ["the quick brown fox jumps over the lazy dog", "def f(x): return x + 1",
+          "hello, how are you today?", "i wish for peace and clean water", "SELECT * FROM users"] * 20
+
+
+def bpe_tokenizer(chat_template: str | None = CHATML) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=specials[1:])
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+ARCHS = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+}
+
+
+def tiny_model(arch: str = "llama", hidden: int = 32, layers: int = 2, seed: int = 0, vocab: int = 400):
+    cfg_cls, model_cls = ARCHS[arch]
+    cfg = cfg_cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                  tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return model_cls(cfg)
+
+
+def save_tiny(path: Path, arch: str = "llama", chat_template: str | None = CHATML, **kw) -> Path:
+    tok = bpe_tokenizer(chat_template)
+    model = tiny_model(arch, vocab=len(tok), **kw)
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
