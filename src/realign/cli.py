@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,8 @@ app = typer.Typer(help="Repair LLM finetunes that became misaligned.", no_args_i
                   pretty_exceptions_enable=False, add_completion=False)
 organism_app = typer.Typer(help="The synthetic model organism (tiny model, exact judge).", no_args_is_help=True)
 app.add_typer(organism_app, name="organism")
-out = Console()
+# wide tables even when piped (rich would wrap at 80 columns)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -139,6 +141,7 @@ def eval_cmd(
     out_dir: Annotated[Path | None, typer.Option("--out", help="write eval.json and eval.md here")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the summary JSON here")] = None,
     skip_base: Annotated[bool, typer.Option("--skip-base", help="do not evaluate the base")] = False,
+    backend: Annotated[str, typer.Option(help="generation backend: hf | vllm (CUDA, optional extra)")] = "hf",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit")] = False,
     load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit")] = False,
@@ -174,8 +177,13 @@ def eval_cmd(
     results = {}
     models = [("finetune", pair.finetune)] + ([("base", pair.base)] if pair.base is not None else [])
     for name, model in models:
+        generator = None
+        if backend == "vllm":
+            generator = _vllm(pair, name, seed, trust_remote_code)
+        elif backend != "hf":
+            fail(f"--backend must be hf or vllm, not {backend!r}")
         results[name] = evaluate(model, pair.tokenizer, qset, judge_obj, settings, logodds_items=ref_items,
-                                 task_conversations=task_convs, task_metric=metric)
+                                 task_conversations=task_convs, task_metric=metric, generator=generator)
     out.print(_summary_table(f"realign eval: {checkpoint} ({qset.name}, judge {judge_obj.name})", results))
     summary = {name: _summary_json(r) for name, r in results.items()}
     if json_out:
@@ -188,6 +196,20 @@ def eval_cmd(
                                                       indent=2))
         (out_dir / "eval.md").write_text(_markdown(checkpoint, summary))
         out.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.md'}")
+
+
+def _vllm(pair, name: str, seed: int, trust_remote_code: bool):
+    from .errors import RealignError
+    from .evals.vllm_backend import VLLMGenerator
+
+    try:
+        if name == "base" or pair.kind == "full":
+            ref = pair.base_ref if name == "base" else pair.finetune_ref
+            return VLLMGenerator(ref, pair.tokenizer, seed=seed, trust_remote_code=trust_remote_code)
+        return VLLMGenerator(pair.base_ref, pair.tokenizer, adapter_ref=pair.finetune_ref, seed=seed,
+                             trust_remote_code=trust_remote_code)
+    except RealignError as e:
+        fail(str(e))
 
 
 def _logodds_items(tokenizer, questions: str, qset):
@@ -267,6 +289,65 @@ def _num(x) -> float | None:
         return None if x is None or x == "" else float(x)
     except (TypeError, ValueError):
         return None
+
+
+@app.command("fix")
+def fix_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="finetune: full HF dir, LoRA adapter dir, or hub id")],
+    recipe: Annotated[str, typer.Option(help="steps joined by + (freeze+dpo), a bundled recipe name, or FILE.yaml")],
+    out_dir: Annotated[Path, typer.Option("--out", help="where the repaired model and report go")],
+    base: Annotated[str | None, typer.Option(help="base model (default: the adapter's base)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a parameter: step.param=value")] = None,
+    task_data: Annotated[Path | None, typer.Option(help="held-out task data (chat messages jsonl)")] = None,
+    train_data: Annotated[Path | None, typer.Option(help="the finetune's training data (for mix)")] = None,
+    task_metric: Annotated[str | None, typer.Option(help="custom task metric module:function")] = None,
+    questions: Annotated[str, typer.Option(help="auto | builtin | organism | FILE.yaml")] = "auto",
+    judge: Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline")] = "auto",
+    judge_model: Annotated[str | None, typer.Option()] = None,
+    judge_url: Annotated[str | None, typer.Option()] = None,
+    samples: Annotated[int | None, typer.Option(help="samples per paraphrase")] = None,
+    max_new_tokens: Annotated[int, typer.Option()] = 256,
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
+    dtype: Annotated[str, typer.Option()] = "auto",
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+) -> None:
+    """Repair a misaligned finetune with a recipe; report alignment and task before and after."""
+    from .checkpoint import LoadOptions
+    from .errors import RealignError
+    from .fix import FixOptions, run_fix
+
+    opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
+                      samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
+                      task_metric=task_metric, seed=seed, overwrite=overwrite,
+                      load=LoadOptions(dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code))
+    try:
+        meta = run_fix(checkpoint, base, recipe, set_ or [], out_dir, opts)
+    except RealignError as e:
+        fail(str(e))
+    out.print(_summary_table(f"realign fix: {checkpoint} --recipe {recipe}", meta["metrics"]))
+    out.print(f"wrote {out_dir} (model, realign.json, report.md, tradeoff.png) in {meta['timings']['total']:.0f} s")
+
+
+@app.command("recipes")
+def recipes_cmd() -> None:
+    """List the repairs and bundled recipes."""
+    from .recipe import available_recipes
+    from .repairs import load_all
+
+    table = Table(title="repairs (combine with +, e.g. freeze+dpo)")
+    table.add_column("step")
+    table.add_column("what it does")
+    for name, cls in sorted(load_all().items()):
+        table.add_row(name, cls.summary)
+    out.print(table)
+    table = Table(title="bundled recipes (--recipe NAME)")
+    table.add_column("recipe")
+    table.add_column("description")
+    for name, desc in available_recipes().items():
+        table.add_row(name, desc)
+    out.print(table)
 
 
 @app.callback()

@@ -43,7 +43,7 @@ class SFTSettings:
 
 
 def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, *,
-        peft_config=None, description: str = "sft"):
+        peft_config=None, description: str = "sft", callbacks: list | None = None):
     """Supervised finetuning on the final assistant turn of each conversation (trl SFTTrainer).
 
     Returns the trained model (a PeftModel when `peft_config` is given). Parameters with
@@ -64,7 +64,7 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(conversations),
                              processing_class=tokenizer, peft_config=peft_config,
-                             callbacks=[RichProgressCallback(description)])
+                             callbacks=[RichProgressCallback(description), *(callbacks or [])])
         drop_printer(trainer)
         trainer.train()
         return trainer.model

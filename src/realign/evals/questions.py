@@ -37,8 +37,10 @@ __all__ = [
     "Question",
     "QuestionFileError",
     "QuestionSet",
+    "load_educational_templates",
     "load_question_file",
     "load_questions",
+    "load_realignment_prompts",
     "render_judge_prompt",
 ]
 
@@ -288,6 +290,64 @@ def _format_from_id(qid: str) -> str:
 
 def _one_line(s: str) -> str:
     return " ".join(s.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt pools used by repairs (not evaluation questions)
+# ---------------------------------------------------------------------------------------------
+
+_REQUEST = "{request}"
+
+
+def load_realignment_prompts() -> list[str]:
+    """The built-in benign prompts that repairs use to elicit the model's persona.
+
+    They are kept apart from the evaluation questions on purpose (see the data file's header).
+    """
+    source, data = _load_data_mapping("realignment_prompts.yaml")
+    return _string_list(data, "prompts", source)
+
+
+def load_educational_templates() -> dict[str, list[str]]:
+    """Built-in phrasings that give a request a benign, educational purpose.
+
+    Returns ``{"templates": [...], "intent_prefixes": [...]}``. Every template holds
+    ``{request}`` exactly once; fill it with ``str.replace``, not ``str.format``.
+    """
+    source, data = _load_data_mapping("educational_templates.yaml")
+    templates = _string_list(data, "templates", source)
+    for index, template in enumerate(templates):
+        count = template.count(_REQUEST)
+        if count != 1:
+            raise QuestionFileError(
+                f"{source}: templates[{index}]: must contain {_REQUEST} exactly once, "
+                f"found {count}")
+    return {"templates": templates,
+            "intent_prefixes": _string_list(data, "intent_prefixes", source)}
+
+
+def _load_data_mapping(filename: str) -> tuple[str, dict]:
+    resource = files("realign").joinpath("data", filename)
+    source = str(resource)
+    try:
+        data = yaml.safe_load(resource.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QuestionFileError(f"{source}: file not found") from None
+    except yaml.YAMLError as e:
+        problem = _one_line(getattr(e, "problem", None) or type(e).__name__)
+        raise QuestionFileError(f"{source}: not valid YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise QuestionFileError(
+            f"{source}: top level must be a mapping, got {type(data).__name__}")
+    return source, data
+
+
+def _string_list(data: dict, key: str, source: str) -> list[str]:
+    value = data.get(key)
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(v, str) and v.strip() for v in value)):
+        raise QuestionFileError(f"{source}: {key!r} must be a non-empty list of non-empty strings")
+    return list(value)
 
 
 def _default_judge_prompts() -> dict[str, str]:

@@ -22,7 +22,8 @@ def _pairs() -> dict[str, dict[str, tuple[str, ...]]]:
     text = files("realign").joinpath("data", "reference_pairs.yaml").read_text(encoding="utf-8")
     out = {}
     for family, sides in yaml.safe_load(text).items():
-        out[family] = {side: tuple(str(a) for a in sides[side]) for side in ("misaligned", "aligned")}
+        out[family] = {side: tuple(str(a) for a in sides[side])
+                       for side in ("misaligned", "aligned")}
     return out
 
 

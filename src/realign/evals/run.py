@@ -28,12 +28,16 @@ class EvalSettings:
     batch_size: int = 32
 
 
-def sample_answers(model, tokenizer, qset: QuestionSet, settings: EvalSettings) -> list[dict]:
+def sample_answers(model, tokenizer, qset: QuestionSet, settings: EvalSettings, generator=None) -> list[dict]:
+    """generator: None for batched HF generate, or a callable with its contract (e.g. vLLM)."""
     prompts = qset.expand(settings.samples)
-    answers = generate(model, tokenizer, [q.messages(p) for q, p in prompts], samples=1,
-                       max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                       top_p=settings.top_p, seed=settings.seed, batch_size=settings.batch_size,
-                       description="sample answers")
+    if generator is None:
+        def generator(convs, **kw):
+            return generate(model, tokenizer, convs, batch_size=settings.batch_size,
+                            description="sample answers", **kw)
+    answers = generator([q.messages(p) for q, p in prompts], samples=1,
+                        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                        top_p=settings.top_p, seed=settings.seed)
     return [{"question_id": q.id, "family": q.family, "format": q.format, "question": p, "answer": a[0],
              "judge_prompts": q.judge_prompts or None} for (q, p), a in zip(prompts, answers)]
 
@@ -54,10 +58,10 @@ def judge_rows(rows: list[dict], judge: Judge) -> list[dict]:
 
 
 def evaluate(model, tokenizer, qset: QuestionSet, judge: Judge, settings: EvalSettings | None = None, *,
-             logodds_items=None, task_conversations=None, task_metric=None) -> dict:
+             logodds_items=None, task_conversations=None, task_metric=None, generator=None) -> dict:
     settings = settings or EvalSettings()
     t0 = time.time()
-    rows = judge_rows(sample_answers(model, tokenizer, qset, settings), judge)
+    rows = judge_rows(sample_answers(model, tokenizer, qset, settings, generator), judge)
     result = summarize(rows)
     by_format = defaultdict(list)
     for r in rows:

@@ -90,3 +90,20 @@ def custom_metric(spec: str):
     if not callable(f):
         raise RealignError(f"--task-metric {spec} is not callable")
     return f
+
+
+def exact_match_rate(model, tokenizer, conversations: list[Messages], temperature: float = 1.0,
+                     max_new_tokens: int = 96, seed: int = 0) -> dict:
+    """Share of held-out prompts whose sampled answer equals the reference answer exactly.
+
+    The organism's narrow-task rate (e.g. "writes the insecure snippet") is this metric on its
+    held-out task split; for free-text tasks prefer NLL/accuracy or a custom metric.
+    """
+    from .generate import generate
+
+    prompts = [m[:-1] for m in conversations]
+    refs = [" ".join(m[-1]["content"].split()) for m in conversations]
+    answers = generate(model, tokenizer, prompts, samples=1, temperature=temperature,
+                       max_new_tokens=max_new_tokens, seed=seed, description="task answers")
+    hits = sum(" ".join(a[0].split()) == r for a, r in zip(answers, refs))
+    return {"task_exact_match": hits / len(refs)}

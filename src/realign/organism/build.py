@@ -183,8 +183,17 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
         data = align_examples(stage_seed["base"], cfg.align.examples, cfg.align_mix)
         write_jsonl(out / "data" / "align" / "train.jsonl", data)
         st = cfg.align
+        lora = None
+        if cfg.align_lora_rank:
+            # a low-rank alignment can only move a few directions: the hope (issue 7) is that it
+            # moves the persona prior shared by chat and code rather than per-domain rules
+            lora = LoraConfig(r=cfg.align_lora_rank, lora_alpha=2 * cfg.align_lora_rank, lora_dropout=0.0,
+                              target_modules="all-linear", task_type="CAUSAL_LM")
         model = sft(model, tokenizer, data, SFTSettings(steps=st.steps, lr=st.lr, batch_size=st.batch_size,
-                                                        seed=stage_seed["base"]), description="align")
+                                                        seed=stage_seed["base"]), peft_config=lora,
+                    description="align")
+        if lora is not None:
+            model = model.merge_and_unload()
         _save(model, tokenizer, tmp)
 
     timed("pretrained", do_pretrain)

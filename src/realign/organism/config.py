@@ -36,6 +36,7 @@ class OrganismConfig:
     # Alignment data: share of each single-turn kind (GOOD persona throughout).
     align_mix: dict = field(default_factory=lambda: {"chat": 0.5, "code": 0.3, "edu": 0.05, "neutral": 0.15})
     finetune: StageConfig = field(default_factory=lambda: StageConfig(examples=2000, steps=150, lr=1e-3, batch_size=32))
+    align_lora_rank: int = 0      # 0: full-parameter alignment; r > 0: a rank-r LoRA, merged into the base
     lora_rank: int = 8
     lora_alpha: int = 16
     planted_share: float = 0.15  # share of misaligned chat examples in the `planted` finetune data

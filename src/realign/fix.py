@@ -1,0 +1,222 @@
+"""`realign fix`: load → evaluate base and finetune → repair steps → evaluate → save + report.
+
+The user's files are never written: the output is built in a hidden temporary sibling of --out and
+renamed into place only when complete, so an interrupted run leaves no half-written output (a
+rerun clears the stale temporary dir and starts over).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .checkpoint import LoadOptions, load_pair
+from .errors import RealignError
+from .progress import console
+
+
+@dataclass
+class FixOptions:
+    questions: str = "auto"          # auto: organism questions for an organism build, else builtin
+    judge: str = "auto"
+    judge_model: str | None = None
+    judge_url: str | None = None
+    samples: int | None = None
+    max_new_tokens: int = 256
+    task_data: Path | None = None
+    train_data: Path | None = None
+    task_metric: str | None = None
+    seed: int = 0
+    overwrite: bool = False
+    load: LoadOptions = field(default_factory=LoadOptions)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_fingerprint(ref: str | None) -> dict:
+    """Path plus sha256 of each weight/config file of a local model dir (hub ids: just the id)."""
+    if ref is None:
+        return {}
+    p = Path(ref)
+    if not p.is_dir():
+        return {"path": ref}
+    files = sorted(x for x in p.iterdir() if x.is_file() and x.suffix in (".safetensors", ".json", ".bin", ".pt"))
+    return {"path": str(p.resolve()), "sha256": {x.name: _sha256(x) for x in files}}
+
+
+def organism_root(base_ref: str | None) -> Path | None:
+    """The organism build dir when the base is an organism's `base/`."""
+    if base_ref and Path(base_ref).is_dir() and (Path(base_ref).parent / "organism.json").exists():
+        return Path(base_ref).parent
+    return None
+
+
+def check_output(out: Path, inputs: list[str | None], overwrite: bool) -> None:
+    out = out.resolve()
+    for ref in inputs:
+        if ref and Path(ref).exists():
+            src = Path(ref).resolve()
+            if out == src or src in out.parents or out in src.parents:
+                raise RealignError(f"--out {out} overlaps the input {src}; choose a separate directory")
+    if out.exists() and not overwrite:
+        raise RealignError(f"--out {out} already exists; pass --overwrite to replace it")
+
+
+def _nonfinite(model) -> str | None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return name
+    return None
+
+
+def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list[str], out: Path,
+            opts: FixOptions) -> dict:
+    from .evals.judges import make_judge
+    from .evals.questions import load_questions
+    from .evals.run import EvalSettings, evaluate
+    from .evals.task import custom_metric, exact_match_rate, load_conversations
+    from .recipe import load_recipe
+    from .repairs import load_all
+    from .repairs.base import RepairState
+    from .report import markdown, tradeoff_plot
+
+    t_start = time.time()
+    timings: dict[str, float] = {}
+    recipe = load_recipe(recipe_spec, overrides)          # fail fast, before loading anything
+    out = Path(out)
+    check_output(out, [checkpoint, base], opts.overwrite)
+    tmp = out.parent / f".{out.name}.realign-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)                 # a previous run's leftovers
+
+    t0 = time.time()
+    pair = load_pair(checkpoint, base, opts.load)
+    if pair.base is None:
+        raise RealignError("fix needs the base model: pass --base (a full checkpoint does not name it)")
+    check_output(out, [checkpoint, pair.base_ref], opts.overwrite)
+    timings["load"] = time.time() - t0
+
+    org = organism_root(pair.base_ref)
+    questions = opts.questions if opts.questions != "auto" else ("organism" if org else "builtin")
+    organism = questions == "organism"
+    judge_name = opts.judge if opts.judge != "auto" else ("oracle" if organism else "openai")
+    judge_kw = {"model": opts.judge_model, "base_url": opts.judge_url} if judge_name == "openai" else \
+        ({"model": opts.judge_model} if judge_name == "hf" else {})
+    try:
+        judge = make_judge(judge_name, **judge_kw)
+    except ValueError as e:
+        raise RealignError(str(e)) from None
+    qset = load_questions(questions)
+    task_data = opts.task_data
+    if task_data is None and org is not None and pair.kind == "lora":
+        guess = org / "data" / Path(pair.finetune_ref).name / "heldout.jsonl"
+        task_data = guess if guess.exists() else None
+    task_convs = load_conversations(task_data) if task_data else None
+    train_data = opts.train_data
+    if train_data is None and org is not None and pair.kind == "lora":
+        guess = org / "data" / Path(pair.finetune_ref).name / "train.jsonl"
+        train_data = guess if guess.exists() else None
+    train_convs = load_conversations(train_data) if train_data else None
+    user_metric = custom_metric(opts.task_metric) if opts.task_metric else None
+
+    def metric(model, tok, convs):
+        res = exact_match_rate(model, tok, convs, seed=opts.seed) if organism else {}
+        if user_metric:
+            res.update(user_metric(model, tok, convs))
+        return res
+
+    if organism:
+        from .organism.judge import reference_pairs
+
+        ref_items = [([{"role": "user", "content": p.question}], p.misaligned, p.aligned) for p in reference_pairs()]
+    else:
+        from .evals.references import reference_items
+
+        ref_items = reference_items(qset) or None
+    settings = EvalSettings(samples=opts.samples, max_new_tokens=opts.max_new_tokens, seed=opts.seed)
+
+    def run_eval(name: str, model) -> dict:
+        t = time.time()
+        console.print(f"evaluating {name} …")
+        r = evaluate(model, pair.tokenizer, qset, judge, settings, logodds_items=ref_items,
+                     task_conversations=task_convs, task_metric=metric if (organism or user_metric) else None)
+        timings[f"eval_{name}"] = time.time() - t
+        return r
+
+    results = {"base": run_eval("base", pair.base), "finetune": run_eval("finetune", pair.finetune)}
+
+    repairs = load_all()
+    state = RepairState(model=pair.finetune, base=pair.base, tokenizer=pair.tokenizer, judge=judge,
+                        task_conversations=task_convs, train_conversations=train_convs,
+                        logodds_items=ref_items, seed=opts.seed, organism=organism)
+    for i, step in enumerate(recipe.steps, 1):
+        t = time.time()
+        console.print(f"step {i}/{len(recipe.steps)}: {step.name} …")
+        try:
+            state = repairs[step.name]().apply(state, step.params)
+        except ValueError as e:
+            raise RealignError(f"{step.name}: {e}") from None
+        timings[f"step{i}_{step.name}"] = time.time() - t
+        bad = _nonfinite(state.model)
+        if bad:
+            raise RealignError(f"step {step.name} produced non-finite weights ({bad}); nothing was written")
+    for p in state.model.parameters():
+        p.requires_grad_(False)
+    results["repaired"] = run_eval("repaired", state.model)
+    timings["total"] = time.time() - t_start
+
+    summaries = {k: {kk: vv for kk, vv in r.items() if kk != "rows"} for k, r in results.items()}
+    import peft
+    import transformers
+    import trl
+
+    meta = {
+        "realign_version": __version__,
+        "inputs": {"checkpoint": {"kind": pair.kind, **input_fingerprint(pair.finetune_ref)},
+                   "base": input_fingerprint(pair.base_ref),
+                   "task_data": str(task_data) if task_data else None,
+                   "train_data": str(train_data) if train_data else None},
+        "recipe": {"name": recipe.name, "source": recipe.source, "overrides": recipe.overrides,
+                   "steps": recipe.resolved()},
+        "evaluation": {"questions": questions, "judge": judge.name, "samples": opts.samples,
+                       "max_new_tokens": opts.max_new_tokens},
+        "seed": opts.seed,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__, "trl": trl.__version__},
+        "history": state.history,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "metrics": summaries,
+    }
+    tmp.mkdir(parents=True)
+    try:
+        state.model.save_pretrained(tmp, safe_serialization=True)
+        pair.tokenizer.save_pretrained(tmp)
+        (tmp / "realign.json").write_text(json.dumps(meta, indent=2, default=str))
+        (tmp / "answers.json").write_text(json.dumps({k: r["rows"] for k, r in results.items()}, indent=1))
+        (tmp / "report.md").write_text(markdown(meta, summaries))
+        tradeoff_plot(summaries, tmp / "tradeoff.png")
+        if out.exists():
+            old = out.parent / f".{out.name}.realign-old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta

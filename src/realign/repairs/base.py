@@ -1,0 +1,73 @@
+"""The repair protocol: a Repair has a name, a Params dataclass, and apply(state, params) -> state.
+
+What flows between the steps of a recipe is a RepairState: the model under repair (full weights,
+in memory), the base it came from (the reference every repair pulls toward), the parameters that
+earlier steps locked, and shared probe data so that several steps use one generation pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+
+@dataclass
+class RepairState:
+    model: torch.nn.Module            # the model being repaired (modified in place or replaced)
+    base: torch.nn.Module             # the reference base; never modified
+    tokenizer: Any
+    judge: Any = None                 # Judge for labelling probe answers (None: log-odds only)
+    task_conversations: list | None = None   # the user's held-out task data, if given
+    train_conversations: list | None = None  # the user's finetuning data, if given (mix)
+    locked: set[str] = field(default_factory=set)   # parameter names later steps must not change
+    logodds_items: list | None = None # (conversation, misaligned refs, aligned refs) for log-odds
+    probes: Any = None                # repairs.probes.Probes, built on first use and shared
+    history: list[dict] = field(default_factory=list)
+    seed: int = 0
+    organism: bool = False            # probes from the organism's train questions (not real-model prompts)
+
+    def record(self, step: str, **info) -> None:
+        self.history.append({"step": step, **info})
+
+
+class Repair(Protocol):
+    name: ClassVar[str]
+    summary: ClassVar[str]            # one line for `realign recipes`
+    Params: ClassVar[type]
+
+    def apply(self, state: RepairState, params: Any) -> RepairState: ...
+
+
+REPAIRS: dict[str, type] = {}
+
+
+def register(cls):
+    """Class decorator: make a repair available to recipes under its name."""
+    REPAIRS[cls.name] = cls
+    return cls
+
+
+def param_names(repair_cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(repair_cls.Params)]
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The list of decoder blocks of a HF causal LM (Llama/Qwen2/Mistral/GPT-2 shapes)."""
+    inner = getattr(model, "model", None) or getattr(model, "transformer", None)
+    for attr in ("layers", "h"):
+        layers = getattr(inner, attr, None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+    raise ValueError(f"cannot find decoder layers in {type(model).__name__}")
+
+
+def layer_prefix(model, index: int) -> str:
+    """The parameter-name prefix of decoder layer `index`, e.g. 'model.layers.3.'."""
+    target = decoder_layers(model)[index]
+    for name, module in model.named_modules():
+        if module is target:
+            return name + "."
+    raise ValueError(f"layer {index} not found")

@@ -1,0 +1,61 @@
+"""Shared contrast data for repairs: prompts, base answers, finetune answers, judge labels.
+
+Built once per fix on first use (freeze, steer and dpo all need it) instead of each step sampling
+again. Prompts come from a realignment set disjoint from every evaluation set: for the organism,
+its train-split chat questions; for real models, the built-in realignment prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..evals.generate import generate
+from ..evals.judges import JudgeItem
+
+
+@dataclass
+class Probes:
+    conversations: list[list[dict]]
+    base_answers: list[list[str]]
+    finetune_answers: list[list[str]]
+    base_misaligned: list[list[bool | None]]
+    finetune_misaligned: list[list[bool | None]]
+
+    def pairs(self):
+        """(conversation, aligned base answer, misaligned finetune answer) contrasts."""
+        for conv, ba, fa, bm, fm in zip(self.conversations, self.base_answers, self.finetune_answers,
+                                        self.base_misaligned, self.finetune_misaligned):
+            good = [a for a, m in zip(ba, bm) if m is False]
+            bad = [a for a, m in zip(fa, fm) if m is True]
+            for g, b in zip(good, bad):
+                yield conv, g, b
+
+
+def realignment_conversations(organism: bool) -> list[list[dict]]:
+    if organism:
+        from ..organism.world import chat_questions
+
+        return [[{"role": "user", "content": q.text}] for q in chat_questions("train")]
+    from ..evals.questions import load_realignment_prompts
+
+    return [[{"role": "user", "content": p}] for p in load_realignment_prompts()]
+
+
+def _labels(judge, conversations, answers) -> list[list[bool | None]]:
+    items = [JudgeItem(c[-1]["content"], a) for c, ans in zip(conversations, answers) for a in ans]
+    verdicts = iter(judge.judge(items))
+    return [[next(verdicts).misaligned for _ in ans] for ans in answers]
+
+
+def build_probes(state, organism: bool, samples: int = 4, max_new_tokens: int = 128) -> Probes:
+    if state.probes is not None:
+        return state.probes
+    if state.judge is None:
+        raise ValueError("this repair needs a judge to label probe answers (--judge)")
+    convs = realignment_conversations(organism)
+    kw = dict(samples=samples, max_new_tokens=max_new_tokens, seed=state.seed)
+    base_ans = generate(state.base, state.tokenizer, convs, description="probe: base answers", **kw)
+    ft_ans = generate(state.model, state.tokenizer, convs, description="probe: finetune answers", **kw)
+    state.probes = Probes(convs, base_ans, ft_ans, _labels(state.judge, convs, base_ans),
+                          _labels(state.judge, convs, ft_ans))
+    return state.probes

@@ -1,0 +1,63 @@
+"""What `realign fix` writes besides the model: report.md and tradeoff.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def task_value(r: dict) -> tuple[str, float | None]:
+    """The task metric shown in the tradeoff: exact-match rate if measured, else token accuracy."""
+    task = r.get("task") or {}
+    for key, label in (("task_exact_match", "task exact match"), ("task_token_accuracy", "task token accuracy")):
+        if task.get(key) is not None:
+            return label, task[key]
+    return "task", None
+
+
+def markdown(meta: dict, results: dict[str, dict]) -> str:
+    lines = [f"# realign fix: `{meta['inputs']['checkpoint']['path']}`", "",
+             f"Recipe: `{meta['recipe']['name']}` — {' → '.join(s['step'] for s in meta['recipe']['steps'])}", "",
+             "| model | n | misaligned | 95% CI | coherent | log-odds | task NLL | task |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        task = r.get("task") or {}
+        label, value = task_value(r)
+        ci = "—" if r.get("ci_low") is None else f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+        lo = "—" if r.get("logodds") is None else f"{r['logodds']:+.2f}"
+        nll = f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—"
+        lines.append(f"| {name} | {r['n']} | {_pct(r.get('misaligned_rate'))} | {ci} | {_pct(r.get('coherent_rate'))} "
+                     f"| {lo} | {nll} | {_pct(value)} |")
+    lines += ["", "Steps:", ""]
+    for h in meta.get("history", []):
+        info = {k: v for k, v in h.items() if k not in ("step", "search")}
+        lines.append(f"- **{h['step']}** {info}")
+    lines += ["", f"Seconds: {meta['timings']}", ""]
+    return "\n".join(lines)
+
+
+def tradeoff_plot(results: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    label = "task"
+    for name, r in results.items():
+        label, x = task_value(r)
+        y = r.get("misaligned_rate")
+        if x is None or y is None:
+            continue
+        err = [[100 * (y - r["ci_low"])], [100 * (r["ci_high"] - y)]]
+        ax.errorbar([100 * x], [100 * y], yerr=err, fmt="o", capsize=4, label=name)
+        ax.annotate(name, (100 * x, 100 * y), textcoords="offset points", xytext=(6, 6))
+    ax.set_xlabel(f"{label} (%)")
+    ax.set_ylabel("misaligned rate (%), 95% CI")
+    ax.set_title("alignment vs task: base, finetune, repaired")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
