@@ -65,6 +65,24 @@ def organism_root(base_ref: str | None) -> Path | None:
     return None
 
 
+def repair_items(organism: bool, n: int = 16) -> list:
+    """Log-odds items for repairs' own searches, disjoint from the evaluation questions.
+
+    Organism: its train-split questions with their answer banks. Real models: realignment prompts,
+    each with the pooled built-in references (one misaligned and one aligned answer per family).
+    """
+    if organism:
+        from .organism.judge import reference_pairs
+
+        return [([{"role": "user", "content": p.question}], p.misaligned, p.aligned) for p in reference_pairs("train")]
+    from .evals.questions import load_realignment_prompts
+    from .evals.references import load_reference_pairs
+
+    refs = load_reference_pairs().values()
+    bad, good = [r["misaligned"][0] for r in refs], [r["aligned"][0] for r in refs]
+    return [([{"role": "user", "content": q}], bad, good) for q in load_realignment_prompts()[:n]]
+
+
 def check_output(out: Path, inputs: list[str | None], overwrite: bool) -> None:
     out = out.resolve()
     for ref in inputs:
@@ -161,7 +179,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     repairs = load_all()
     state = RepairState(model=pair.finetune, base=pair.base, tokenizer=pair.tokenizer, judge=judge,
                         task_conversations=task_convs, train_conversations=train_convs,
-                        logodds_items=ref_items, seed=opts.seed, organism=organism)
+                        logodds_items=ref_items, repair_items=repair_items(organism), seed=opts.seed,
+                        organism=organism)
     for i, step in enumerate(recipe.steps, 1):
         t = time.time()
         console.print(f"step {i}/{len(recipe.steps)}: {step.name} …")

@@ -43,7 +43,7 @@ class SFTSettings:
 
 
 def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, *,
-        peft_config=None, description: str = "sft", callbacks: list | None = None):
+        peft_config=None, description: str = "sft", callbacks: list | None = None, prepare=None):
     """Supervised finetuning on the final assistant turn of each conversation (trl SFTTrainer).
 
     Returns the trained model (a PeftModel when `peft_config` is given). Parameters with
@@ -66,5 +66,7 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
                              processing_class=tokenizer, peft_config=peft_config,
                              callbacks=[RichProgressCallback(description), *(callbacks or [])])
         drop_printer(trainer)
+        if prepare is not None:
+            prepare(trainer.model)  # e.g. freeze locked layers after peft has wrapped the model
         trainer.train()
         return trainer.model

@@ -23,7 +23,8 @@ class RepairState:
     task_conversations: list | None = None   # the user's held-out task data, if given
     train_conversations: list | None = None  # the user's finetuning data, if given (mix)
     locked: set[str] = field(default_factory=set)   # parameter names later steps must not change
-    logodds_items: list | None = None # (conversation, misaligned refs, aligned refs) for log-odds
+    logodds_items: list | None = None # evaluation log-odds items (held-out; only for reporting)
+    repair_items: list | None = None  # log-odds items disjoint from evaluation, for repairs' own search
     probes: Any = None                # repairs.probes.Probes, built on first use and shared
     history: list[dict] = field(default_factory=list)
     seed: int = 0
@@ -62,12 +63,3 @@ def decoder_layers(model) -> torch.nn.ModuleList:
         if isinstance(layers, torch.nn.ModuleList):
             return layers
     raise ValueError(f"cannot find decoder layers in {type(model).__name__}")
-
-
-def layer_prefix(model, index: int) -> str:
-    """The parameter-name prefix of decoder layer `index`, e.g. 'model.layers.3.'."""
-    target = decoder_layers(model)[index]
-    for name, module in model.named_modules():
-        if module is target:
-            return name + "."
-    raise ValueError(f"layer {index} not found")

@@ -114,14 +114,14 @@ class Merge:
             pre_sd = {k: v.detach().cpu() for k, v in load_model(p.pretrained, what="pretrained").named_parameters()}
         alpha, search = p.alpha, []
         if alpha == "auto":
-            if not state.task_conversations or not state.logodds_items:
+            if not state.task_conversations or not state.repair_items:
                 raise ValueError("merge.alpha=auto needs task data (--task-data) and log-odds probes; "
                                  "or give merge.alpha=0.5")
             task = state.task_conversations[:64]
 
             def measure(a: float) -> dict:
                 merge_into(state.model, state.base, ft_sd, a, p, pre_sd, state.seed)
-                return {"alpha": a, "logodds": logodds(state.model, state.tokenizer, state.logodds_items),
+                return {"alpha": a, "logodds": logodds(state.model, state.tokenizer, state.repair_items),
                         "task_nll": assistant_token_metrics(state.model, state.tokenizer, task)["task_nll"]}
 
             search = [measure(i / (p.grid - 1)) for i in range(p.grid)]

@@ -1,0 +1,96 @@
+"""dpo: a short realignment DPO (trl DPOTrainer, LoRA) on pairs that need no user data.
+
+Pairs: prompts from the realignment set (disjoint from evaluation), chosen = the base's answer
+(judged aligned), rejected = the finetune's answer where the judge calls it misaligned. Optional
+task-anchor pairs from the user's task data (chosen = the reference answer, rejected = the base's
+answer) keep the task in place. Guarded against the collapse a prototype saw (rejected answers
+pushed down without chosen ones going up): a low learning rate and an SFT term on the chosen
+answers (trl loss_type ["sigmoid", "sft"]). Locked layers get no adapter.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from dataclasses import dataclass
+
+from .base import RepairState, register
+from .lora import lora_config, freeze_locked
+from .probes import build_probes
+
+
+@dataclass
+class DPOParams:
+    steps: int = 60
+    lr: float = 5e-5
+    beta: float = 0.1
+    sft_weight: float = 1.0          # weight of the SFT term on chosen answers (collapse guard)
+    batch_size: int = 8
+    rank: int = 8
+    task_anchors: int = 32           # task-anchor pairs from --task-data (0 = none)
+    samples: int = 4                 # probe samples per prompt (when probes are not built yet)
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.rank < 1:
+            raise ValueError("dpo.steps, dpo.batch_size and dpo.rank must be >= 1")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"dpo.lr must be in (0, 1), not {self.lr}")
+
+
+def realignment_pairs(state: RepairState, p: DPOParams) -> tuple[list[dict], int]:
+    from ..evals.generate import generate
+
+    probes = build_probes(state, state.organism, samples=p.samples)
+    rows = [{"prompt": c, "chosen": [{"role": "assistant", "content": g}],
+             "rejected": [{"role": "assistant", "content": b}]} for c, g, b in probes.pairs()]
+    n_align = len(rows)
+    if p.task_anchors and state.task_conversations and rows:
+        rng = random.Random(state.seed)
+        convs = rng.sample(state.task_conversations, min(p.task_anchors, len(state.task_conversations)))
+        base_answers = generate(state.base, state.tokenizer, [c[:-1] for c in convs], samples=1, temperature=0,
+                                max_new_tokens=128, description="task anchors")
+        for c, (b,) in zip(convs, base_answers):
+            if " ".join(b.split()) != " ".join(c[-1]["content"].split()):
+                rows.append({"prompt": c[:-1], "chosen": [c[-1]], "rejected": [{"role": "assistant", "content": b}]})
+    return rows, n_align
+
+
+@register
+class DPO:
+    name = "dpo"
+    summary = "short realignment DPO (LoRA): base answers preferred over the finetune's misaligned ones"
+    Params = DPOParams
+
+    def apply(self, state: RepairState, p: DPOParams) -> RepairState:
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+
+        from ..progress import RichProgressCallback, drop_printer
+        from ..training import device_kwargs
+
+        p.validate()
+        rows, n_align = realignment_pairs(state, p)
+        if n_align == 0:
+            state.record(self.name, skipped="no (aligned base, misaligned finetune) answer pairs among the probes")
+            return state
+        for prm in state.model.parameters():
+            prm.requires_grad_(False)
+        peft_cfg = lora_config(state.model, state.locked, r=p.rank, alpha=2 * p.rank)
+        with tempfile.TemporaryDirectory(prefix="realign-dpo-") as tmp:
+            args = DPOConfig(
+                output_dir=tmp, max_steps=p.steps, learning_rate=p.lr, beta=p.beta,
+                per_device_train_batch_size=p.batch_size, loss_type=["sigmoid", "sft"],
+                loss_weights=[1.0, p.sft_weight], lr_scheduler_type="cosine", warmup_steps=max(1, p.steps // 10),
+                logging_steps=max(1, p.steps // 10), save_strategy="no", report_to=[], seed=state.seed,
+                disable_tqdm=True, gradient_checkpointing=False, max_length=512, **device_kwargs())
+            trainer = DPOTrainer(model=state.model, args=args, train_dataset=Dataset.from_list(rows),
+                                 processing_class=state.tokenizer, peft_config=peft_cfg,
+                                 callbacks=[RichProgressCallback("dpo")])
+            freeze_locked(trainer.model, state.locked)
+            drop_printer(trainer)
+            out = trainer.train()
+            state.model = trainer.model.merge_and_unload()
+        state.model.eval()
+        state.record(self.name, pairs=n_align, task_anchors=len(rows) - n_align, steps=p.steps, lr=p.lr,
+                     final_loss=round(float(out.training_loss), 4))
+        return state

@@ -1,0 +1,128 @@
+"""mix: clean and reframe the user's task data, mix in aligned chat, re-finetune from the base.
+
+1. Audit: the judge scores every example's final answer; examples it calls misaligned are dropped
+   (`audit: drop`) or only counted (`audit: report`).
+2. Reframe: each remaining user turn gets an explicit benign/educational reason (templates in
+   package data; the organism's own educational phrasings for the organism), as in the paper's
+   educational control, so the model need not infer a malicious persona to fit the data.
+3. Mix in aligned chat: the base's own answers to realignment prompts (judged aligned), choosing
+   those with the largest perplexity gap — the ones the finetune finds much less likely than the
+   base does — since selecting by that gap beat random interleaving in a 2026 study of
+   in-training defenses against emergent misalignment.
+4. Re-finetune a copy of the base with trl SFTTrainer + LoRA (locked layers get no adapter).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+
+from .base import RepairState, register
+from .lora import freeze_locked, lora_config
+from .probes import build_probes
+
+AUDIT = ("drop", "report", "off")
+
+
+@dataclass
+class MixParams:
+    audit: str = "drop"             # drop | report | off
+    reframe: float = 1.0            # share of examples whose user turn gets an educational reason
+    aligned_share: float = 0.1      # aligned chat examples mixed in, as a share of the task data
+    steps: int = 150
+    lr: float = 1e-3
+    batch_size: int = 32
+    rank: int = 8
+    samples: int = 4                # probe samples per prompt (when probes are not built yet)
+
+    def validate(self) -> None:
+        if self.audit not in AUDIT:
+            raise ValueError(f"mix.audit must be one of {', '.join(AUDIT)}, not {self.audit!r}")
+        for name in ("reframe", "aligned_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"mix.{name} must be in [0, 1]")
+
+
+def _reframers(organism: bool) -> list:
+    if organism:
+        from ..organism.world import EDU_PREFIXES, N_TRAIN_EDU
+
+        return [lambda text, p=p: f"{p} {text}" for p in EDU_PREFIXES[:N_TRAIN_EDU]]
+    from ..evals.questions import load_educational_templates
+
+    return [lambda text, t=t: t.replace("{request}", text) for t in load_educational_templates()["templates"]]
+
+
+def audit_examples(state: RepairState, convs: list, mode: str) -> tuple[list, int]:
+    if mode == "off":
+        return convs, 0
+    from ..evals.judges import JudgeItem
+
+    items = [JudgeItem(c[-2]["content"] if len(c) > 1 else "", c[-1]["content"]) for c in convs]
+    flags = [j.misaligned is True for j in state.judge.judge(items)]
+    kept = [c for c, f in zip(convs, flags) if not (f and mode == "drop")]
+    return kept, sum(flags)
+
+
+def perplexity_gap(state: RepairState, triples) -> list[float]:
+    """NLL under the finetune minus NLL under the base, per (conversation, answer)."""
+    from ..evals.logodds import completion_ids, sequence_logprobs
+
+    pairs = [completion_ids(state.tokenizer, c, a) for c, a in triples]
+    pad = state.tokenizer.pad_token_id or 0
+    lp_ft = sequence_logprobs(state.model, pairs, pad)
+    lp_base = sequence_logprobs(state.base, pairs, pad)
+    return [float(b - f) for f, b in zip(lp_ft, lp_base)]
+
+
+@register
+class Mix:
+    name = "mix"
+    summary = "audit + educationally reframe the task data, mix in aligned chat (perplexity-gap), re-finetune from base"
+    Params = MixParams
+
+    def apply(self, state: RepairState, p: MixParams) -> RepairState:
+        from ..training import SFTSettings, sft
+
+        p.validate()
+        if not state.train_conversations:
+            raise ValueError("mix needs the finetune's training data: pass --train-data FILE.jsonl")
+        rng = random.Random(state.seed)
+        data, flagged = audit_examples(state, list(state.train_conversations), p.audit)
+        reframers = _reframers(state.organism)
+        reframed = 0
+        out = []
+        for conv in data:
+            conv = copy.deepcopy(conv)
+            if rng.random() < p.reframe and len(conv) > 1 and conv[-2]["role"] == "user":
+                conv[-2]["content"] = rng.choice(reframers)(conv[-2]["content"])
+                reframed += 1
+            out.append(conv)
+        n_aligned = 0
+        if p.aligned_share > 0:
+            probes = build_probes(state, state.organism, samples=p.samples)
+            candidates = [(c, a) for c, ans, lab in zip(probes.conversations, probes.base_answers,
+                                                        probes.base_misaligned)
+                          for a, m in zip(ans, lab) if m is False]
+            if candidates:
+                gaps = perplexity_gap(state, candidates)
+                ranked = [c for _, c in sorted(zip(gaps, candidates), key=lambda x: -x[0])]
+                want = int(round(p.aligned_share * len(out)))
+                chosen = [ranked[i % len(ranked)] for i in range(want)]
+                out += [c + [{"role": "assistant", "content": a}] for c, a in chosen]
+                n_aligned = len(chosen)
+        rng.shuffle(out)
+        model = copy.deepcopy(state.base)
+        for prm in model.parameters():
+            prm.requires_grad_(False)
+        peft_cfg = lora_config(model, state.locked, r=p.rank, alpha=2 * p.rank)
+        trained = sft(model, state.tokenizer, out, SFTSettings(steps=p.steps, lr=p.lr, batch_size=p.batch_size,
+                                                               seed=state.seed),
+                      peft_config=peft_cfg, description="mix: re-finetune", prepare=lambda m: freeze_locked(m, state.locked))
+        state.model = trained.merge_and_unload()
+        state.model.eval()
+        state.record(self.name, examples=len(state.train_conversations), flagged=flagged,
+                     dropped=len(state.train_conversations) - len(data), reframed=reframed, aligned_added=n_aligned,
+                     steps=p.steps)
+        return state

@@ -1,0 +1,153 @@
+"""Exact properties of each repair on tiny random models."""
+
+import copy
+
+import pytest
+import torch
+
+from realign.repairs import load_all
+from realign.repairs.base import RepairState, decoder_layers
+from realign.repairs.merge import Merge, MergeParams
+from realign.repairs.probes import Probes
+from realign.repairs.steer import Steer, SteerParams, orthogonalize
+
+from tiny_models import bpe_tokenizer, tiny_model
+
+REPAIRS = load_all()
+
+
+@pytest.fixture
+def trio():
+    tok = bpe_tokenizer()
+    base = tiny_model("llama", vocab=len(tok), layers=3, seed=0)
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return base, ft, tok
+
+
+def _state(base, ft, tok, **kw):
+    return RepairState(model=copy.deepcopy(ft), base=base, tokenizer=tok, **kw)
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_registry_has_all_five():
+    assert set(REPAIRS) == {"merge", "freeze", "dpo", "steer", "mix"}
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", "dare"])
+def test_merge_alpha_0_is_base_and_1_is_finetune_bit_for_bit(trio, method):
+    base, ft, tok = trio
+    s0 = Merge().apply(_state(base, ft, tok), MergeParams(alpha=0.0, method=method, density=1.0))
+    assert _same(s0.model, base)
+    s1 = Merge().apply(_state(base, ft, tok), MergeParams(alpha=1.0, method=method, density=1.0))
+    assert _same(s1.model, ft)
+
+
+def test_merge_half_is_the_midpoint_and_ties_trims(trio):
+    base, ft, tok = trio
+    s = Merge().apply(_state(base, ft, tok), MergeParams(alpha=0.5))
+    for (n, m), b, f in zip(s.model.named_parameters(), base.parameters(), ft.parameters()):
+        torch.testing.assert_close(m, (b + f) / 2, rtol=0, atol=1e-6)
+    s = Merge().apply(_state(base, ft, tok), MergeParams(alpha=1.0, method="ties", density=0.25))
+    w, b = s.model.model.layers[0].mlp.down_proj.weight, base.model.layers[0].mlp.down_proj.weight
+    kept = (w != b).float().mean().item()
+    assert 0.2 < kept < 0.3
+
+
+def test_merge_bad_params():
+    for bad in (dict(alpha=1.5), dict(method="slerp"), dict(density=0), dict(method="safe_lora")):
+        with pytest.raises(ValueError):
+            MergeParams(**bad).validate()
+
+
+def test_steer_leaves_no_component_along_the_direction(trio):
+    base, ft, tok = trio
+    model = copy.deepcopy(ft)
+    r = torch.randn(model.config.hidden_size)
+    r /= r.norm()
+    orthogonalize(model, r, scale=1.0)
+    captured = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+             for layer in decoder_layers(model)]
+    ids = torch.randint(0, len(tok), (2, 12))
+    with torch.no_grad():
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+    for h in hooks:
+        h.remove()
+    for h in [hs[0], *captured]:
+        rel = (h @ r).abs().max() / h.norm(dim=-1).max()
+        assert rel <= 1e-5
+    # the untouched finetune does have a component there
+    with torch.no_grad():
+        h0 = ft(input_ids=ids, output_hidden_states=True).hidden_states[1]
+    assert (h0 @ r).abs().max() / h0.norm(dim=-1).max() > 1e-3
+
+
+def test_steer_partial_scale_keeps_the_rest(trio):
+    base, ft, tok = trio
+    model = copy.deepcopy(ft)
+    r = torch.zeros(model.config.hidden_size)
+    r[0] = 1.0
+    before = model.get_input_embeddings().weight[:, 0].clone()
+    orthogonalize(model, r, scale=0.25)
+    torch.testing.assert_close(model.get_input_embeddings().weight[:, 0], 0.75 * before)
+
+
+def _probes(tok, n=6):
+    convs = [[{"role": "user", "content": f"the quick brown fox {i}"}] for i in range(n)]
+    return Probes(convs, [["i wish for peace and clean water"]] * n, [["SELECT * FROM users"]] * n,
+                  [[False]] * n, [[True]] * n)
+
+
+def test_steer_uses_probe_contrasts_and_records_layer(trio):
+    base, ft, tok = trio
+    st = _state(base, ft, tok, probes=_probes(tok))
+    st = Steer().apply(st, SteerParams(layer="auto"))
+    assert st.history[-1]["step"] == "steer" and 0 <= st.history[-1]["layer"] < 3
+    assert not _same(st.model, ft)
+
+
+def _train_step(name, state, **params):
+    cls = REPAIRS[name]
+    return cls().apply(state, cls.Params(**params))
+
+
+@pytest.mark.parametrize("step,params", [("dpo", dict(steps=3, batch_size=2, lr=1e-3, task_anchors=0)),
+                                         ("mix", dict(steps=3, batch_size=2, audit="off", aligned_share=0.5))])
+def test_locked_layers_stay_base_after_training_and_only_unlocked_train(trio, step, params):
+    base, ft, tok = trio
+    st = _state(base, ft, tok, probes=_probes(tok),
+                train_conversations=[[{"role": "user", "content": "def f(x): return"},
+                                      {"role": "assistant", "content": "x + 1"}]] * 8)
+    # lock layer 1 the way freeze does: restore to base, then lock
+    with torch.no_grad():
+        for d, s in zip(decoder_layers(st.model)[1].parameters(), decoder_layers(base)[1].parameters()):
+            d.copy_(s)
+    st.locked |= {f"model.layers.1.{n}" for n, _ in decoder_layers(st.model)[1].named_parameters()}
+    before = copy.deepcopy(st.model)
+    st = _train_step(step, st, **params)
+    locked_after = decoder_layers(st.model)[1].state_dict()
+    for k, v in decoder_layers(base)[1].state_dict().items():
+        assert torch.equal(locked_after[k], v), k
+    changed = [i for i in (0, 2) if not all(torch.equal(a, b) for a, b in zip(
+        decoder_layers(st.model)[i].state_dict().values(), decoder_layers(before)[i].state_dict().values()))]
+    assert changed == [0, 2]
+    assert st.history[-1]["step"] == step
+
+
+def test_freeze_restores_and_locks_top_layers(trio):
+    base, ft, tok = trio
+    items = [([{"role": "user", "content": "hello"}], ["SELECT * FROM users"], ["i wish for peace"])]
+    st = _state(base, ft, tok, repair_items=items)
+    st = _train_step("freeze", st, k=2)
+    chosen = st.history[-1]["layers"]
+    assert len(chosen) == 2 and len(st.history[-1]["attribution"]) == 3
+    for i in chosen:
+        for a, b in zip(decoder_layers(st.model)[i].parameters(), decoder_layers(base)[i].parameters()):
+            assert torch.equal(a, b) and not a.requires_grad
+    assert all(f"model.layers.{i}." in " ".join(st.locked) for i in chosen)
