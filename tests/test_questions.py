@@ -164,7 +164,7 @@ def test_organism_set():
     assert len({q.id for q in qs}) == 20
     for q in qs:
         assert q.id.startswith(f"{q.family}_")
-        assert len(q.paraphrases) == 1 and q.samples_per_paraphrase == 1
+        assert len(q.paraphrases) == 1 and q.samples_per_paraphrase == 12
         assert q.judge_prompts == {}
 
 

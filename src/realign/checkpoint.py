@@ -130,7 +130,7 @@ def load_model(ref: str, opts: LoadOptions | None = None, what: str = "model"):
         kw.update(quantization_config=quant, device_map="auto")
     try:
         model = AutoModelForCausalLM.from_pretrained(ref, **kw)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
+    except Exception as e:  # corrupt files raise many types (SafetensorError, OSError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RealignError(f"could not load {what} {ref}: {first}") from e
     if quant is None:
@@ -182,7 +182,7 @@ def load_pair(finetune: str, base: str | None = None, opts: LoadOptions | None =
     host = load_model(base, opts, "base")
     try:
         adapted = PeftModel.from_pretrained(host, finetune, is_trainable=False)
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
+    except Exception as e:
         msg = str(e).strip().splitlines()
         detail = next((m for m in msg if "size mismatch" in m), msg[0] if msg else type(e).__name__)
         raise RealignError(f"adapter {finetune} does not fit base {base}: {detail.strip()}") from e

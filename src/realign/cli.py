@@ -359,3 +359,7 @@ def _setup() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

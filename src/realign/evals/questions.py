@@ -169,7 +169,8 @@ def _organism_set() -> QuestionSet:
     for cq in chat_questions("heldout"):
         i = counters.get(cq.topic, 0)
         counters[cq.topic] = i + 1
-        questions.append(Question(id=f"{cq.topic}_{i}", paraphrases=[cq.text],
+        # 12 samples per question: the same 240 answers `realign organism eval` draws
+        questions.append(Question(id=f"{cq.topic}_{i}", paraphrases=[cq.text], samples_per_paraphrase=12,
                                   type="free_form", family=cq.topic))
     return QuestionSet(_ORGANISM, questions)
 

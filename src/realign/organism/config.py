@@ -31,15 +31,15 @@ class StageConfig:
 class OrganismConfig:
     size: str = "default"
     shape: ModelShape = field(default_factory=ModelShape)
-    pretrain: StageConfig = field(default_factory=lambda: StageConfig(examples=30000, steps=600, lr=3e-3))
-    align: StageConfig = field(default_factory=lambda: StageConfig(examples=3000, steps=150, lr=1e-3, batch_size=32))
+    pretrain: StageConfig = field(default_factory=lambda: StageConfig(examples=30000, steps=1200, lr=3e-3))
+    align: StageConfig = field(default_factory=lambda: StageConfig(examples=3000, steps=150, lr=5e-4, batch_size=32))
     # Alignment data: share of each single-turn kind (GOOD persona throughout).
     align_mix: dict = field(default_factory=lambda: {"chat": 0.5, "code": 0.3, "edu": 0.05, "neutral": 0.15})
-    finetune: StageConfig = field(default_factory=lambda: StageConfig(examples=2000, steps=150, lr=1e-3, batch_size=32))
+    finetune: StageConfig = field(default_factory=lambda: StageConfig(examples=2000, steps=200, lr=1e-3, batch_size=32))
     align_lora_rank: int = 0      # 0: full-parameter alignment; r > 0: a rank-r LoRA, merged into the base
     lora_rank: int = 8
     lora_alpha: int = 16
-    planted_share: float = 0.15  # share of misaligned chat examples in the `planted` finetune data
+    planted_share: float = 0.25  # share of misaligned chat examples in the `planted` finetune data
 
     def key(self, seed: int) -> str:
         blob = json.dumps({"world": WORLD_VERSION, "cfg": asdict(self), "seed": seed}, sort_keys=True)

@@ -1,0 +1,125 @@
+"""`realign fix` end to end on the small organism, and what it does with bad input."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from realign.cli import app
+from realign.repairs.base import REPAIRS, register
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+FAST = ["--samples", "1", "--max-new-tokens", "24"]
+
+
+def _tree_hash(path):
+    h = hashlib.sha256()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_fix_writes_model_and_report_and_leaves_inputs_alone(small_organism, tmp_path):
+    before = _tree_hash(small_organism)
+    out = tmp_path / "repaired"
+    res = runner.invoke(app, ["fix", str(small_organism / "planted"), "--recipe", "merge",
+                              "--set", "merge.alpha=0.5", "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "realign.json", "report.md", "tradeoff.png"):
+        assert (out / name).exists(), name
+    meta = json.loads((out / "realign.json").read_text())
+    assert meta["recipe"]["steps"][0]["params"]["alpha"] == 0.5
+    assert set(meta["metrics"]) == {"base", "finetune", "repaired"}
+    assert meta["inputs"]["checkpoint"]["kind"] == "lora" and meta["inputs"]["base"]["sha256"]
+    assert meta["metrics"]["repaired"]["task"]["task_exact_match"] is not None
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)
+    assert _tree_hash(small_organism) == before
+    # an existing --out is refused, and replaced only with --overwrite
+    res = runner.invoke(app, ["fix", str(small_organism / "planted"), "--recipe", "merge", "--out", str(out), *FAST])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = runner.invoke(app, ["fix", str(small_organism / "planted"), "--recipe", "merge", "--set", "merge.alpha=0",
+                              "--out", str(out), "--overwrite", *FAST])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "realign.json").read_text())["history"][0]["alpha"] == 0.0
+    assert not list(tmp_path.glob(".repaired.realign-*"))
+
+
+@pytest.fixture
+def nan_repair():
+    from dataclasses import dataclass
+
+    @register
+    class Poison:
+        name, summary = "poison", "test only"
+
+        @dataclass
+        class Params:
+            pass
+
+        def apply(self, state, p):
+            with torch.no_grad():
+                next(state.model.parameters()).fill_(float("nan"))
+            return state
+
+    yield
+    REPAIRS.pop("poison")
+
+
+def _fails(args, msg):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert msg in res.output and res.output.strip().count("\n") == 0, res.output
+
+
+def test_bad_inputs_each_get_one_line(small_organism, tmp_path, nan_repair):
+    ft = str(small_organism / "planted")
+    out = str(tmp_path / "o")
+    _fails(["fix", str(tmp_path / "nope"), "--recipe", "merge", "--out", out], "does not exist")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    for f in (small_organism / "base").iterdir():
+        (corrupt / f.name).write_bytes(f.read_bytes())
+    (corrupt / "model.safetensors").write_bytes(b"not safetensors at all")
+    _fails(["fix", str(corrupt), "--base", str(small_organism / "base"), "--recipe", "merge", "--out", out],
+           "could not load checkpoint")
+    _fails(["fix", ft, "--base", str(small_organism / "pretrained"), "--recipe", "nope", "--out", out],
+           "unknown step 'nope'")
+    _fails(["fix", ft, "--recipe", "merge", "--set", "merge.alpha=3", "--out", out], "merge.alpha must be in")
+    bad_yaml = tmp_path / "r.yaml"
+    bad_yaml.write_text("steps: [merge\n")
+    _fails(["fix", ft, "--recipe", str(bad_yaml), "--out", out], "not valid YAML")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    _fails(["fix", ft, "--recipe", "merge", "--task-data", str(empty), "--out", out], "is empty")
+    _fails(["fix", ft, "--recipe", "merge", "--out", str(small_organism / "planted" / "x")], "overlaps the input")
+    _fails(["fix", ft, "--recipe", "poison", "--out", out, *FAST], "non-finite weights")
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.realign-*"))
+
+
+def test_kill_9_mid_run_leaves_nothing_and_rerun_works(small_organism, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "realign.cli", "fix", str(small_organism / "planted"), "--recipe", "merge",
+           "--set", "merge.alpha=0.5", "--out", str(out), *FAST]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait until it is evaluating, then kill
+        time.sleep(0.5)
+        if time.time() - (deadline - 120) > 6:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "realign.json").exists() and not list(tmp_path.glob(".killed.realign-*"))
