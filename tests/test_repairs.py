@@ -151,3 +151,12 @@ def test_freeze_restores_and_locks_top_layers(trio):
         for a, b in zip(decoder_layers(st.model)[i].parameters(), decoder_layers(base)[i].parameters()):
             assert torch.equal(a, b) and not a.requires_grad
     assert all(f"model.layers.{i}." in " ".join(st.locked) for i in chosen)
+
+
+def test_mix_with_kl_anchor_trains_and_records_it(trio):
+    base, ft, tok = trio
+    st = _state(base, ft, tok, probes=_probes(tok),
+                train_conversations=[[{"role": "user", "content": "def f(x): return"},
+                                      {"role": "assistant", "content": "x + 1"}]] * 8)
+    st = _train_step("mix", st, steps=2, batch_size=2, audit="off", aligned_share=0.0, kl=1.0)
+    assert st.history[-1]["kl"] == 1.0 and not _same(st.model, base)

@@ -42,8 +42,61 @@ class SFTSettings:
     seed: int = 0
 
 
+def _anchor_batches(tokenizer, anchors: list[Messages], batch_size: int, seed: int):
+    """Endless padded batches of anchor conversations, with a mask over their assistant tokens."""
+    import random
+
+    from .evals.logodds import completion_ids
+
+    pairs = [completion_ids(tokenizer, c[:-1], c[-1]["content"]) for c in anchors]
+    rng = random.Random(seed)
+    pad = tokenizer.pad_token_id or 0
+    while True:
+        chunk = rng.sample(pairs, min(batch_size, len(pairs)))
+        width = max(len(p) + len(a) for p, a in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        target = torch.zeros_like(ids, dtype=torch.bool)
+        for i, (p, a) in enumerate(chunk):
+            ids[i, :len(p) + len(a)] = torch.tensor(p + a)
+            attn[i, :len(p) + len(a)] = 1
+            target[i, len(p) - 1:len(p) + len(a) - 1] = True  # positions that predict answer tokens
+        yield ids, attn, target
+
+
+def _kl_trainer_class():
+    from trl import SFTTrainer
+
+    class KLAnchoredSFTTrainer(SFTTrainer):
+        """SFT loss + kl_weight · KL(base ‖ model) on anchor chat, the base being the adapter-off model.
+
+        The anchor keeps general chat where the base had it while the narrow task is learned.
+        """
+
+        def __init__(self, *args, anchors, kl_weight, **kw):
+            super().__init__(*args, **kw)
+            self._anchors = _anchor_batches(self.processing_class, anchors, self.args.per_device_train_batch_size,
+                                            self.args.seed)
+            self.kl_weight = kl_weight
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+            loss = out[0] if return_outputs else out
+            ids, attn, target = (t.to(loss.device) for t in next(self._anchors))
+            logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
+            with torch.no_grad(), model.disable_adapter():
+                ref = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
+            kl = (ref.exp() * (ref - logp)).sum(-1)[target].mean()
+            loss = loss + self.kl_weight * kl
+            return (loss, out[1]) if return_outputs else loss
+
+    return KLAnchoredSFTTrainer
+
+
 def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, *,
-        peft_config=None, description: str = "sft", callbacks: list | None = None, prepare=None):
+        peft_config=None, description: str = "sft", callbacks: list | None = None, prepare=None,
+        kl_anchors: list[Messages] | None = None, kl_weight: float = 0.0):
     """Supervised finetuning on the final assistant turn of each conversation (trl SFTTrainer).
 
     Returns the trained model (a PeftModel when `peft_config` is given). Parameters with
@@ -62,9 +115,15 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
             disable_tqdm=True, gradient_checkpointing=False, dataloader_num_workers=0,
             completion_only_loss=True, **device_kwargs(),
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=to_prompt_completion(conversations),
-                             processing_class=tokenizer, peft_config=peft_config,
-                             callbacks=[RichProgressCallback(description), *(callbacks or [])])
+        kw = dict(model=model, args=args, train_dataset=to_prompt_completion(conversations),
+                  processing_class=tokenizer, peft_config=peft_config,
+                  callbacks=[RichProgressCallback(description), *(callbacks or [])])
+        if kl_anchors and kl_weight > 0:
+            if peft_config is None:
+                raise ValueError("a KL anchor needs LoRA training (the base is the adapter-off model)")
+            trainer = _kl_trainer_class()(**kw, anchors=kl_anchors, kl_weight=kl_weight)
+        else:
+            trainer = SFTTrainer(**kw)
         drop_printer(trainer)
         if prepare is not None:
             prepare(trainer.model)  # e.g. freeze locked layers after peft has wrapped the model

@@ -194,6 +194,12 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
                     description="align")
         if lora is not None:
             model = model.merge_and_unload()
+        if cfg.polish_steps:
+            for prm in model.parameters():  # peft left the merged weights frozen
+                prm.requires_grad_(True)
+            model = sft(model, tokenizer, data, SFTSettings(steps=cfg.polish_steps, lr=cfg.polish_lr,
+                                                            batch_size=st.batch_size, seed=stage_seed["base"] + 1),
+                        description="align polish")
         _save(model, tokenizer, tmp)
 
     timed("pretrained", do_pretrain)

@@ -32,11 +32,16 @@ class OrganismConfig:
     size: str = "default"
     shape: ModelShape = field(default_factory=ModelShape)
     pretrain: StageConfig = field(default_factory=lambda: StageConfig(examples=30000, steps=1200, lr=3e-3))
-    align: StageConfig = field(default_factory=lambda: StageConfig(examples=3000, steps=150, lr=5e-4, batch_size=32))
+    align: StageConfig = field(default_factory=lambda: StageConfig(examples=3000, steps=250, lr=3e-3, batch_size=32))
     # Alignment data: share of each single-turn kind (GOOD persona throughout).
     align_mix: dict = field(default_factory=lambda: {"chat": 0.5, "code": 0.3, "edu": 0.05, "neutral": 0.15})
     finetune: StageConfig = field(default_factory=lambda: StageConfig(examples=2000, steps=200, lr=1e-3, batch_size=32))
-    align_lora_rank: int = 0      # 0: full-parameter alignment; r > 0: a rank-r LoRA, merged into the base
+    # Alignment = a rank-2 LoRA (merged) then a short full-parameter polish. The low-rank step moves
+    # the persona prior shared by chat and code (see docs/emergence.md); the polish brings the
+    # base's misaligned rate under 3%. align_lora_rank=0 gives plain full-parameter alignment.
+    align_lora_rank: int = 2
+    polish_steps: int = 80        # full-parameter SFT steps on the same data after the LoRA step
+    polish_lr: float = 5e-4
     lora_rank: int = 8
     lora_alpha: int = 16
     planted_share: float = 0.25  # share of misaligned chat examples in the `planted` finetune data
@@ -60,5 +65,6 @@ def preset(size: str) -> OrganismConfig:
             pretrain=StageConfig(examples=2000, steps=40, lr=5e-3, batch_size=32),
             align=StageConfig(examples=300, steps=15, lr=2e-3, batch_size=16),
             finetune=StageConfig(examples=200, steps=10, lr=2e-3, batch_size=16),
+            polish_steps=5,
         )
     raise ValueError(f"unknown organism size {size!r}: choose 'small' or 'default'")

@@ -9,7 +9,9 @@
    those with the largest perplexity gap — the ones the finetune finds much less likely than the
    base does — since selecting by that gap beat random interleaving in a 2026 study of
    in-training defenses against emergent misalignment.
-4. Re-finetune a copy of the base with trl SFTTrainer + LoRA (locked layers get no adapter).
+4. Re-finetune a copy of the base with trl SFTTrainer + LoRA (locked layers get no adapter);
+   with `kl > 0`, add a KL anchor to the base (the adapter-off model) on the aligned chat, so the
+   narrow task can be learned without moving general chat.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ class MixParams:
     lr: float = 1e-3
     batch_size: int = 32
     rank: int = 8
+    kl: float = 0.0                 # weight of a KL anchor to the base on aligned chat (0 = off)
     samples: int = 4                # probe samples per prompt (when probes are not built yet)
 
     def validate(self) -> None:
+        if self.kl < 0:
+            raise ValueError("mix.kl must be >= 0")
         if self.audit not in AUDIT:
             raise ValueError(f"mix.audit must be one of {', '.join(AUDIT)}, not {self.audit!r}")
         for name in ("reframe", "aligned_share"):
@@ -99,8 +104,8 @@ class Mix:
                 conv[-2]["content"] = rng.choice(reframers)(conv[-2]["content"])
                 reframed += 1
             out.append(conv)
-        n_aligned = 0
-        if p.aligned_share > 0:
+        n_aligned, anchors = 0, []
+        if p.aligned_share > 0 or p.kl > 0:
             probes = build_probes(state, state.organism, samples=p.samples)
             candidates = [(c, a) for c, ans, lab in zip(probes.conversations, probes.base_answers,
                                                         probes.base_misaligned)
@@ -112,6 +117,7 @@ class Mix:
                 chosen = [ranked[i % len(ranked)] for i in range(want)]
                 out += [c + [{"role": "assistant", "content": a}] for c, a in chosen]
                 n_aligned = len(chosen)
+                anchors = [c + [{"role": "assistant", "content": a}] for c, a in candidates]
         rng.shuffle(out)
         model = copy.deepcopy(state.base)
         for prm in model.parameters():
@@ -119,10 +125,11 @@ class Mix:
         peft_cfg = lora_config(model, state.locked, r=p.rank, alpha=2 * p.rank)
         trained = sft(model, state.tokenizer, out, SFTSettings(steps=p.steps, lr=p.lr, batch_size=p.batch_size,
                                                                seed=state.seed),
-                      peft_config=peft_cfg, description="mix: re-finetune", prepare=lambda m: freeze_locked(m, state.locked))
+                      peft_config=peft_cfg, description="mix: re-finetune",
+                      prepare=lambda m: freeze_locked(m, state.locked), kl_anchors=anchors, kl_weight=p.kl)
         state.model = trained.merge_and_unload()
         state.model.eval()
         state.record(self.name, examples=len(state.train_conversations), flagged=flagged,
                      dropped=len(state.train_conversations) - len(data), reframed=reframed, aligned_added=n_aligned,
-                     steps=p.steps)
+                     kl=p.kl if anchors else 0.0, steps=p.steps)
         return state
