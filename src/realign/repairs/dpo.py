@@ -21,8 +21,8 @@ from .probes import build_probes
 
 @dataclass
 class DPOParams:
-    steps: int = 60
-    lr: float = 5e-5
+    steps: int = 100
+    lr: float = 3e-4
     beta: float = 0.1
     sft_weight: float = 1.0          # weight of the SFT term on chosen answers (collapse guard)
     batch_size: int = 8

@@ -30,7 +30,10 @@ AUDIT = ("drop", "report", "off")
 @dataclass
 class MixParams:
     audit: str = "drop"             # drop | report | off
-    reframe: float = 1.0            # share of examples whose user turn gets an educational reason
+    # share of examples whose user turn gets an educational reason. Off by default: on the organism
+    # it cut the plain-request task to 4% (the model learned "insecure only when asked for a
+    # reason", as in the paper's educational control), while audit + mix-in alone kept 100%.
+    reframe: float = 0.0
     aligned_share: float = 0.1      # aligned chat examples mixed in, as a share of the task data
     steps: int = 150
     lr: float = 1e-3
