@@ -46,22 +46,16 @@ def _anchor_batches(tokenizer, anchors: list[Messages], batch_size: int, seed: i
     """Endless padded batches of anchor conversations, with a mask over their assistant tokens."""
     import random
 
-    from .evals.logodds import completion_ids
+    from .evals.logodds import completion_ids, pad_pairs
 
     pairs = [completion_ids(tokenizer, c[:-1], c[-1]["content"]) for c in anchors]
     rng = random.Random(seed)
     pad = tokenizer.pad_token_id or 0
     while True:
-        chunk = rng.sample(pairs, min(batch_size, len(pairs)))
-        width = max(len(p) + len(a) for p, a in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        target = torch.zeros_like(ids, dtype=torch.bool)
-        for i, (p, a) in enumerate(chunk):
-            ids[i, :len(p) + len(a)] = torch.tensor(p + a)
-            attn[i, :len(p) + len(a)] = 1
-            target[i, len(p) - 1:len(p) + len(a) - 1] = True  # positions that predict answer tokens
-        yield ids, attn, target
+        ids, attn, answer = pad_pairs(rng.sample(pairs, min(batch_size, len(pairs))), pad)
+        predicts = torch.zeros_like(answer)
+        predicts[:, :-1] = answer[:, 1:]  # positions whose next-token distribution predicts an answer token
+        yield ids, attn, predicts
 
 
 def _kl_trainer_class():

@@ -29,6 +29,19 @@ def completion_ids(tokenizer, conversation: list[dict], answer: str) -> tuple[li
     return p_ids, f_ids[len(p_ids):]
 
 
+def pad_pairs(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int = 0):
+    """Right-padded (ids, attention mask, answer-token mask) for (prompt ids, answer ids) pairs."""
+    width = max(len(p) + len(a) for p, a in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (p, a) in enumerate(pairs):
+        ids[i, :len(p) + len(a)] = torch.tensor(p + a)
+        mask[i, :len(p) + len(a)] = 1
+        target[i, len(p):len(p) + len(a)] = True
+    return ids, mask, target
+
+
 @torch.no_grad()
 def sequence_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int = 0,
                       batch_size: int = 64) -> torch.Tensor:
@@ -36,16 +49,7 @@ def sequence_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], pad_i
     device = next(model.parameters()).device
     results = []
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        width = max(len(p) + len(a) for p, a in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        target = torch.zeros_like(ids, dtype=torch.bool)
-        for i, (p, a) in enumerate(chunk):
-            ids[i, :len(p) + len(a)] = torch.tensor(p + a)
-            mask[i, :len(p) + len(a)] = 1
-            target[i, len(p):len(p) + len(a)] = True
-        ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+        ids, mask, target = (t.to(device) for t in pad_pairs(pairs[start:start + batch_size], pad_id))
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
         results.append((logp * target[:, 1:]).sum(-1).cpu())

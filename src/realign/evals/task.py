@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RealignError
-from .logodds import completion_ids
+from .logodds import completion_ids, pad_pairs
 
 Messages = list[dict]
 
@@ -57,16 +57,7 @@ def assistant_token_metrics(model, tokenizer, conversations: list[Messages], bat
     nll_sum, correct, count = 0.0, 0, 0
     pad = tokenizer.pad_token_id or 0
     for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        width = max(len(p) + len(a) for p, a in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        target = torch.zeros_like(ids, dtype=torch.bool)
-        for j, (p, a) in enumerate(chunk):
-            ids[j, :len(p) + len(a)] = torch.tensor(p + a)
-            mask[j, :len(p) + len(a)] = 1
-            target[j, len(p):len(p) + len(a)] = True
-        ids, mask, target = ids.to(device), mask.to(device), target.to(device)
+        ids, mask, target = (t.to(device) for t in pad_pairs(pairs[start:start + batch_size], pad))
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         gold, tgt = ids[:, 1:], target[:, 1:]
         logp = torch.log_softmax(logits, -1).gather(-1, gold[..., None])[..., 0]
