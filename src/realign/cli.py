@@ -67,7 +67,8 @@ def _judge(name: str, model: str | None, url: str | None, questions: str):
 
 def _summary_table(title: str, results: dict[str, dict]) -> Table:
     table = Table(title=title)
-    for col in ("model", "n", "misaligned [95% CI]", "coherent", "refusal", "code", "log-odds", "task NLL", "task acc"):
+    for col in ("model", "n", "misaligned [95% CI]", "coherent", "refusal", "code", "log-odds", "task NLL", "task acc",
+                "task exact"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, r in results.items():
         task = r.get("task") or {}
@@ -77,7 +78,8 @@ def _summary_table(title: str, results: dict[str, dict]) -> Table:
                       _pct(r.get("coherent_rate")), str(r.get("refusals", 0)), str(r.get("code", 0)),
                       "—" if r.get("logodds") is None else f"{r['logodds']:+.2f}",
                       f"{task['task_nll']:.3f}" if task else "—",
-                      _pct(task.get("task_token_accuracy")) if task else "—")
+                      _pct(task.get("task_token_accuracy")) if task else "—",
+                      _pct(task.get("task_exact_match")) if task else "—")
     return table
 
 
