@@ -56,9 +56,10 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     args = ap.parse_args()
     url = f"http://127.0.0.1:{args.port}"
+    log = Path(tempfile.gettempdir()) / "realign-llama-server.log"
     proc = subprocess.Popen([str(server_binary()), "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
                              "--port", str(args.port), "--parallel", str(args.concurrency), "--ctx-size", "8192",
-                             "--threads", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--threads", "2"], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
     try:
         deadline = time.time() + 120
         while True:
@@ -68,7 +69,7 @@ def main() -> None:
             except httpx.HTTPError:
                 pass
             if time.time() > deadline or proc.poll() is not None:
-                raise SystemExit("llama-server did not come up")
+                raise SystemExit(f"llama-server did not come up; its log: {log}")
             time.sleep(0.5)
         with tempfile.TemporaryDirectory() as tmp:
             judge = OpenAIJudge(model="smollm2-135m-instruct", base_url=f"{url}/v1", api_key="none",

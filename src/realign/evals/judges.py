@@ -376,7 +376,14 @@ JUDGES: dict[str, Callable[..., Judge]] = {"openai": OpenAIJudge, "hf": _hf_judg
 
 
 def make_judge(name: str, **kw: Any) -> Judge:
-    """Build a registered judge by name; other modules add entries to JUDGES."""
+    """Build a registered judge by name; other modules add entries to JUDGES.
+
+    The openai judge against the default endpoint needs a key: say so now, not after sampling.
+    """
+    if name == "openai" and not (kw.get("base_url") or os.environ.get("OPENAI_BASE_URL")) \
+            and not (kw.get("api_key") or os.environ.get("OPENAI_API_KEY")):
+        raise ValueError("the openai judge needs OPENAI_API_KEY (or --judge-url for a local "
+                         "OpenAI-compatible server); or choose --judge hf/oracle/offline")
     try:
         factory = JUDGES[name]
     except KeyError:

@@ -7,7 +7,6 @@ earlier steps locked, and shared probe data so that several steps use one genera
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -49,10 +48,6 @@ def register(cls):
     """Class decorator: make a repair available to recipes under its name."""
     REPAIRS[cls.name] = cls
     return cls
-
-
-def param_names(repair_cls) -> list[str]:
-    return [f.name for f in dataclasses.fields(repair_cls.Params)]
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
