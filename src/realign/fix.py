@@ -138,15 +138,16 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     except ValueError as e:
         raise RealignError(str(e)) from None
     qset = load_questions(questions)
-    task_data = opts.task_data
-    if task_data is None and org is not None and pair.kind == "lora":
-        guess = org / "data" / Path(pair.finetune_ref).name / "heldout.jsonl"
-        task_data = guess if guess.exists() else None
+    def exported(given: Path | None, split: str) -> Path | None:
+        """The user's file, else the organism finetune's own exported split."""
+        if given is not None or org is None or pair.kind != "lora":
+            return given
+        path = org / "data" / Path(pair.finetune_ref).name / f"{split}.jsonl"
+        return path if path.exists() else None
+
+    task_data = exported(opts.task_data, "heldout")
     task_convs = load_conversations(task_data) if task_data else None
-    train_data = opts.train_data
-    if train_data is None and org is not None and pair.kind == "lora":
-        guess = org / "data" / Path(pair.finetune_ref).name / "train.jsonl"
-        train_data = guess if guess.exists() else None
+    train_data = exported(opts.train_data, "train")
     train_convs = load_conversations(train_data) if train_data else None
     user_metric = custom_metric(opts.task_metric) if opts.task_metric else None
 

@@ -87,7 +87,7 @@ def perplexity_gap(state: RepairState, triples) -> list[float]:
 @register
 class Mix:
     name = "mix"
-    summary = "audit + educationally reframe the task data, mix in aligned chat (perplexity-gap), re-finetune from base"
+    summary = "audit the task data, mix in aligned chat (perplexity gap), re-finetune from base; reframing opt-in"
     Params = MixParams
 
     def apply(self, state: RepairState, p: MixParams) -> RepairState:
