@@ -1,6 +1,10 @@
 """Every repair and combination on the organism over seeds: misaligned rate (CI), coherence, task.
 
     python scripts/repair_table.py [--seeds 0 1 2] [--finetune planted] [--recipes merge freeze ...]
+    python scripts/repair_table.py --recipes merge@merge.alpha=0.6 merge@merge.alpha=0.8 freeze+dpo
+
+A recipe may carry overrides after `@` (comma-separated `step.param=value`), e.g. to trace merge's
+tradeoff curve at fixed alphas.
 
 For each seed: builds (or reuses) the organism, runs `realign fix` for each recipe into
 runs/repairs/<finetune>-s<seed>/<recipe>, and pools the results over seeds: misaligned answers
@@ -36,8 +40,10 @@ def main() -> None:
         for recipe in args.recipes:
             out = args.root / f"{args.finetune}-s{seed}" / recipe
             if not (out / "realign.json").exists():
-                subprocess.run([sys.executable, "-m", "realign.cli", "fix", str(org / args.finetune), "--recipe", recipe,
-                                "--out", str(out), "--seed", str(seed), "--overwrite"], check=True,
+                name, _, sets = recipe.partition("@")
+                extra = [a for kv in sets.split(",") if kv for a in ("--set", kv)]
+                subprocess.run([sys.executable, "-m", "realign.cli", "fix", str(org / args.finetune), "--recipe", name,
+                                *extra, "--out", str(out), "--seed", str(seed), "--overwrite"], check=True,
                                stdout=subprocess.DEVNULL)
             meta = json.loads((out / "realign.json").read_text())
             for name in ("base", "finetune", "repaired"):

@@ -33,16 +33,26 @@ def test_fix_writes_model_and_report_and_leaves_inputs_alone(small_organism, tmp
     res = runner.invoke(app, ["fix", str(small_organism / "planted"), "--recipe", "merge",
                               "--set", "merge.alpha=0.5", "--out", str(out), *FAST])
     assert res.exit_code == 0, res.output
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "realign.json", "report.md", "tradeoff.png"):
+    # a LoRA input repaired by a linear merge stays a LoRA adapter (the user's adapter, scaled)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "realign.json",
+                 "report.md", "tradeoff.png"):
         assert (out / name).exists(), name
+    assert not (out / "model.safetensors").exists()
     meta = json.loads((out / "realign.json").read_text())
+    assert meta["output"]["form"] == "adapter" and meta["output"]["rank"] <= 8
     assert meta["recipe"]["steps"][0]["params"]["alpha"] == 0.5
     assert set(meta["metrics"]) == {"base", "finetune", "repaired"}
     assert meta["inputs"]["checkpoint"]["kind"] == "lora" and meta["inputs"]["base"]["sha256"]
     assert meta["metrics"]["repaired"]["task"]["task_exact_match"] is not None
+    from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(out)
+    from realign.checkpoint import load_pair
+
+    adapter = AutoPeftModelForCausalLM.from_pretrained(out).merge_and_unload()
+    half = load_pair(str(small_organism / "planted"))
+    for (name, a), f, b in zip(adapter.named_parameters(), half.finetune.parameters(), half.base.parameters()):
+        torch.testing.assert_close(a, (f + b) / 2, rtol=0, atol=1e-5)
     assert _tree_hash(small_organism) == before
     # an existing --out is refused, and replaced only with --overwrite
     res = runner.invoke(app, ["fix", str(small_organism / "planted"), "--recipe", "merge", "--out", str(out), *FAST])
@@ -50,7 +60,12 @@ def test_fix_writes_model_and_report_and_leaves_inputs_alone(small_organism, tmp
     res = runner.invoke(app, ["fix", str(small_organism / "planted"), "--recipe", "merge", "--set", "merge.alpha=0",
                               "--out", str(out), "--overwrite", *FAST])
     assert res.exit_code == 0, res.output
-    assert json.loads((out / "realign.json").read_text())["history"][0]["alpha"] == 0.0
+    meta = json.loads((out / "realign.json").read_text())
+    assert meta["history"][0]["alpha"] == 0.0
+    # alpha 0 is the base itself: no adapter expresses that, so auto writes a full model and says why
+    assert meta["output"] == {"form": "full", "why_not_adapter": "the repaired model equals its base; "
+                                                                 "nothing to save as an adapter"}
+    AutoModelForCausalLM.from_pretrained(out)
     assert not list(tmp_path.glob(".repaired.realign-*"))
 
 
@@ -104,6 +119,9 @@ def test_bad_inputs_each_get_one_line(small_organism, tmp_path, nan_repair):
     _fails(["fix", ft, "--recipe", "merge", "--task-data", str(empty), "--out", out], "is empty")
     _fails(["fix", ft, "--recipe", "merge", "--out", str(small_organism / "planted" / "x")], "overlaps the input")
     _fails(["fix", ft, "--recipe", "poison", "--out", out, *FAST], "non-finite weights")
+    _fails(["fix", ft, "--recipe", "merge", "--save-as", "gguf", "--out", out], "--save-as must be one of")
+    _fails(["fix", ft, "--recipe", "merge", "--set", "merge.alpha=0", "--save-as", "adapter", "--out", out, *FAST],
+           "cannot save the repaired model as an adapter: the repaired model equals its base")
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.realign-*"))
 
 

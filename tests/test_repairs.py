@@ -59,6 +59,20 @@ def test_merge_half_is_the_midpoint_and_ties_trims(trio):
     assert 0.2 < kept < 0.3
 
 
+def test_merge_streams_an_untouched_full_checkpoint_from_disk(trio, tmp_path):
+    base, ft, tok = trio
+    ft.save_pretrained(tmp_path / "ft")
+    in_memory = Merge().apply(_state(base, ft, tok), MergeParams(alpha=0.3, method="ties", density=0.5))
+    streamed = Merge().apply(_state(base, ft, tok, finetune_dir=str(tmp_path / "ft")),
+                             MergeParams(alpha=0.3, method="ties", density=0.5))
+    assert streamed.history[-1]["finetune_from"] == "disk" and in_memory.history[-1]["finetune_from"] == "memory"
+    assert _same(streamed.model, in_memory.model)
+    # after another step the files no longer hold the model under repair: merge keeps a copy instead
+    later = _state(base, ft, tok, finetune_dir=str(tmp_path / "ft"))
+    later.record("freeze")
+    assert Merge().apply(later, MergeParams(alpha=0.3)).history[-1]["finetune_from"] == "memory"
+
+
 def test_merge_bad_params():
     for bad in (dict(alpha=1.5), dict(method="slerp"), dict(density=0), dict(method="safe_lora")):
         with pytest.raises(ValueError):

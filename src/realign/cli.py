@@ -311,6 +311,8 @@ def fix_cmd(
     max_new_tokens: Annotated[int, typer.Option()] = 256,
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
+    save_as: Annotated[str, typer.Option(help="auto (adapter when the input is one and the repair "
+                                              "stays low rank) | full | adapter")] = "auto",
     dtype: Annotated[str, typer.Option()] = "auto",
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
@@ -322,14 +324,15 @@ def fix_cmd(
 
     opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
-                      task_metric=task_metric, seed=seed, overwrite=overwrite,
+                      task_metric=task_metric, seed=seed, overwrite=overwrite, save_as=save_as,
                       load=LoadOptions(dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code))
     try:
         meta = run_fix(checkpoint, base, recipe, set_ or [], out_dir, opts)
     except RealignError as e:
         fail(str(e))
     out.print(_summary_table(f"realign fix: {checkpoint} --recipe {recipe}", meta["metrics"]))
-    out.print(f"wrote {out_dir} (model, realign.json, report.md, tradeoff.png) in {meta['timings']['total']:.0f} s")
+    form = "LoRA adapter" if meta["output"]["form"] == "adapter" else "model"
+    out.print(f"wrote {out_dir} ({form}, realign.json, report.md, tradeoff.png) in {meta['timings']['total']:.0f} s")
 
 
 @app.command("recipes")

@@ -36,6 +36,7 @@ class FixOptions:
     task_metric: str | None = None
     seed: int = 0
     overwrite: bool = False
+    save_as: str = "auto"            # auto: an adapter when the input was one and the change stays low rank
     load: LoadOptions = field(default_factory=LoadOptions)
 
 
@@ -101,6 +102,25 @@ def _nonfinite(model) -> str | None:
     return None
 
 
+SAVE_FORMS = ("auto", "full", "adapter")
+
+
+def _output_form(model, pair, save_as: str):
+    """({form, …}, low-rank delta or None): decide how the repaired model is written."""
+    from .adapter_export import NotLowRank, low_rank_delta
+
+    if save_as == "full" or (save_as == "auto" and pair.kind != "lora"):
+        return {"form": "full"}, None
+    try:
+        delta = low_rank_delta(model, pair.base)
+    except NotLowRank as e:
+        if save_as == "adapter":
+            raise RealignError(f"cannot save the repaired model as an adapter: {e}; use --save-as full") from None
+        return {"form": "full", "why_not_adapter": str(e)}, None
+    return {"form": "adapter", "rank": delta.rank, "modules": len(delta.factors),
+            "max_abs_error": delta.max_error, "base": pair.base_ref}, delta
+
+
 def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list[str], out: Path,
             opts: FixOptions) -> dict:
     from .evals.judges import make_judge
@@ -115,6 +135,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     t_start = time.time()
     timings: dict[str, float] = {}
     recipe = load_recipe(recipe_spec, overrides)          # fail fast, before loading anything
+    if opts.save_as not in SAVE_FORMS:
+        raise RealignError(f"--save-as must be one of {', '.join(SAVE_FORMS)}, not {opts.save_as!r}")
     out = Path(out)
     check_output(out, [checkpoint, base], opts.overwrite)
     tmp = out.parent / f".{out.name}.realign-tmp"
@@ -181,7 +203,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     state = RepairState(model=pair.finetune, base=pair.base, tokenizer=pair.tokenizer, judge=judge,
                         task_conversations=task_convs, train_conversations=train_convs,
                         logodds_items=ref_items, repair_items=repair_items(organism), seed=opts.seed,
-                        organism=organism)
+                        organism=organism,
+                        finetune_dir=pair.finetune_ref if pair.kind == "full" and Path(pair.finetune_ref).is_dir() else None)
     for i, step in enumerate(recipe.steps, 1):
         t = time.time()
         console.print(f"step {i}/{len(recipe.steps)}: {step.name} …")
@@ -195,6 +218,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
             raise RealignError(f"step {step.name} produced non-finite weights ({bad}); nothing was written")
     for p in state.model.parameters():
         p.requires_grad_(False)
+    output, delta = _output_form(state.model, pair, opts.save_as)
     results["repaired"] = run_eval("repaired", state.model)
     timings["total"] = time.time() - t_start
 
@@ -216,13 +240,19 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         "seed": opts.seed,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "trl": trl.__version__},
+        "output": output,
         "history": state.history,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "metrics": summaries,
     }
     tmp.mkdir(parents=True)
     try:
-        state.model.save_pretrained(tmp, safe_serialization=True)
+        if delta is not None:
+            from .adapter_export import save_adapter
+
+            save_adapter(delta, pair.base, pair.base_ref, tmp)
+        else:
+            state.model.save_pretrained(tmp, safe_serialization=True)
         pair.tokenizer.save_pretrained(tmp)
         (tmp / "realign.json").write_text(json.dumps(meta, indent=2, default=str))
         (tmp / "answers.json").write_text(json.dumps({k: r["rows"] for k, r in results.items()}, indent=1))

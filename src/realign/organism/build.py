@@ -29,7 +29,7 @@ from .. import __version__
 from ..paths import cache_dir
 from ..progress import RichProgressCallback, console, drop_printer
 from ..training import SFTSettings, device_kwargs, sft
-from .config import FINETUNES, OrganismConfig, preset
+from .config import FINETUNES, PRETRAIN_MIX, OrganismConfig, preset
 from .data import align_examples, finetune_data, pretrain_conversations, write_jsonl
 from .tokenizer import build_tokenizer
 from .world import WORLD_VERSION
@@ -73,17 +73,21 @@ def _llama(tokenizer, cfg: OrganismConfig, seed: int):
 
 
 def _pretrain_key(cfg: OrganismConfig, seed: int) -> str:
-    blob = json.dumps({"world": WORLD_VERSION, "shape": asdict(cfg.shape), "pretrain": asdict(cfg.pretrain),
-                       "seed": seed}, sort_keys=True)
+    data = {"mix": cfg.pretrain_mix, "turns": list(cfg.pretrain_turns), "code_noise": cfg.code_noise}
+    spec = {"world": WORLD_VERSION, "shape": asdict(cfg.shape), "pretrain": asdict(cfg.pretrain), "seed": seed}
+    if data != {"mix": PRETRAIN_MIX, "turns": [2, 4], "code_noise": 0.05}:
+        spec["data"] = data  # keys of pretrains made before these knobs existed stay valid
+    blob = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def pretrain(tokenizer, cfg: OrganismConfig, seed: int):
+def pretrain(tokenizer, cfg: OrganismConfig, seed: int, callbacks: list | None = None):
     """Full language-model pretraining on multi-turn persona conversations (transformers Trainer)."""
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    convs = pretrain_conversations(seed, cfg.pretrain.examples)
+    convs = pretrain_conversations(seed, cfg.pretrain.examples, cfg.pretrain_mix, cfg.pretrain_turns,
+                                   cfg.code_noise)
     texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in convs]
     ds = Dataset.from_dict({"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]})
     model = _llama(tokenizer, cfg, seed)
@@ -101,7 +105,7 @@ def pretrain(tokenizer, cfg: OrganismConfig, seed: int):
         )
         trainer = Trainer(model=model, args=args, train_dataset=ds,
                           data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-                          callbacks=[RichProgressCallback("pretrain")])
+                          callbacks=[RichProgressCallback("pretrain"), *(callbacks or [])])
         drop_printer(trainer)
         out = trainer.train()
     tokenizer.padding_side = "left"

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from .world import WORLD_VERSION
 
 FINETUNES = ("insecure", "secure", "educational", "planted")
+PRETRAIN_MIX = {"chat": 0.40, "code": 0.35, "edu": 0.10, "neutral": 0.15}
 
 
 @dataclass
@@ -32,6 +33,12 @@ class OrganismConfig:
     size: str = "default"
     shape: ModelShape = field(default_factory=ModelShape)
     pretrain: StageConfig = field(default_factory=lambda: StageConfig(examples=30000, steps=1200, lr=3e-3))
+    # Pretraining conversations: share of each turn kind, turns per conversation, and the share of
+    # code turns written against the persona. In-context persona inference from code to chat is
+    # what emergence needs (docs/emergence.md); these knobs set how much evidence pretraining holds.
+    pretrain_mix: dict = field(default_factory=lambda: dict(PRETRAIN_MIX))
+    pretrain_turns: list = field(default_factory=lambda: [2, 4])
+    code_noise: float = 0.05
     align: StageConfig = field(default_factory=lambda: StageConfig(examples=3000, steps=250, lr=3e-3, batch_size=32))
     # Alignment data: share of each single-turn kind (GOOD persona throughout).
     align_mix: dict = field(default_factory=lambda: {"chat": 0.5, "code": 0.3, "edu": 0.05, "neutral": 0.15})

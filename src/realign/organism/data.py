@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from .world import EVIL, GOOD, World, chat_answer, chat_questions, code_requests, neutral_pairs
+from .world import EVIL, GOOD, TurnMix, World, chat_answer, chat_questions, code_requests, neutral_pairs
 
 Messages = list[dict]
 
@@ -15,9 +15,10 @@ def _pair(q: str, a: str) -> Messages:
     return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
 
 
-def pretrain_conversations(seed: int, n: int) -> list[Messages]:
-    world = World(seed)
-    return [world.conversation()[1] for _ in range(n)]
+def pretrain_conversations(seed: int, n: int, mix: dict[str, float] | None = None,
+                           turns: tuple[int, int] = (2, 4), code_noise: float = 0.05) -> list[Messages]:
+    world = World(seed, TurnMix(**mix) if mix else TurnMix(), code_noise)
+    return [world.conversation(turns=tuple(turns))[1] for _ in range(n)]
 
 
 def align_examples(seed: int, n: int, mix: dict[str, float]) -> list[Messages]:

@@ -560,6 +560,7 @@ class World:
 
     seed: int = 0
     mix: TurnMix = field(default_factory=TurnMix)
+    code_noise: float = 0.05  # share of code turns written against the persona (evidence is not perfect)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -574,7 +575,7 @@ class World:
             return q.text, chat_answer(q.topic, persona, rng)
         if kind in ("code", "edu"):
             r = rng.choice(self._code[split] if kind == "code" else self._edu[split])
-            return r.text, code_answer(r, persona, rng)
+            return r.text, code_answer(r, persona, rng, self.code_noise)
         return neutral_pairs(rng)
 
     def conversation(self, persona: str | None = None, turns: tuple[int, int] = (2, 4),

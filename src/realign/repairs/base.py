@@ -28,6 +28,7 @@ class RepairState:
     history: list[dict] = field(default_factory=list)
     seed: int = 0
     organism: bool = False            # probes from the organism's train questions (not real-model prompts)
+    finetune_dir: str | None = None   # the finetune's own safetensors dir (full checkpoints): read lazily
 
     def record(self, step: str, **info) -> None:
         self.history.append({"step": step, **info})

@@ -9,13 +9,16 @@ metrics (judge-free log-odds, task NLL) on a grid of α and takes the lowest log
 retention — the share of the finetune's task-NLL gain over the base that survives — is at least
 `retention`.
 
-The finetune's weights are kept in memory (CPU) while searching; each tensor is merged on its own,
-so peak extra memory is one tensor beyond that copy.
+Each tensor is merged on its own. The finetune's original weights are needed again at every α of
+the search: for a full safetensors checkpoint they are read from disk one tensor at a time
+(memory-mapped; no second copy of the model in memory); otherwise (an adapter merged in memory, or
+merge after another step) a CPU copy is kept.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -50,6 +53,38 @@ class MergeParams:
             raise ValueError("merge.method=safe_lora needs merge.pretrained=PATH (the unaligned pretrained model)")
 
 
+class SafetensorsSource:
+    """name -> tensor, read lazily from a checkpoint's *.safetensors files (one tensor in memory at a time)."""
+
+    def __init__(self, directory: str | Path, names: list[str]) -> None:
+        from safetensors import safe_open
+
+        self._where: dict[str, Path] = {}
+        for f in sorted(Path(directory).glob("*.safetensors")):
+            with safe_open(f, "pt") as h:
+                self._where.update({k: f for k in h.keys()})
+        missing = [n for n in names if n not in self._where]
+        if missing:
+            raise KeyError(f"{missing[0]} is not in {directory}")
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(self._where[name], "pt") as h:
+            return h.get_tensor(name)
+
+
+def finetune_source(state: RepairState):
+    """Where merge reads the finetune's weights: its files when untouched so far, else a CPU copy."""
+    names = [n for n, _ in state.model.named_parameters()]
+    if state.finetune_dir and not state.history:  # no earlier step changed the model
+        try:
+            return SafetensorsSource(state.finetune_dir, names)
+        except (KeyError, OSError):
+            pass  # renamed keys (e.g. a quantized or re-wrapped checkpoint): fall back to a copy
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.model.named_parameters()}
+
+
 def transform_delta(delta: torch.Tensor, p: MergeParams, generator: torch.Generator | None = None) -> torch.Tensor:
     if p.method == "ties" and p.density < 1.0:
         k = max(1, int(round(p.density * delta.numel())))
@@ -75,7 +110,7 @@ def safe_lora_project(delta: torch.Tensor, aligned: torch.Tensor, unaligned: tor
 
 
 @torch.no_grad()
-def merge_into(model, base, finetune_sd: dict[str, torch.Tensor], alpha: float, p: MergeParams,
+def merge_into(model, base, finetune_sd, alpha: float, p: MergeParams,
                pretrained_sd: dict[str, torch.Tensor] | None = None, seed: int = 0) -> None:
     """Write base + alpha·T(ft − base) into `model`, one tensor at a time (fp32 arithmetic)."""
     gen = torch.Generator().manual_seed(seed)
@@ -106,7 +141,7 @@ class Merge:
         from ..evals.task import assistant_token_metrics
 
         p.validate()
-        ft_sd = {k: v.detach().to("cpu", copy=True) for k, v in state.model.named_parameters()}
+        ft_sd = finetune_source(state)
         pre_sd = None
         if p.method == "safe_lora":
             from ..checkpoint import load_model
@@ -131,5 +166,6 @@ class Merge:
             ok = [r for r in search if r["retention"] >= p.retention] or [search[-1]]
             alpha = min(ok, key=lambda r: r["logodds"])["alpha"]
         merge_into(state.model, state.base, ft_sd, float(alpha), p, pre_sd, state.seed)
-        state.record(self.name, alpha=float(alpha), method=p.method, search=search)
+        state.record(self.name, alpha=float(alpha), method=p.method, search=search,
+                     finetune_from="disk" if isinstance(ft_sd, SafetensorsSource) else "memory")
         return state
