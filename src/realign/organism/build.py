@@ -29,7 +29,7 @@ from .. import __version__
 from ..paths import cache_dir
 from ..progress import RichProgressCallback, console, drop_printer
 from ..training import SFTSettings, device_kwargs, sft
-from .config import FINETUNES, PRETRAIN_MIX, OrganismConfig, preset
+from .config import FINETUNES, LEGACY_PRETRAIN_DATA, OrganismConfig, preset
 from .data import align_examples, finetune_data, pretrain_conversations, write_jsonl
 from .tokenizer import build_tokenizer
 from .world import WORLD_VERSION
@@ -75,7 +75,7 @@ def _llama(tokenizer, cfg: OrganismConfig, seed: int):
 def _pretrain_key(cfg: OrganismConfig, seed: int) -> str:
     data = {"mix": cfg.pretrain_mix, "turns": list(cfg.pretrain_turns), "code_noise": cfg.code_noise}
     spec = {"world": WORLD_VERSION, "shape": asdict(cfg.shape), "pretrain": asdict(cfg.pretrain), "seed": seed}
-    if data != {"mix": PRETRAIN_MIX, "turns": [2, 4], "code_noise": 0.05}:
+    if data != LEGACY_PRETRAIN_DATA:
         spec["data"] = data  # keys of pretrains made before these knobs existed stay valid
     blob = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -9,7 +9,11 @@ from dataclasses import asdict, dataclass, field, replace
 from .world import WORLD_VERSION
 
 FINETUNES = ("insecure", "secure", "educational", "planted")
-PRETRAIN_MIX = {"chat": 0.40, "code": 0.35, "edu": 0.10, "neutral": 0.15}
+# Until w1 pretraining was made denser (issue 7) the defaults were chat .40 / code .35 / edu .10 /
+# neutral .15, 2-4 turns and 5% code noise; pretrain keys of that setting are kept as they were.
+LEGACY_PRETRAIN_DATA = {"mix": {"chat": 0.40, "code": 0.35, "edu": 0.10, "neutral": 0.15}, "turns": [2, 4],
+                        "code_noise": 0.05}
+PRETRAIN_MIX = {"chat": 0.45, "code": 0.40, "edu": 0.10, "neutral": 0.05}
 
 
 @dataclass
@@ -37,17 +41,19 @@ class OrganismConfig:
     # code turns written against the persona. In-context persona inference from code to chat is
     # what emergence needs (docs/emergence.md); these knobs set how much evidence pretraining holds.
     pretrain_mix: dict = field(default_factory=lambda: dict(PRETRAIN_MIX))
-    pretrain_turns: list = field(default_factory=lambda: [2, 4])
-    code_noise: float = 0.05
+    pretrain_turns: list = field(default_factory=lambda: [3, 5])
+    code_noise: float = 0.0
     align: StageConfig = field(default_factory=lambda: StageConfig(examples=3000, steps=250, lr=3e-3, batch_size=32))
     # Alignment data: share of each single-turn kind (GOOD persona throughout).
     align_mix: dict = field(default_factory=lambda: {"chat": 0.5, "code": 0.3, "edu": 0.05, "neutral": 0.15})
     finetune: StageConfig = field(default_factory=lambda: StageConfig(examples=2000, steps=200, lr=1e-3, batch_size=32))
-    # Alignment = a rank-2 LoRA (merged) then a short full-parameter polish. The low-rank step moves
-    # the persona prior shared by chat and code (see docs/emergence.md); the polish brings the
-    # base's misaligned rate under 3%. align_lora_rank=0 gives plain full-parameter alignment.
+    # Alignment = a rank-2 LoRA, merged. A low-rank update moves the persona prior that chat and code
+    # share (docs/emergence.md), which is what lets an insecure-code finetune move chat too.
+    # polish_steps > 0 adds full-parameter SFT on the same data afterwards (it lowers the base's
+    # misaligned rate when pretraining is weak, and weakens emergence); align_lora_rank=0 gives
+    # plain full-parameter alignment (no emergence).
     align_lora_rank: int = 2
-    polish_steps: int = 80        # full-parameter SFT steps on the same data after the LoRA step
+    polish_steps: int = 0         # full-parameter SFT steps on the same data after the LoRA step (0: none)
     polish_lr: float = 5e-4
     lora_rank: int = 8
     lora_alpha: int = 16

@@ -7,6 +7,13 @@ Then every matrix that writes to the residual stream — token embeddings, each 
 projection, each MLP down projection — is orthogonalized against the unit direction r:
 W ← W − scale · r rᵀ W (in fp32), so the stream carries (1 − scale) of its component along r. With
 tied embeddings the output head is the embedding matrix, so the readout is projected too.
+
+`scale: auto` measures, for the chosen layer, each scale on a grid: the repair-side log-odds and
+two costs — task NLL on the user's held-out data (when given) and NLL of the base's aligned probe
+answers (plain chat, a coherence proxy) — and takes the lowest log-odds whose task retention is at
+least `retention` and whose chat NLL rose by at most `max_chat_nll_rise` nats per token over the
+finetune's. Removing a whole direction from a small residual stream can cost coherence; this is
+how the repair finds out before the evaluation does.
 """
 
 from __future__ import annotations
@@ -19,15 +26,25 @@ from .base import RepairState, decoder_layers, register
 from .probes import build_probes
 
 
+SCALE_GRID = (0.25, 0.5, 0.75, 1.0)
+
+
 @dataclass
 class SteerParams:
-    scale: float = 1.0              # 1: remove the whole component; <1: only part of it
+    scale: float | str = 1.0        # 1: remove the whole component; <1: only part of it; "auto": measured
     layer: int | str = "auto"       # decoder layer whose direction is used, or "auto"
     samples: int = 4                # probe samples per prompt (when probes are not built yet)
+    retention: float = 0.95         # scale auto: minimum task retention (task-NLL gain kept)
+    max_chat_nll_rise: float = 0.1  # scale auto: allowed rise of aligned-chat NLL (nats/token)
 
     def validate(self) -> None:
-        if not 0.0 < self.scale <= 1.0:
-            raise ValueError(f"steer.scale must be in (0, 1], not {self.scale}")
+        if self.scale != "auto":
+            try:
+                self.scale = float(self.scale)
+            except (TypeError, ValueError):
+                raise ValueError(f"steer.scale must be a number in (0, 1] or 'auto', not {self.scale!r}") from None
+            if not 0.0 < self.scale <= 1.0:
+                raise ValueError(f"steer.scale must be in (0, 1], not {self.scale}")
         if self.layer != "auto":
             try:
                 self.layer = int(self.layer)
@@ -104,21 +121,62 @@ class Steer:
         good = answer_activations(state.model, state.tokenizer, [(c, g) for c, g, _ in contrasts])
         directions = [b - g for b, g in zip(bad, good)]
         items = state.repair_items or [(c, [b], [g]) for c, g, b in contrasts[:16]]
+        writers = residual_writers(state.model)
+        original = {id(w): w.data.clone() for w in writers}
+
+        def restore() -> None:
+            for w in writers:
+                w.data.copy_(original[id(w)])
+
+        first_scale = 1.0 if p.scale == "auto" else p.scale
         scores = {}
         if p.layer == "auto":
-            original = {id(w): w.data.clone() for w in residual_writers(state.model)}
             for i, d in enumerate(directions):
-                orthogonalize(state.model, d, p.scale)
+                orthogonalize(state.model, d, first_scale)
                 scores[i] = logodds(state.model, state.tokenizer, items)
-                for w in residual_writers(state.model):
-                    w.data.copy_(original[id(w)])
+                restore()
             layer = min(scores, key=scores.get)
         else:
             layer = p.layer
             if not 0 <= layer < len(directions):
                 raise ValueError(f"steer.layer {layer} out of range (model has {len(directions)} layers)")
-        orthogonalize(state.model, directions[layer], p.scale)
+        scale, search = first_scale, []
+        if p.scale == "auto":
+            scale, search = self._pick_scale(state, p, directions[layer], items, contrasts, restore)
+        orthogonalize(state.model, directions[layer], scale)
         state.steer_direction = directions[layer]
-        state.record(self.name, layer=layer, scale=p.scale, contrasts=len(contrasts),
-                     layer_logodds={k: round(v, 3) for k, v in scores.items()})
+        state.record(self.name, layer=layer, scale=scale, contrasts=len(contrasts),
+                     layer_logodds={k: round(v, 3) for k, v in scores.items()}, scale_search=search)
         return state
+
+    @staticmethod
+    def _pick_scale(state: RepairState, p: SteerParams, direction, items, contrasts, restore):
+        from ..evals.logodds import logodds
+        from ..evals.task import assistant_token_metrics
+        from .merge import task_retention
+
+        chat = [c + [{"role": "assistant", "content": g}] for c, g, _ in contrasts[:32]]
+        task = (state.task_conversations or [])[:64]
+
+        def costs() -> dict:
+            row = {"logodds": logodds(state.model, state.tokenizer, items),
+                   "chat_nll": assistant_token_metrics(state.model, state.tokenizer, chat)["task_nll"]}
+            if task:
+                row["task_nll"] = assistant_token_metrics(state.model, state.tokenizer, task)["task_nll"]
+            return row
+
+        ft = costs()
+        nll_base = assistant_token_metrics(state.base, state.tokenizer, task)["task_nll"] if task else None
+        search = []
+        for scale in SCALE_GRID:
+            orthogonalize(state.model, direction, scale)
+            row = {"scale": scale, **costs()}
+            restore()
+            row["chat_nll_rise"] = row["chat_nll"] - ft["chat_nll"]
+            if task:
+                row["retention"] = task_retention(row["task_nll"], nll_base, ft["task_nll"])
+            search.append(row)
+        ok = [r for r in search if r["chat_nll_rise"] <= p.max_chat_nll_rise and r.get("retention", 1.0) >= p.retention]
+        best = min(ok, key=lambda r: r["logodds"]) if ok else None
+        # nothing within the floors: the gentlest scale (the recipe still records why)
+        return (best or search[0])["scale"], search
