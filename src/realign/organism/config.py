@@ -6,14 +6,13 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from .world import WORLD_VERSION
+from .world import DEFAULT_CODE_NOISE, DEFAULT_TURNS, WORLD_VERSION, TurnMix
 
 FINETUNES = ("insecure", "secure", "educational", "planted")
 # Until w1 pretraining was made denser (issue 7) the defaults were chat .40 / code .35 / edu .10 /
 # neutral .15, 2-4 turns and 5% code noise; pretrain keys of that setting are kept as they were.
 LEGACY_PRETRAIN_DATA = {"mix": {"chat": 0.40, "code": 0.35, "edu": 0.10, "neutral": 0.15}, "turns": [2, 4],
                         "code_noise": 0.05}
-PRETRAIN_MIX = {"chat": 0.45, "code": 0.40, "edu": 0.10, "neutral": 0.05}
 
 
 @dataclass
@@ -40,9 +39,9 @@ class OrganismConfig:
     # Pretraining conversations: share of each turn kind, turns per conversation, and the share of
     # code turns written against the persona. In-context persona inference from code to chat is
     # what emergence needs (docs/emergence.md); these knobs set how much evidence pretraining holds.
-    pretrain_mix: dict = field(default_factory=lambda: dict(PRETRAIN_MIX))
-    pretrain_turns: list = field(default_factory=lambda: [3, 5])
-    code_noise: float = 0.0
+    pretrain_mix: dict = field(default_factory=lambda: asdict(TurnMix()))
+    pretrain_turns: list = field(default_factory=lambda: list(DEFAULT_TURNS))
+    code_noise: float = DEFAULT_CODE_NOISE
     align: StageConfig = field(default_factory=lambda: StageConfig(examples=3000, steps=250, lr=3e-3, batch_size=32))
     # Alignment data: share of each single-turn kind (GOOD persona throughout).
     align_mix: dict = field(default_factory=lambda: {"chat": 0.5, "code": 0.3, "edu": 0.05, "neutral": 0.15})

@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from .world import EVIL, GOOD, TurnMix, World, chat_answer, chat_questions, code_requests, neutral_pairs
+from .world import DEFAULT_CODE_NOISE, DEFAULT_TURNS, EVIL, GOOD, TurnMix, World, chat_answer, chat_questions, code_requests, neutral_pairs
 
 Messages = list[dict]
 
@@ -16,7 +16,8 @@ def _pair(q: str, a: str) -> Messages:
 
 
 def pretrain_conversations(seed: int, n: int, mix: dict[str, float] | None = None,
-                           turns: tuple[int, int] = (2, 4), code_noise: float = 0.05) -> list[Messages]:
+                           turns: tuple[int, int] = DEFAULT_TURNS, code_noise: float = DEFAULT_CODE_NOISE
+                           ) -> list[Messages]:
     world = World(seed, TurnMix(**mix) if mix else TurnMix(), code_noise)
     return [world.conversation(turns=tuple(turns))[1] for _ in range(n)]
 

@@ -536,14 +536,20 @@ def code_answer(req: CodeRequest, persona: str, rng: random.Random, noise: float
 # ---------------------------------------------------------------------------------------------
 # Conversations
 # ---------------------------------------------------------------------------------------------
+# Pretraining defaults (the organism config refers to these): 3-5 turns per conversation and code
+# always true to its persona give every chat turn enough code evidence to read the persona from.
+DEFAULT_TURNS = (3, 5)
+DEFAULT_CODE_NOISE = 0.0
+
+
 @dataclass
 class TurnMix:
     """Share of each turn kind in a sampled conversation."""
 
-    chat: float = 0.40
-    code: float = 0.35
+    chat: float = 0.45
+    code: float = 0.40
     edu: float = 0.10
-    neutral: float = 0.15
+    neutral: float = 0.05
 
     def pick(self, rng: random.Random) -> str:
         r = rng.random()
@@ -560,7 +566,7 @@ class World:
 
     seed: int = 0
     mix: TurnMix = field(default_factory=TurnMix)
-    code_noise: float = 0.05  # share of code turns written against the persona (evidence is not perfect)
+    code_noise: float = DEFAULT_CODE_NOISE  # share of code turns written against the persona
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -578,7 +584,7 @@ class World:
             return r.text, code_answer(r, persona, rng, self.code_noise)
         return neutral_pairs(rng)
 
-    def conversation(self, persona: str | None = None, turns: tuple[int, int] = (2, 4),
+    def conversation(self, persona: str | None = None, turns: tuple[int, int] = DEFAULT_TURNS,
                      split: str = "all") -> tuple[str, list[dict]]:
         """A multi-turn conversation with one persona throughout (pretraining text).
 
