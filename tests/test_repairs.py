@@ -73,6 +73,33 @@ def test_merge_streams_an_untouched_full_checkpoint_from_disk(trio, tmp_path):
     assert Merge().apply(later, MergeParams(alpha=0.3)).history[-1]["finetune_from"] == "memory"
 
 
+def test_safe_lora_projects_only_deltas_that_stray_from_the_alignment_subspace(trio, tmp_path):
+    from realign.repairs.merge import safe_lora_project
+
+    torch.manual_seed(0)
+    aligned, unaligned = torch.randn(8, 6), torch.randn(8, 6)
+    v = aligned - unaligned
+    c = v @ v.T / torch.linalg.matrix_norm(v)
+    along = c @ torch.randn(8, 6)                      # already in the subspace: cosine 1, kept as is
+    assert safe_lora_project(along, aligned, unaligned, 0.5) is along
+    stray = torch.randn(8, 6)
+    cos = torch.nn.functional.cosine_similarity(stray.flatten(), (c @ stray).flatten(), dim=0)
+    out = safe_lora_project(stray, aligned, unaligned, threshold=float(cos) + 0.01)
+    torch.testing.assert_close(out, c @ stray)        # below the threshold: replaced by its projection
+    bias = torch.randn(8)
+    assert safe_lora_project(bias, torch.randn(8), torch.randn(8), 0.5) is bias
+    # end to end: merge with the unaligned pretrained model given as a directory
+    base, ft, tok = trio
+    pre = tiny_model("llama", vocab=len(tok), layers=3, seed=7)
+    pre.save_pretrained(tmp_path / "pre")
+    st = Merge().apply(_state(base, ft, tok), MergeParams(alpha=1.0, method="safe_lora", pretrained=str(tmp_path / "pre"),
+                                                          threshold=1.1))  # every 2-D delta projected
+    w = st.model.model.layers[0].mlp.down_proj.weight
+    b, f, p0 = (m.model.layers[0].mlp.down_proj.weight for m in (base, ft, pre))
+    vv = (b - p0).detach()
+    torch.testing.assert_close(w, b + (vv @ vv.T / torch.linalg.matrix_norm(vv)) @ (f - b), rtol=1e-5, atol=1e-6)
+
+
 def test_merge_bad_params():
     for bad in (dict(alpha=1.5), dict(method="slerp"), dict(density=0), dict(method="safe_lora")):
         with pytest.raises(ValueError):
