@@ -159,18 +159,17 @@ class Steer:
         task = (state.task_conversations or [])[:64]
 
         def costs() -> dict:
-            row = {"logodds": logodds(state.model, state.tokenizer, items),
-                   "chat_nll": assistant_token_metrics(state.model, state.tokenizer, chat)["task_nll"]}
+            row = {"chat_nll": assistant_token_metrics(state.model, state.tokenizer, chat)["task_nll"]}
             if task:
                 row["task_nll"] = assistant_token_metrics(state.model, state.tokenizer, task)["task_nll"]
             return row
 
-        ft = costs()
+        ft = costs()  # the finetune's own costs: the reference for both floors
         nll_base = assistant_token_metrics(state.base, state.tokenizer, task)["task_nll"] if task else None
         search = []
         for scale in SCALE_GRID:
             orthogonalize(state.model, direction, scale)
-            row = {"scale": scale, **costs()}
+            row = {"scale": scale, "logodds": logodds(state.model, state.tokenizer, items), **costs()}
             restore()
             row["chat_nll_rise"] = row["chat_nll"] - ft["chat_nll"]
             if task:
