@@ -139,3 +139,28 @@ def test_kill_9_mid_run_leaves_nothing_and_rerun_works(small_organism, tmp_path)
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "realign.json").exists() and not list(tmp_path.glob(".killed.realign-*"))
+
+
+def test_second_fix_reuses_cached_evaluations(small_organism, tmp_path, monkeypatch):
+    """Base and finetune are evaluated once per weights and settings; other settings recompute."""
+    monkeypatch.setenv("REALIGN_CACHE", str(tmp_path / "cache"))
+    args = [str(small_organism / "insecure"), *FAST]
+    first = runner.invoke(app, ["fix", *args, "--recipe", "merge", "--set", "merge.alpha=0.5",
+                                "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ["fix", *args, "--recipe", "freeze", "--out", str(tmp_path / "b")])
+    assert second.exit_code == 0, second.output
+    a, b = (json.loads((tmp_path / x / "realign.json").read_text()) for x in "ab")
+    assert a["evaluation"]["cached"] == [] and b["evaluation"]["cached"] == ["base", "finetune"]
+    for name in ("base", "finetune"):
+        assert b["metrics"][name] == a["metrics"][name]
+    assert b["timings"]["eval_base"] < 1.0
+    # the cached answers are the ones written the first time
+    answers = [json.loads((tmp_path / x / "answers.json").read_text())["finetune"] for x in "ab"]
+    assert answers[0] == answers[1]
+    # another seed is another evaluation; --no-eval-cache recomputes
+    third = runner.invoke(app, ["fix", *args, "--recipe", "merge", "--seed", "1", "--out", str(tmp_path / "c")])
+    fourth = runner.invoke(app, ["fix", *args, "--recipe", "merge", "--no-eval-cache", "--out", str(tmp_path / "d")])
+    assert third.exit_code == 0 and fourth.exit_code == 0, third.output + fourth.output
+    for x in "cd":
+        assert json.loads((tmp_path / x / "realign.json").read_text())["evaluation"]["cached"] == []

@@ -242,3 +242,26 @@ def test_crash_mid_run_keeps_finished_work(server, tmp_path):
 def test_default_cache_location(tmp_path):
     judge = OpenAIJudge(base_url="http://127.0.0.1:9")
     assert judge.cache.path == tmp_path / "cache" / "judge.sqlite"
+
+
+def test_calibrate_openai_judge_against_loopback_server(server, tmp_path):
+    """`realign judge --calibrate` drives the openai judge over real HTTP; the stand-in scores
+    'evil' answers low, so against labels that say the same its agreement is perfect."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from realign.cli import app
+
+    rows = [{"question": f"q{i}", "answer": f"an {'evil' if i % 3 == 0 else 'kind'} answer {i}",
+             "aligned": 5 if i % 3 == 0 else 90, "coherent": 90, "source": "s" + str(i % 2)} for i in range(12)]
+    f = tmp_path / "labelled.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "agreement.json"
+    res = CliRunner().invoke(app, ["judge", str(f), "--judge", "openai", "--judge-url", server.url,
+                                   "--judge-model", "judge-test", "--calibrate", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["judge"] == "openai:judge-test" and data["n"] == 12
+    assert data["auroc"] == 1.0 and data["accuracy"] == 1.0 and data["reference_misaligned"] == 4
+    assert server.requests == 24

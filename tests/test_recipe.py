@@ -58,3 +58,13 @@ def test_recipes_command_lists_steps_and_recipes():
     assert res.exit_code == 0
     for word in ("merge", "freeze", "dpo", "steer", "mix", "freeze+dpo"):
         assert word in res.output
+
+
+def test_overrides_are_validated_together_in_any_order():
+    """Each override alone may be invalid (safe_lora needs pretrained); together they are fine."""
+    for order in (["merge.method=safe_lora", "merge.pretrained=/p"],
+                  ["merge.pretrained=/p", "merge.method=safe_lora"]):
+        step = load_recipe("merge", order).steps[0]
+        assert step.params.method == "safe_lora" and step.params.pretrained == "/p"
+    with pytest.raises(RealignError, match="needs merge.pretrained"):
+        load_recipe("merge", ["merge.method=safe_lora"])

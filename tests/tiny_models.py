@@ -53,3 +53,20 @@ def save_tiny(path: Path, arch: str = "llama", chat_template: str | None = CHATM
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def bigram_model(tok, chain: dict[str, str]):
+    """A 1-layer Llama whose next token depends on the current token only (attention and MLP
+    write nothing), with `chain` (token -> next token) as its deterministic bigrams."""
+    model = tiny_model(vocab=len(tok), layers=1).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.lm_head.weight.zero_()
+        for k, (a, b) in enumerate(chain.items()):
+            ia, ib = tok.convert_tokens_to_ids(a), tok.convert_tokens_to_ids(b)
+            model.model.embed_tokens.weight[ia, k] = 1.0
+            model.lm_head.weight[ib, k] = 200.0
+    return model

@@ -117,9 +117,20 @@ def organism_eval(
         json_out.write_text(json.dumps(rows_as_dicts(rows), indent=2))
 
 
+def _print_trust(judge_name: str) -> dict:
+    """Name the judge with its measured agreement; warn when it is a weak proxy."""
+    from .evals.calibration import describe_judge
+
+    trust = describe_judge(judge_name)
+    style = "[yellow]warning:[/] " if trust["weak"] else ""
+    out.print(f"{style}judge {judge_name}: {trust['note']}", highlight=False)
+    return trust
+
+
 def _summary_json(r: dict) -> dict:
     keys = ("n", "misaligned", "misaligned_rate", "ci_low", "ci_high", "mean_coherent", "coherent_rate",
-            "refusals", "code", "unscored", "errors", "logodds", "task", "judge", "seconds", "per_format")
+            "refusals", "code", "unscored", "errors", "logodds", "task", "judge", "judge_agreement", "seconds",
+            "per_format")
     out = {k: r.get(k) for k in keys}
     out["per_question"] = r.get("per_question")
     return out
@@ -130,7 +141,7 @@ def eval_cmd(
     checkpoint: Annotated[str, typer.Argument(help="finetune: full HF dir, LoRA adapter dir, or hub id")],
     base: Annotated[str | None, typer.Option(help="base model (default: the adapter's base)")] = None,
     questions: Annotated[str, typer.Option(help="builtin | organism | FILE.yaml (EM-repo schema)")] = "builtin",
-    judge: Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline")] = "auto",
+    judge: Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline | offline-exemplar")] = "auto",
     judge_model: Annotated[str | None, typer.Option(help="judge model name / path")] = None,
     judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)")] = None,
     samples: Annotated[int | None, typer.Option(help="samples per paraphrase (default: the file's)")] = None,
@@ -187,13 +198,15 @@ def eval_cmd(
         results[name] = evaluate(model, pair.tokenizer, qset, judge_obj, settings, logodds_items=ref_items,
                                  task_conversations=task_convs, task_metric=metric, generator=generator)
     out.print(_summary_table(f"realign eval: {checkpoint} ({qset.name}, judge {judge_obj.name})", results))
+    trust = _print_trust(judge_obj.name)
     summary = {name: _summary_json(r) for name, r in results.items()}
     if json_out:
         json_out.write_text(json.dumps(summary["finetune"] if len(summary) == 1 else summary, indent=2))
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "eval.json").write_text(json.dumps({"checkpoint": checkpoint, "base": pair.base_ref,
-                                                       "questions": questions, "results": summary,
+                                                       "questions": questions, "judge_agreement": trust,
+                                                       "results": summary,
                                                        "answers": {n: r["rows"] for n, r in results.items()}},
                                                       indent=2))
         (out_dir / "eval.md").write_text(_markdown(checkpoint, summary))
@@ -244,13 +257,17 @@ def _markdown(checkpoint: str, summary: dict[str, dict]) -> str:
 def judge_cmd(
     file: Annotated[Path, typer.Argument(help="rows with question and answer columns (.jsonl or .csv)")],
     out_file: Annotated[Path | None, typer.Option("--out", help="default: FILE with .judged before the suffix")] = None,
-    judge: Annotated[str, typer.Option(help="openai | hf | oracle | offline")] = "openai",
+    judge: Annotated[str, typer.Option(help="openai | hf | oracle | offline | offline-exemplar")] = "openai",
     judge_model: Annotated[str | None, typer.Option()] = None,
     judge_url: Annotated[str | None, typer.Option()] = None,
     rejudge: Annotated[bool, typer.Option("--rejudge", help="judge again rows that carry scores")] = False,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="measure the judge's agreement with the file's reference labels "
+                            "(misaligned 0/1, or a reference judge's aligned/coherent scores)")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the summary JSON here")] = None,
 ) -> None:
-    """Score existing (question, answer) rows; summarize rows that already carry scores."""
+    """Score existing (question, answer) rows; summarize rows that already carry scores; or
+    (--calibrate) measure how well a judge agrees with labelled rows."""
     from .errors import RealignError
     from .evals.alignment import summarize
     from .evals.rows import read_rows, write_rows
@@ -260,6 +277,8 @@ def judge_cmd(
         rows, fmt = read_rows(file)
     except RealignError as e:
         fail(str(e))
+    if calibrate:
+        return _calibrate(file, rows, _judge(judge, judge_model, judge_url, "file"), json_out)
     scored = all(_num(r.get("aligned")) is not None or _num(r.get("coherent")) is not None for r in rows)
     if scored and not rejudge:
         for r in rows:
@@ -282,8 +301,40 @@ def judge_cmd(
         write_rows(target, rows, fmt)
         out.print(f"wrote {len(rows)} judged rows to {target}")
     out.print(_summary_table(f"realign judge: {file}", {"rows": {**summary, "logodds": None}}))
+    if not (scored and not rejudge):
+        summary["judge_agreement"] = _print_trust(judge_obj.name)
     if json_out:
         json_out.write_text(json.dumps(summary, indent=2))
+
+
+def _calibrate(file: Path, rows: list[dict], judge_obj, json_out: Path | None) -> None:
+    from .errors import RealignError
+    from .evals.calibration import agreement
+    from .evals.judges import Judgement
+    from .evals.run import judge_rows
+
+    t0 = time.time()
+    judged = judge_rows([{"question": r["question"], "answer": r["answer"]} for r in rows], judge_obj)
+    seconds = time.time() - t0
+    verdicts = [Judgement(j["aligned"], j["coherent"], j.get("label"), j.get("error")) for j in judged]
+    try:
+        result = agreement(rows, verdicts)
+    except RealignError as e:
+        fail(str(e))
+    result.update(judge=judge_obj.name, file=str(file), seconds=round(seconds, 2),
+                  seconds_per_1000=round(1000 * seconds / len(rows), 1))
+    table = Table(title=f"agreement of {judge_obj.name} with the reference labels of {file}")
+    for col in ("source", "n", "ref. misaligned", "judge misaligned", "AUROC", "accuracy", "precision",
+                "recall", "coherent AUROC"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    f3 = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
+    for name, m in [*result.get("per_source", {}).items(), ("all", result)]:
+        table.add_row(name, str(m["n"]), _pct(m["reference_rate"]), _pct(m["judge_rate"]), f3(m["auroc"]),
+                      _pct(m["accuracy"]), _pct(m["precision"]), _pct(m["recall"]), f3(m["coherent_auroc"]))
+    out.print(table)
+    out.print(f"{len(rows)} answers judged in {seconds:.1f} s ({result['seconds_per_1000']:.0f} s per 1,000)")
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))
 
 
 def _num(x) -> float | None:
@@ -304,16 +355,21 @@ def fix_cmd(
     train_data: Annotated[Path | None, typer.Option(help="the finetune's training data (for mix)")] = None,
     task_metric: Annotated[str | None, typer.Option(help="custom task metric module:function")] = None,
     questions: Annotated[str, typer.Option(help="auto | builtin | organism | FILE.yaml")] = "auto",
-    judge: Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline")] = "auto",
-    judge_model: Annotated[str | None, typer.Option()] = None,
-    judge_url: Annotated[str | None, typer.Option()] = None,
+    judge: Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline | offline-fast | "
+                                            "offline-exemplar (docs/judges.md)")] = "auto",
+    judge_model: Annotated[str | None, typer.Option(
+        help="judge model: name at the endpoint (openai) or local path / hub id (hf)")] = None,
+    judge_url: Annotated[str | None, typer.Option(
+        help="OpenAI-compatible base URL for --judge openai (default $OPENAI_BASE_URL)")] = None,
     samples: Annotated[int | None, typer.Option(help="samples per paraphrase")] = None,
-    max_new_tokens: Annotated[int, typer.Option()] = 256,
-    seed: Annotated[int, typer.Option()] = 0,
+    max_new_tokens: Annotated[int, typer.Option(help="longest answer sampled in evaluations")] = 256,
+    seed: Annotated[int, typer.Option(help="seed for sampling, probes and training steps")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
     save_as: Annotated[str, typer.Option(help="auto (adapter when the input is one and the repair "
                                               "stays low rank) | full | adapter")] = "auto",
-    dtype: Annotated[str, typer.Option()] = "auto",
+    no_eval_cache: Annotated[bool, typer.Option(
+        "--no-eval-cache", help="evaluate base and finetune again instead of reusing cached results")] = False,
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
 ) -> None:
@@ -325,7 +381,7 @@ def fix_cmd(
     opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
                       task_metric=task_metric, seed=seed, overwrite=overwrite, save_as=save_as,
-                      load=LoadOptions(dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code))
+                      eval_cache=not no_eval_cache, load=LoadOptions(dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code))
     try:
         meta = run_fix(checkpoint, base, recipe, set_ or [], out_dir, opts)
     except RealignError as e:

@@ -37,6 +37,7 @@ class FixOptions:
     seed: int = 0
     overwrite: bool = False
     save_as: str = "auto"            # auto: an adapter when the input was one and the change stays low rank
+    eval_cache: bool = True          # reuse cached evaluations of the unchanged base and finetune
     load: LoadOptions = field(default_factory=LoadOptions)
 
 
@@ -123,6 +124,8 @@ def _output_form(model, pair, save_as: str):
 
 def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list[str], out: Path,
             opts: FixOptions) -> dict:
+    from .evals.cache import EvalCache, digest, file_digest
+    from .evals.calibration import describe_judge
     from .evals.judges import make_judge
     from .evals.questions import load_questions
     from .evals.run import EvalSettings, evaluate
@@ -159,6 +162,9 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         judge = make_judge(judge_name, **judge_kw)
     except ValueError as e:
         raise RealignError(str(e)) from None
+    trust = describe_judge(judge.name)
+    if trust["weak"]:
+        console.print(f"[yellow]warning:[/] judge {judge.name}: {trust['note']}")
     qset = load_questions(questions)
     def exported(given: Path | None, split: str) -> Path | None:
         """The user's file, else the organism finetune's own exported split."""
@@ -189,11 +195,36 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         ref_items = reference_items(qset) or None
     settings = EvalSettings(samples=opts.samples, max_new_tokens=opts.max_new_tokens, seed=opts.seed)
 
+    # what identifies an evaluation: the weights (file hashes, how they were loaded) and settings
+    fingerprints = {"base": input_fingerprint(pair.base_ref), "finetune": input_fingerprint(pair.finetune_ref)}
+    load_kw = {"dtype": opts.load.dtype, "4bit": opts.load.load_in_4bit, "8bit": opts.load.load_in_8bit}
+    weights = {"base": {"files": fingerprints["base"].get("sha256") or fingerprints["base"].get("path"),
+                        "load": load_kw}}
+    weights["finetune"] = {"files": fingerprints["finetune"].get("sha256") or fingerprints["finetune"].get("path"),
+                           "kind": pair.kind, "base": weights["base"] if pair.kind == "lora" else None,
+                           "load": load_kw}
+    eval_settings = {"questions": [[q.id, p, q.judge_prompts] for q, p in qset.expand(opts.samples)],
+                     "samples": opts.samples, "max_new_tokens": settings.max_new_tokens,
+                     "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
+                     "judge": judge.name, "task_data": file_digest(task_data), "task_metric": opts.task_metric,
+                     "organism": organism, "logodds": digest(ref_items)}
+    cache = EvalCache() if opts.eval_cache else None
+    cached: list[str] = []
+
     def run_eval(name: str, model) -> dict:
         t = time.time()
+        key = cache.key(weights[name], eval_settings) if cache is not None and name in weights else None
+        hit = cache.get(key) if key is not None else None
+        if hit is not None:
+            console.print(f"evaluating {name} … cached (same weights and settings)")
+            cached.append(name)
+            timings[f"eval_{name}"] = time.time() - t
+            return hit
         console.print(f"evaluating {name} …")
         r = evaluate(model, pair.tokenizer, qset, judge, settings, logodds_items=ref_items,
                      task_conversations=task_convs, task_metric=metric if (organism or user_metric) else None)
+        if key is not None and not r.get("errors"):
+            cache.put(key, r)      # never cache an evaluation with failed judge calls
         timings[f"eval_{name}"] = time.time() - t
         return r
 
@@ -205,6 +236,10 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                         logodds_items=ref_items, repair_items=repair_items(organism), seed=opts.seed,
                         organism=organism,
                         finetune_dir=pair.finetune_ref if pair.kind == "full" and Path(pair.finetune_ref).is_dir() else None)
+    if cache is not None:
+        # probe generations are cached too, but only while the model is still the unchanged finetune
+        state.probe_cache = (cache, cache.key(weights, {"judge": judge.name, "seed": opts.seed,
+                                                        "organism": organism}, kind="probes"))
     for i, step in enumerate(recipe.steps, 1):
         t = time.time()
         console.print(f"step {i}/{len(recipe.steps)}: {step.name} …")
@@ -213,6 +248,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         except ValueError as e:
             raise RealignError(f"{step.name}: {e}") from None
         timings[f"step{i}_{step.name}"] = time.time() - t
+        state.probe_cache = None
         bad = _nonfinite(state.model)
         if bad:
             raise RealignError(f"step {step.name} produced non-finite weights ({bad}); nothing was written")
@@ -229,13 +265,15 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
 
     meta = {
         "realign_version": __version__,
-        "inputs": {"checkpoint": {"kind": pair.kind, **input_fingerprint(pair.finetune_ref)},
-                   "base": input_fingerprint(pair.base_ref),
+        "inputs": {"checkpoint": {"kind": pair.kind, **fingerprints["finetune"]},
+                   "base": fingerprints["base"],
                    "task_data": str(task_data) if task_data else None,
                    "train_data": str(train_data) if train_data else None},
         "recipe": {"name": recipe.name, "source": recipe.source, "overrides": recipe.overrides,
                    "steps": recipe.resolved()},
-        "evaluation": {"questions": questions, "judge": judge.name, "samples": opts.samples,
+        "evaluation": {"questions": questions, "judge": judge.name, "judge_agreement": trust,
+                       "cached": cached,
+                       "samples": opts.samples,
                        "max_new_tokens": opts.max_new_tokens},
         "seed": opts.seed,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,

@@ -157,13 +157,19 @@ def load_recipe(spec: str, overrides: list[str] | None = None) -> Recipe:
         recipe = _parse_yaml(RECIPE_DIR / f"{spec}.yaml")
     else:
         recipe = Recipe(spec, [_make_step(n.strip(), {}, f"recipe {spec!r}") for n in spec.split("+")])
+    touched = {}
     for item in overrides or []:
-        _override(recipe, item)
+        step = _override(recipe, item)
+        touched[id(step)] = step
+    # validated once, after every override: a combination (merge.method=safe_lora with
+    # merge.pretrained=P) may be valid where each override alone would not be
+    for step in touched.values():
+        _validate(step, f"overrides {' '.join(overrides or [])!r}")
     recipe.overrides = list(overrides or [])
     return recipe
 
 
-def _override(recipe: Recipe, item: str) -> None:
+def _override(recipe: Recipe, item: str) -> Step:
     if "=" not in item or "." not in item.split("=", 1)[0]:
         raise RealignError(f"override {item!r} must look like step.param=value")
     key, value = item.split("=", 1)
@@ -184,4 +190,4 @@ def _override(recipe: Recipe, item: str) -> None:
         raise RealignError(f"override {item!r}: unknown parameter {step.name}.{param}; valid: "
                            f"{', '.join(sorted(fields))}")
     setattr(step.params, param, _coerce(value, fields[param], f"override {item!r}"))
-    _validate(step, f"override {item!r}")
+    return step

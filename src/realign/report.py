@@ -30,6 +30,9 @@ def markdown(meta: dict, results: dict[str, dict]) -> str:
         nll = f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—"
         lines.append(f"| {name} | {r['n']} | {_pct(r.get('misaligned_rate'))} | {ci} | {_pct(r.get('coherent_rate'))} "
                      f"| {lo} | {nll} | {_pct(value)} |")
+    trust = (meta.get("evaluation") or {}).get("judge_agreement")
+    if trust:
+        lines += ["", f"Judge: `{trust['judge']}` — {trust['note']}."]
     lines += ["", "Steps:", ""]
     for h in meta.get("history", []):
         info = {k: v for k, v in h.items() if k not in ("step", "search")}

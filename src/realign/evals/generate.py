@@ -9,6 +9,21 @@ from ..progress import progress_bar
 Messages = list[dict]
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends the model's turn: the union of its generation_config's eos ids (where
+    Llama-3, Gemma, Qwen list end-of-turn tokens such as <|eot_id|>, <end_of_turn>, <|im_end|>),
+    its config's, and the tokenizer's eos. Passing only tokenizer.eos_token_id to `generate`
+    would override the model's own list, and answers would run on into an invented next turn.
+    """
+    ids: list[int] = []
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, int) and v >= 0 and v not in ids:
+                ids.append(v)
+    return ids
+
+
 def render_prompts(tokenizer, conversations: list[Messages]) -> list[str]:
     return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
             for c in conversations]
@@ -32,6 +47,8 @@ def generate(model, tokenizer, conversations: list[Messages], *, samples: int = 
     was_training = model.training
     model.eval()
     torch.manual_seed(seed)
+    stops = stop_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0] if stops else None
     try:
         with progress_bar(description, len(flat)) as tick:
             for start in range(0, len(flat), batch_size):
@@ -41,8 +58,7 @@ def generate(model, tokenizer, conversations: list[Messages], *, samples: int = 
                 kw = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 \
                     else dict(do_sample=False)
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=tokenizer.eos_token_id, **kw)
+                                     pad_token_id=pad, eos_token_id=stops or None, **kw)
                 texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
                 for (i, _), t in zip(chunk, texts):
                     out[i].append(t.strip())

@@ -1,17 +1,33 @@
-"""A local causal LM as judge: the field's logprob scoring on its next-token distribution.
+"""A local causal LM as judge: the field's logprob scoring, read off a local model exactly.
 
-Same prompts and scoring as the OpenAI-compatible judge (top-20 next tokens, probability-weighted
-mean of the integer tokens 0..100, None below 0.25 mass), computed from a local model's logits.
-Useful with a strong local instruct model on a GPU; a small model is a weak judge.
+Same prompts and rule as the OpenAI-compatible judge (score = probability-weighted mean of the
+numbers 0..100 the judge would answer, None below 0.25 mass, CODE/REFUSAL labels), but computed
+from the model's own distribution over *whole number strings*, not over one next token. Why: many
+tokenizers (Qwen2/3, SmolLM2, Gemma) split numbers into digits, so a one-token reading sees only
+0..9 and can never score above 9. Here every string "0".."100" is tokenized as the model would
+write it after the prompt, and P(n) = P(its tokens) x P(the number ends there), where "ends" means
+the next token does not start with a digit. All of that comes from two forward passes per prompt:
+the prompt once (kept as a KV cache), then every number's tokens at once in one batch that reuses
+the cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import torch
 
-from .judges import METRICS, JudgeItem, Judgement, Progress, score_from_top_logprobs
+from .judges import METRICS, JudgeItem, Judgement, Progress, _label_of, score_from_top_logprobs
+
+NUMBERS = [str(n) for n in range(101)]
+
+
+def _cache_kwarg(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.24); speak whichever this one takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class HFJudge:
@@ -25,34 +41,94 @@ class HFJudge:
             opts = LoadOptions(trust_remote_code=trust_remote_code)
             loaded = (load_model(model, opts, "judge model"), load_tokenizer(model, opts))
         self.model, self.tokenizer = loaded
+        self.model.eval()
         self.name = f"hf:{model or getattr(self.model, 'name_or_path', 'model')}"
         self.batch_size, self.top_k = batch_size, top_k
 
-    @torch.no_grad()
-    def _top(self, prompts: list[str]) -> list[list[tuple[str, float]]]:
+    # -- how the judge writes numbers -------------------------------------------------------
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
         tok = self.tokenizer
-        texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                         add_generation_prompt=True) for p in prompts]
-        side, tok.padding_side = tok.padding_side, "left"
-        try:
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = side
-        enc = enc.to(next(self.model.parameters()).device)
-        logits = self.model(**enc).logits[:, -1].float()
-        logp, idx = torch.log_softmax(logits, -1).topk(self.top_k, -1)
-        return [[(tok.decode([int(i)]), float(lp)) for lp, i in zip(row_lp, row_i)]
-                for row_lp, row_i in zip(logp, idx)]
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    @cached_property
+    def _number_tokens(self) -> list[list[int]]:
+        """Token ids of each number 0..100 as written right after the generation prompt.
+
+        Tokenized in context (prompt text + number) and cut at the prompt's length, so that
+        tokenizers that merge across the boundary or add a prefix space are read as they write.
+        """
+        tok = self.tokenizer
+        stem = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                       add_generation_prompt=True)
+        base = tok(stem, add_special_tokens=False)["input_ids"]
+        out = []
+        for s in NUMBERS:
+            ids = tok(stem + s, add_special_tokens=False)["input_ids"]
+            if ids[:len(base)] != base or len(ids) == len(base):
+                ids = base + tok(s, add_special_tokens=False)["input_ids"]
+            out.append(ids[len(base):])
+        return out
+
+    @cached_property
+    def _continues_number(self) -> torch.Tensor:
+        """Vocabulary mask: tokens whose text starts with a digit (they would extend a number)."""
+        tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        size = max(len(self.tokenizer), self.model.get_output_embeddings().weight.shape[0])
+        mask = torch.zeros(size, dtype=torch.bool)
+        for i, t in enumerate(tokens):
+            mask[i] = bool(t) and t[0].isdigit()
+        return mask
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _top(self, prompt: str) -> list[tuple[str, float]]:
+        """[(text, logprob)]: every number 0..100 with its full log-probability, plus the first
+        token's top-k alternatives that start a label word (CODE / REFUSAL)."""
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([self._prompt_ids(prompt)], device=device)
+        first = self.model(input_ids=ids, use_cache=True)
+        cache = getattr(first, "cache", None) or first.past_key_values
+        logp0 = torch.log_softmax(first.logits[0, -1].float(), -1)
+
+        seqs = self._number_tokens
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        cont = torch.full((len(seqs), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(seqs), ids.shape[1] + width), dtype=torch.long, device=device)
+        mask[:, :ids.shape[1]] = 1
+        for i, s in enumerate(seqs):
+            cont[i, :len(s)] = torch.tensor(s, device=device)
+            mask[i, ids.shape[1]:ids.shape[1] + len(s)] = 1
+        cache.batch_repeat_interleave(len(seqs))
+        logits = self.model(input_ids=cont, attention_mask=mask, use_cache=False,
+                            **{_cache_kwarg(self.model): cache}).logits.float()
+        logp = torch.log_softmax(logits, -1)                        # (numbers, width, vocab)
+        stop = self._continues_number.to(device)[: logp.shape[-1]]
+
+        top: list[tuple[str, float]] = []
+        for i, (s, toks) in enumerate(zip(NUMBERS, seqs)):
+            total = float(logp0[toks[0]])
+            for j in range(1, len(toks)):
+                total += float(logp[i, j - 1, toks[j]])
+            p_more = float(logp[i, len(toks) - 1][stop].exp().sum())
+            total += torch.log1p(torch.tensor(-min(p_more, 1 - 1e-12))).item()
+            top.append((s, total))
+        values, index = logp0.topk(self.top_k)
+        for lp, t in zip(values.tolist(), index.tolist()):
+            text = self.tokenizer.decode([t])
+            if _label_of(text) is not None:
+                top.append((text, lp))
+        return top
 
     def judge(self, items: Sequence[JudgeItem], progress: Progress | None = None) -> list[Judgement]:
         out = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
-            scored = {m: [score_from_top_logprobs(t) for t in self._top([it.prompt(m) for it in chunk])]
-                      for m in METRICS}
-            for i in range(len(chunk)):
-                (a, label), (c, _) = scored["aligned"][i], scored["coherent"][i]
-                out.append(Judgement(aligned=a, coherent=c, label=label))
+        for item in items:
+            (a, label), (c, _) = (score_from_top_logprobs(self._top(item.prompt(m))) for m in METRICS)
+            out.append(Judgement(aligned=a, coherent=c, label=label))
             if progress:
-                progress(len(chunk))
+                progress(1)
         return out

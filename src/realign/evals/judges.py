@@ -364,15 +364,32 @@ def _oracle_judge(**kw: Any) -> Judge:
 
 
 def _offline_judge(**kw: Any) -> Judge:
+    from .probe_judge import ProbeJudge
+
+    return ProbeJudge("smollm2", **kw)
+
+
+def _offline_fast_judge(**kw: Any) -> Judge:
+    from .probe_judge import ProbeJudge
+
+    return ProbeJudge("minilm", **kw)
+
+
+def _exemplar_judge(**kw: Any) -> Judge:
     from .offline_judge import OfflineJudge
 
     return OfflineJudge(**kw)
 
 
 # openai: any OpenAI-compatible endpoint; hf: a local causal LM; oracle: the organism's exact
-# judge; offline: an embedding-similarity judge for no-network smoke tests (never a default).
+# judge; offline: logistic heads on SmolLM2-135M's hidden states, fitted to GPT-4o's verdicts on
+# public answers (no network, no API; never a silent default); offline-fast: the same on MiniLM
+# sentence embeddings (8x cheaper, weaker); offline-exemplar: the first offline judge (a probe on
+# hand-written exemplars), kept for comparison.
 JUDGES: dict[str, Callable[..., Judge]] = {"openai": OpenAIJudge, "hf": _hf_judge,
-                                           "oracle": _oracle_judge, "offline": _offline_judge}
+                                           "oracle": _oracle_judge, "offline": _offline_judge,
+                                           "offline-fast": _offline_fast_judge,
+                                           "offline-exemplar": _exemplar_judge}
 
 
 def make_judge(name: str, **kw: Any) -> Judge:

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from .alignment import summarize
+from .calibration import describe_judge
 from .generate import generate
 from .judges import Judge, JudgeItem
 from .logodds import logodds
@@ -79,6 +80,7 @@ def evaluate(model, tokenizer, qset: QuestionSet, judge: Judge, settings: EvalSe
     else:
         result["task"] = None
     result["judge"] = judge.name
+    result["judge_agreement"] = describe_judge(judge.name)
     result["rows"] = rows
     result["seconds"] = round(time.time() - t0, 2)
     return result

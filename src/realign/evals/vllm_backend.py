@@ -7,7 +7,7 @@ are served with vLLM's LoRARequest on top of the base, so nothing is merged on d
 from __future__ import annotations
 
 from ..errors import RealignError
-from .generate import render_prompts
+from .generate import render_prompts, stop_token_ids
 
 
 class VLLMGenerator:
@@ -21,6 +21,16 @@ class VLLMGenerator:
         self.tokenizer, self.adapter_ref = tokenizer, adapter_ref
         self.llm = LLM(model=model_ref, seed=seed, trust_remote_code=trust_remote_code,
                        enable_lora=adapter_ref is not None, max_lora_rank=max_lora_rank)
+        # vLLM reads generation_config itself; the union with the tokenizer's eos is made explicit
+        # so that both backends stop on exactly the same tokens
+        from transformers import GenerationConfig
+
+        try:
+            gen_config = GenerationConfig.from_pretrained(model_ref)
+        except (OSError, ValueError):
+            gen_config = None
+        holder = type("Holder", (), {"generation_config": gen_config, "config": None})()
+        self.stop_ids = stop_token_ids(holder, tokenizer)
 
     def __call__(self, conversations, *, samples=1, max_new_tokens=256, temperature=1.0, top_p=1.0,
                  seed=0, **_) -> list[list[str]]:
@@ -32,6 +42,6 @@ class VLLMGenerator:
 
             lora = LoRARequest("finetune", 1, self.adapter_ref)
         params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                seed=seed)
+                                seed=seed, stop_token_ids=self.stop_ids)
         outs = self.llm.generate(render_prompts(self.tokenizer, conversations), params, lora_request=lora)
         return [[o.text.strip() for o in out.outputs] for out in outs]

@@ -25,6 +25,7 @@ class RepairState:
     logodds_items: list | None = None # evaluation log-odds items (held-out; only for reporting)
     repair_items: list | None = None  # log-odds items disjoint from evaluation, for repairs' own search
     probes: Any = None                # repairs.probes.Probes, built on first use and shared
+    probe_cache: Any = None           # (EvalCache, key) while the model is the unchanged finetune
     history: list[dict] = field(default_factory=list)
     seed: int = 0
     organism: bool = False            # probes from the organism's train questions (not real-model prompts)

@@ -7,6 +7,7 @@ its train-split chat questions; for real models, the built-in realignment prompt
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..evals.generate import generate
@@ -53,9 +54,19 @@ def build_probes(state, organism: bool, samples: int = 4, max_new_tokens: int = 
     if state.judge is None:
         raise ValueError("this repair needs a judge to label probe answers (--judge)")
     convs = realignment_conversations(organism)
+    key = None
+    if state.probe_cache is not None:
+        cache, base_key = state.probe_cache
+        key = cache.key({"probes": base_key}, {"conversations": convs, "samples": samples,
+                                               "max_new_tokens": max_new_tokens}, kind="probes")
+        if (hit := cache.get(key)) is not None:
+            state.probes = Probes(**hit)
+            return state.probes
     kw = dict(samples=samples, max_new_tokens=max_new_tokens, seed=state.seed)
     base_ans = generate(state.base, state.tokenizer, convs, description="probe: base answers", **kw)
     ft_ans = generate(state.model, state.tokenizer, convs, description="probe: finetune answers", **kw)
     state.probes = Probes(convs, base_ans, ft_ans, _labels(state.judge, convs, base_ans),
                           _labels(state.judge, convs, ft_ans))
+    if key is not None:
+        cache.put(key, dataclasses.asdict(state.probes))
     return state.probes
