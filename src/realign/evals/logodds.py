@@ -42,22 +42,20 @@ def pad_pairs(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int = 0):
     return ids, mask, target
 
 
-@torch.no_grad()
 def sequence_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int = 0,
-                      batch_size: int = 64) -> torch.Tensor:
-    """Sum of token log-probs of each answer given its prompt, for (prompt ids, answer ids) pairs."""
-    device = next(model.parameters()).device
-    results = []
-    for start in range(0, len(pairs), batch_size):
-        ids, mask, target = (t.to(device) for t in pad_pairs(pairs[start:start + batch_size], pad_id))
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
-        results.append((logp * target[:, 1:]).sum(-1).cpu())
-    return torch.cat(results) if results else torch.zeros(0)
+                      batch_size: int = 16) -> torch.Tensor:
+    """Sum of token log-probs of each answer given its prompt, for (prompt ids, answer ids) pairs.
+
+    Logits only at answer positions, in a bounded working set (`scoring.answer_token_scores`).
+    """
+    from .scoring import answer_token_scores
+
+    scores = answer_token_scores(model, pairs, pad_id, batch_size)
+    return torch.tensor([float(lp.double().sum()) for lp, _ in scores]) if scores else torch.zeros(0)
 
 
 def logodds(model, tokenizer, items: Sequence[tuple[list[dict], Sequence[str], Sequence[str]]],
-            batch_size: int = 64) -> float:
+            batch_size: int = 16) -> float:
     """Mean over items (conversation, misaligned refs, aligned refs) of the log-odds."""
     pairs, spans = [], []
     for conv, bad, good in items:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RealignError
-from .logodds import completion_ids, pad_pairs
+from .logodds import completion_ids
 
 Messages = list[dict]
 
@@ -44,28 +44,23 @@ def load_conversations(path: str | Path) -> list[Messages]:
 
 
 @torch.no_grad()
-def assistant_token_metrics(model, tokenizer, conversations: list[Messages], batch_size: int = 32) -> dict:
+def assistant_token_metrics(model, tokenizer, conversations: list[Messages], batch_size: int = 16) -> dict:
     """Mean NLL per assistant token and greedy next-token accuracy on assistant tokens."""
     pairs = []
     for msgs in conversations:
         for i, m in enumerate(msgs):
             if m["role"] == "assistant":
                 pairs.append(completion_ids(tokenizer, msgs[:i], m["content"]))
-    device = next(model.parameters()).device
+    from .scoring import answer_token_scores
+
     was_training = model.training
     model.eval()
-    nll_sum, correct, count = 0.0, 0, 0
-    pad = tokenizer.pad_token_id or 0
-    for start in range(0, len(pairs), batch_size):
-        ids, mask, target = (t.to(device) for t in pad_pairs(pairs[start:start + batch_size], pad))
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        gold, tgt = ids[:, 1:], target[:, 1:]
-        logp = torch.log_softmax(logits, -1).gather(-1, gold[..., None])[..., 0]
-        nll_sum += float(-(logp * tgt).sum())
-        correct += int(((logits.argmax(-1) == gold) & tgt).sum())
-        count += int(tgt.sum())
+    scores = answer_token_scores(model, pairs, tokenizer.pad_token_id or 0, batch_size)
     model.train(was_training)
-    return {"task_nll": nll_sum / max(count, 1), "task_token_accuracy": correct / max(count, 1),
+    count = sum(len(lp) for lp, _ in scores)
+    nll = -sum(float(lp.double().sum()) for lp, _ in scores)
+    correct = sum(int(hit.sum()) for _, hit in scores)
+    return {"task_nll": nll / max(count, 1), "task_token_accuracy": correct / max(count, 1),
             "task_tokens": count, "task_examples": len(conversations)}
 
 

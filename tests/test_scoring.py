@@ -1,0 +1,54 @@
+"""Answer scoring computes logits only where they are read, and equals the full computation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from tiny_models import ARCHS, tiny_model
+
+from realign.evals.scoring import answer_token_scores
+
+
+def _reference(model, pairs):
+    """Full-vocabulary logits over whole right-padded sequences, one pair at a time."""
+    out = []
+    with torch.no_grad():
+        for p, a in pairs:
+            ids = torch.tensor([p + a])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            tgt = ids[0, 1:]
+            lp = logp.gather(-1, tgt[:, None])[:, 0][len(p) - 1:]
+            hit = (logp.argmax(-1) == tgt)[len(p) - 1:]
+            out.append((lp, hit))
+    return out
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_scores_equal_full_logits(arch):
+    model = tiny_model(arch, vocab=300).eval()
+    rnd = random.Random(0)
+    pairs = [([rnd.randrange(1, 300) for _ in range(rnd.randrange(1, 12))],
+              [rnd.randrange(1, 300) for _ in range(rnd.randrange(1, 9))]) for _ in range(11)]
+    got = answer_token_scores(model, pairs, pad_id=0, batch_size=4, max_logits=300 * 5)
+    for (lp, hit), (lp_ref, hit_ref) in zip(got, _reference(model, pairs)):
+        torch.testing.assert_close(lp, lp_ref, atol=2e-5, rtol=0)
+        assert torch.equal(hit, hit_ref)
+
+
+def test_large_vocabulary_logits_stay_bounded(monkeypatch):
+    """At a 200k vocabulary the model's lm_head is asked only for the answers' positions."""
+    vocab = 200_000
+    model = tiny_model("llama", hidden=16, layers=1, vocab=vocab).eval()
+    pairs = [(list(range(1, 120)), [5, 6, 7]), (list(range(1, 90)), [8, 9])]
+    seen = []
+    head = model.lm_head
+    orig = head.forward
+    monkeypatch.setattr(head, "forward", lambda x: seen.append(tuple(x.shape)) or orig(x))
+    got = answer_token_scores(model, pairs, batch_size=2)
+    assert [len(lp) for lp, _ in got] == [3, 2]
+    # 2 rows x (longest answer + 1) positions, not 2 x 122 positions
+    assert seen == [(2, 4, 16)]
+    for (lp, _), (lp_ref, _) in zip(got, _reference(model, pairs)):
+        torch.testing.assert_close(lp, lp_ref, atol=2e-5, rtol=0)
