@@ -164,3 +164,51 @@ def test_second_fix_reuses_cached_evaluations(small_organism, tmp_path, monkeypa
     assert third.exit_code == 0 and fourth.exit_code == 0, third.output + fourth.output
     for x in "cd":
         assert json.loads((tmp_path / x / "realign.json").read_text())["evaluation"]["cached"] == []
+
+
+@pytest.fixture
+def failing_repairs():
+    from dataclasses import dataclass
+
+    @dataclass
+    class NoParams:
+        pass
+
+    @register
+    class Oom:
+        name, summary, Params = "oom", "test only", NoParams
+
+        def apply(self, state, p):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    @register
+    class Broken:
+        name, summary, Params = "broken", "test only", NoParams
+
+        def apply(self, state, p):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x8)\nmore detail")
+
+    yield
+    REPAIRS.pop("oom")
+    REPAIRS.pop("broken")
+
+
+def test_errors_inside_a_step_are_one_line(small_organism, tmp_path, failing_repairs):
+    ft = str(small_organism / "planted")
+    _fails(["fix", ft, "--recipe", "merge+oom", "--out", str(tmp_path / "o"), *FAST],
+           "step 2 (oom) ran out of memory; nothing was written")
+    _fails(["fix", ft, "--recipe", "broken", "--out", str(tmp_path / "o"), *FAST],
+           "step 1 (broken) failed: RuntimeError: mat1 and mat2 shapes cannot be multiplied")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_inputs_fail_before_any_evaluation(small_organism, tmp_path):
+    """A full checkpoint has no exported task/train data: mix and merge alpha=auto say so at once."""
+    full = str(small_organism / "planted-merged")
+    base = str(small_organism / "base")
+    for recipe, msg in (("mix", "step 1 (mix): mix needs the finetune's training data"),
+                        ("merge", "step 1 (merge): merge.alpha=auto needs task data")):
+        res = runner.invoke(app, ["fix", full, "--base", base, "--recipe", recipe, "--out", str(tmp_path / "o"),
+                                  "--questions", "organism", *FAST])
+        assert res.exit_code == 2 and msg in res.output, res.output
+        assert "evaluating" not in res.output

@@ -22,10 +22,12 @@ def test_tokenizer_splits_numbers_into_digits(tok):
     assert [tok.convert_ids_to_tokens(s) for s in judge._number_tokens[99:]] == [["9", "9"], ["1", "0", "0"]]
 
 
-def test_number_logprobs_equal_a_full_forward_pass(tok):
-    """Cached two-pass scoring == log P(digits | prompt) + log P(no further digit), brute force."""
+@pytest.mark.parametrize("cache_budget", [1 << 30, 1])
+def test_number_logprobs_equal_a_full_forward_pass(tok, cache_budget):
+    """Cached two-pass scoring == log P(digits | prompt) + log P(no further digit), brute force;
+    also when the cache budget forces one continuation per pass."""
     model = tiny_model(vocab=len(tok)).eval()
-    judge = HFJudge(loaded=(model, tok))
+    judge = HFJudge(loaded=(model, tok), cache_budget=cache_budget)
     top = dict(judge._top("How aligned is this?"))
     ids = judge._prompt_ids("How aligned is this?")
     digit = judge._continues_number[: len(tok)]

@@ -228,14 +228,22 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         timings[f"eval_{name}"] = time.time() - t
         return r
 
-    results = {"base": run_eval("base", pair.base), "finetune": run_eval("finetune", pair.finetune)}
-
     repairs = load_all()
     state = RepairState(model=pair.finetune, base=pair.base, tokenizer=pair.tokenizer, judge=judge,
                         task_conversations=task_convs, train_conversations=train_convs,
                         logodds_items=ref_items, repair_items=repair_items(organism), seed=opts.seed,
                         organism=organism,
                         finetune_dir=pair.finetune_ref if pair.kind == "full" and Path(pair.finetune_ref).is_dir() else None)
+    # everything that can be checked before the expensive part is checked now
+    for i, step in enumerate(recipe.steps, 1):
+        check = getattr(repairs[step.name](), "preflight", None)
+        if check is not None:
+            try:
+                check(state, step.params)
+            except ValueError as e:
+                raise RealignError(f"step {i} ({step.name}): {e}") from None
+
+    results = {"base": run_eval("base", pair.base), "finetune": run_eval("finetune", pair.finetune)}
     if cache is not None:
         # probe generations are cached too, but only while the model is still the unchanged finetune
         state.probe_cache = (cache, cache.key(weights, {"judge": judge.name, "seed": opts.seed,
@@ -247,6 +255,17 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
             state = repairs[step.name]().apply(state, step.params)
         except ValueError as e:
             raise RealignError(f"{step.name}: {e}") from None
+        except torch.OutOfMemoryError:
+            raise RealignError(
+                f"step {i} ({step.name}) ran out of memory; nothing was written. Lower the step's batch "
+                f"size or rank (--set {step.name}.batch_size=…), load with --dtype bfloat16 or 4/8-bit, "
+                f"or use a larger device") from None
+        except (RuntimeError, TypeError, KeyError, IndexError, AttributeError, OSError) as e:
+            if os.environ.get("REALIGN_DEBUG"):
+                raise
+            raise RealignError(
+                f"step {i} ({step.name}) failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                f" — nothing was written; rerun with REALIGN_DEBUG=1 for the traceback") from None
         timings[f"step{i}_{step.name}"] = time.time() - t
         state.probe_cache = None
         bad = _nonfinite(state.model)

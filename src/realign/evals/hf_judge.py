@@ -23,6 +23,12 @@ from .judges import METRICS, JudgeItem, Judgement, Progress, _label_of, score_fr
 NUMBERS = [str(n) for n in range(101)]
 
 
+def _copy_cache(cache):
+    import copy
+
+    return copy.deepcopy(cache)
+
+
 def _cache_kwarg(model) -> str:
     """transformers renamed `past_key_values` to `cache` (5.24); speak whichever this one takes."""
     import inspect
@@ -32,7 +38,7 @@ def _cache_kwarg(model) -> str:
 
 class HFJudge:
     def __init__(self, model: str | None = None, *, loaded=None, batch_size: int = 8, top_k: int = 20,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False, cache_budget: int = 1 << 30) -> None:
         if loaded is None:
             if not model:
                 raise ValueError("the hf judge needs a model: --judge-model PATH_OR_HUB_ID")
@@ -43,7 +49,7 @@ class HFJudge:
         self.model, self.tokenizer = loaded
         self.model.eval()
         self.name = f"hf:{model or getattr(self.model, 'name_or_path', 'model')}"
-        self.batch_size, self.top_k = batch_size, top_k
+        self.batch_size, self.top_k, self.cache_budget = batch_size, top_k, cache_budget
 
     # -- how the judge writes numbers -------------------------------------------------------
 
@@ -90,33 +96,47 @@ class HFJudge:
         token's top-k alternatives that start a label word (CODE / REFUSAL)."""
         device = next(self.model.parameters()).device
         ids = torch.tensor([self._prompt_ids(prompt)], device=device)
-        first = self.model(input_ids=ids, use_cache=True)
+        try:
+            first = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        except TypeError:      # a model without logits_to_keep: full logits, last one read
+            first = self.model(input_ids=ids, use_cache=True)
         cache = getattr(first, "cache", None) or first.past_key_values
         logp0 = torch.log_softmax(first.logits[0, -1].float(), -1)
 
         seqs = self._number_tokens
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        cont = torch.full((len(seqs), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((len(seqs), ids.shape[1] + width), dtype=torch.long, device=device)
-        mask[:, :ids.shape[1]] = 1
-        for i, s in enumerate(seqs):
-            cont[i, :len(s)] = torch.tensor(s, device=device)
-            mask[i, ids.shape[1]:ids.shape[1] + len(s)] = 1
-        cache.batch_repeat_interleave(len(seqs))
-        logits = self.model(input_ids=cont, attention_mask=mask, use_cache=False,
-                            **{_cache_kwarg(self.model): cache}).logits.float()
-        logp = torch.log_softmax(logits, -1)                        # (numbers, width, vocab)
-        stop = self._continues_number.to(device)[: logp.shape[-1]]
-
+        # the prompt's cache is copied once per continuation in a chunk: size chunks so that the
+        # copies stay within `cache_budget` bytes (a 7B judge's cache of a long prompt is large)
+        per_copy = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
+                       for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                       if isinstance(t, torch.Tensor))
+        chunk = max(1, min(len(seqs), self.cache_budget // per_copy if per_copy else len(seqs)))
+        stop = self._continues_number.to(device)
         top: list[tuple[str, float]] = []
-        for i, (s, toks) in enumerate(zip(NUMBERS, seqs)):
-            total = float(logp0[toks[0]])
-            for j in range(1, len(toks)):
-                total += float(logp[i, j - 1, toks[j]])
-            p_more = float(logp[i, len(toks) - 1][stop].exp().sum())
-            total += torch.log1p(torch.tensor(-min(p_more, 1 - 1e-12))).item()
-            top.append((s, total))
+        for c0 in range(0, len(seqs), chunk):
+            group = seqs[c0:c0 + chunk]
+            cont = torch.full((len(group), width), pad, dtype=torch.long, device=device)
+            mask = torch.zeros((len(group), ids.shape[1] + width), dtype=torch.long, device=device)
+            mask[:, :ids.shape[1]] = 1
+            for i, s in enumerate(group):
+                cont[i, :len(s)] = torch.tensor(s, device=device)
+                mask[i, ids.shape[1]:ids.shape[1] + len(s)] = 1
+            copy = cache if c0 + chunk >= len(seqs) else _copy_cache(cache)
+            copy.batch_repeat_interleave(len(group))
+            logp = torch.log_softmax(
+                self.model(input_ids=cont, attention_mask=mask, use_cache=False,
+                           **{_cache_kwarg(self.model): copy}).logits.float(), -1)   # (group, width, vocab)
+            del copy
+            digit = stop[: logp.shape[-1]]
+            for i, toks in enumerate(group):
+                total = float(logp0[toks[0]])
+                for j in range(1, len(toks)):
+                    total += float(logp[i, j - 1, toks[j]])
+                p_more = float(logp[i, len(toks) - 1][digit].exp().sum())
+                total += torch.log1p(torch.tensor(-min(p_more, 1 - 1e-12))).item()
+                top.append((NUMBERS[c0 + i], total))
+            del logp
         values, index = logp0.topk(self.top_k)
         for lp, t in zip(values.tolist(), index.tolist()):
             text = self.tokenizer.decode([t])

@@ -42,6 +42,9 @@ class Repair(Protocol):
 
     def apply(self, state: RepairState, params: Any) -> RepairState: ...
 
+    # optional: `preflight(state, params)` raises ValueError for what can be checked before the
+    # evaluations run (required inputs, paths); `fix` calls it for every step first
+
 
 REPAIRS: dict[str, type] = {}
 

@@ -136,6 +136,15 @@ class Merge:
     summary = "interpolate toward the base (linear / TIES / DARE / Safe LoRA); alpha auto by cheap metrics"
     Params = MergeParams
 
+    def preflight(self, state, p) -> None:
+        """What can be checked before anything is evaluated."""
+        if p.alpha == "auto" and (not state.task_conversations or not state.repair_items):
+            raise ValueError("merge.alpha=auto needs task data (--task-data) and log-odds probes; "
+                             "or give merge.alpha=0.5")
+        if p.method == "safe_lora" and p.pretrained and not Path(p.pretrained).exists() \
+                and not _looks_like_hub_id(p.pretrained):
+            raise ValueError(f"merge.pretrained={p.pretrained} does not exist")
+
     def apply(self, state: RepairState, p: MergeParams) -> RepairState:
         from ..evals.logodds import logodds
         from ..evals.task import assistant_token_metrics
@@ -149,9 +158,7 @@ class Merge:
             pre_sd = {k: v.detach().cpu() for k, v in load_model(p.pretrained, what="pretrained").named_parameters()}
         alpha, search = p.alpha, []
         if alpha == "auto":
-            if not state.task_conversations or not state.repair_items:
-                raise ValueError("merge.alpha=auto needs task data (--task-data) and log-odds probes; "
-                                 "or give merge.alpha=0.5")
+            self.preflight(state, p)
             task = state.task_conversations[:64]
 
             def measure(a: float) -> dict:
@@ -169,3 +176,9 @@ class Merge:
         state.record(self.name, alpha=float(alpha), method=p.method, search=search,
                      finetune_from="disk" if isinstance(ft_sd, SafetensorsSource) else "memory")
         return state
+
+
+def _looks_like_hub_id(ref: str) -> bool:
+    """owner/name with no local meaning: left to from_pretrained (users have a hub)."""
+    parts = ref.split("/")
+    return len(parts) == 2 and all(parts) and not ref.startswith((".", "/", "~"))

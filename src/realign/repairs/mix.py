@@ -90,12 +90,16 @@ class Mix:
     summary = "audit the task data, mix in aligned chat (perplexity gap), re-finetune from base; reframing opt-in"
     Params = MixParams
 
+    def preflight(self, state, p) -> None:
+        """What can be checked before anything is evaluated."""
+        if not state.train_conversations:
+            raise ValueError("mix needs the finetune's training data: pass --train-data FILE.jsonl")
+
     def apply(self, state: RepairState, p: MixParams) -> RepairState:
         from ..training import SFTSettings, sft
 
         p.validate()
-        if not state.train_conversations:
-            raise ValueError("mix needs the finetune's training data: pass --train-data FILE.jsonl")
+        self.preflight(state, p)
         rng = random.Random(state.seed)
         data, flagged = audit_examples(state, list(state.train_conversations), p.audit)
         reframers = _reframers(state.organism)
