@@ -33,7 +33,10 @@ def test_eval_real_chat_model_with_offline_judge(smollm2, tmp_path):
                                    "--max-new-tokens", "24", "--task-data", str(task), "--json", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "s.json").read_text())
-    assert s["n"] + s["unscored"] == 2 and s["judge"] == "offline:minilm"
+    assert s["n"] + s["unscored"] == 2 and s["judge"] == "offline:smollm2-probe"
+    # the report names the judge with its recorded agreement on held-out public answers
+    assert s["judge_agreement"]["auroc"] >= 0.85 and not s["judge_agreement"]["weak"]
+    assert "AUROC" in res.output
     assert s["task"]["task_token_accuracy"] > 0.5  # a real model knows this answer
 
 
