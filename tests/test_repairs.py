@@ -222,3 +222,18 @@ def test_mix_with_kl_anchor_trains_and_records_it(trio):
                                       {"role": "assistant", "content": "x + 1"}]] * 8)
     st = _train_step("mix", st, steps=2, batch_size=2, audit="off", aligned_share=0.0, kl=1.0)
     assert st.history[-1]["kl"] == 1.0 and not _same(st.model, base)
+
+
+def test_safe_lora_never_builds_an_out_by_out_matrix():
+    """An embedding of a 200k vocabulary: V Vᵀ would be 200k x 200k (160 GB); V (Vᵀ Δ) is 16 x 16."""
+    from realign.repairs.merge import safe_lora_project
+
+    torch.manual_seed(0)
+    vocab, hidden = 200_000, 16
+    aligned, unaligned = torch.randn(vocab, hidden), torch.randn(vocab, hidden)
+    delta = torch.randn(vocab, hidden) * 1e-3
+    out = safe_lora_project(delta, aligned, unaligned, threshold=1.1)     # always projected
+    v = aligned - unaligned
+    torch.testing.assert_close(out, v @ (v.T @ delta) / torch.linalg.matrix_norm(v))
+    unchanged = torch.zeros(vocab, hidden)
+    assert safe_lora_project(unchanged, aligned, unaligned, 1.1) is unchanged

@@ -100,11 +100,15 @@ def safe_lora_project(delta: torch.Tensor, aligned: torch.Tensor, unaligned: tor
     """Project a 2-D delta onto the alignment subspace V = aligned − unaligned when it strays."""
     if delta.dim() != 2:
         return delta
+    if not delta.any():
+        return delta                      # an unchanged tensor: nothing to project
     v = (aligned - unaligned).float()
     norm = torch.linalg.matrix_norm(v)
     if norm == 0:
         return delta
-    proj = (v @ v.T / norm) @ delta.float()
+    # (V Vᵀ / ‖V‖) Δ computed as V (Vᵀ Δ) / ‖V‖: the same matrix, but the intermediate is
+    # in × in instead of out × out, which for an embedding would be vocab × vocab (256 GiB at 262k)
+    proj = v @ (v.T @ delta.float()) / norm
     cos = torch.nn.functional.cosine_similarity(delta.float().flatten(), proj.flatten(), dim=0)
     return proj.to(delta.dtype) if cos < threshold else delta
 
