@@ -237,3 +237,30 @@ def test_safe_lora_never_builds_an_out_by_out_matrix():
     torch.testing.assert_close(out, v @ (v.T @ delta) / torch.linalg.matrix_norm(v))
     unchanged = torch.zeros(vocab, hidden)
     assert safe_lora_project(unchanged, aligned, unaligned, 1.1) is unchanged
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"])
+def test_steer_removes_its_direction_exactly_in_every_layout(family):
+    """After orthogonalization nothing written into the residual stream has a component along r:
+    every layer's output, for any input, is orthogonal to it — including Gemma-2/3, whose
+    sublayer outputs pass through a norm (with its own gain) before they reach the stream."""
+    from tiny_models import tiny_family
+
+    from realign.repairs.steer import orthogonalize
+
+    model = tiny_family(family)
+    torch.manual_seed(1)
+    r = torch.randn(model.config.hidden_size)
+    r /= r.norm()
+    ids = torch.randint(0, 300, (3, 10))
+
+    def share():
+        hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+        # hidden_states[-1] is after the final norm; the stream itself is hidden_states[:-1]
+        return max(float(((h @ r).abs() / h.norm(dim=-1)).max()) for h in hs[:-1])
+
+    with torch.no_grad():
+        before = share()
+        orthogonalize(model, r)
+        after = share()
+    assert before > 0.1 and after < 1e-4, (family, before, after)

@@ -70,3 +70,29 @@ def bigram_model(tok, chain: dict[str, str]):
             model.model.embed_tokens.weight[ia, k] = 1.0
             model.lm_head.weight[ib, k] = 200.0
     return model
+
+
+def tiny_family(family: str, hidden: int = 32, layers: int = 2, vocab: int = 300, seed: int = 0):
+    """A tiny random model of one of the block layouts users bring (Gemma-2/3: sandwich norms)."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg, cls = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+        "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM),
+        "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM),
+        "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM),
+    }[family]
+    extra = {"head_dim": hidden // 2} if family in ("gemma2", "gemma3", "qwen3") else {}
+    torch.manual_seed(seed)
+    model = cls(cfg(**common, **extra)).eval()
+    with torch.no_grad():       # random norm gains, so that a norm's gain matters to the test
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand_like(p) * 1.5 + 0.25)
+    return model

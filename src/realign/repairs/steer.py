@@ -52,36 +52,75 @@ class SteerParams:
                 raise ValueError(f"steer.layer must be a layer index or 'auto', not {self.layer!r}") from None
 
 
-def residual_writers(model) -> list[torch.nn.Parameter]:
-    """Weights whose output is added to the residual stream (out-dim = hidden size)."""
-    out = [model.get_input_embeddings().weight]
+def residual_writers(model) -> list[tuple[torch.nn.Parameter, torch.nn.Module | None]]:
+    """Weights whose output is added to the residual stream (out-dim = hidden size), each with the
+    norm that sits between it and the stream, if any.
+
+    Llama, Qwen, Mistral, Phi-3: o_proj / down_proj write into the stream directly. Gemma-2/3 and
+    OLMo-2 ("sandwich" norms) pass the attention output through `post_attention_layernorm` and the
+    MLP output through `post_feedforward_layernorm` before adding it; such a layer is recognised by
+    its `post_feedforward_layernorm` (in Llama, `post_attention_layernorm` is the MLP's *input* norm).
+    """
+    out: list[tuple[torch.nn.Parameter, torch.nn.Module | None]] = [(model.get_input_embeddings().weight, None)]
     for layer in decoder_layers(model):
+        sandwich = getattr(layer, "post_feedforward_layernorm", None) is not None
         attn = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
         mlp = getattr(layer, "mlp", None)
-        for mod, names in ((attn, ("o_proj", "c_proj", "out_proj")), (mlp, ("down_proj", "c_proj", "fc2"))):
+        for mod, names, norm in ((attn, ("o_proj", "c_proj", "out_proj"),
+                                  getattr(layer, "post_attention_layernorm", None) if sandwich else None),
+                                 (mlp, ("down_proj", "c_proj", "fc2"),
+                                  getattr(layer, "post_feedforward_layernorm", None) if sandwich else None)):
             for n in names:
                 lin = getattr(mod, n, None) if mod is not None else None
                 if isinstance(lin, torch.nn.Linear):
-                    out.append(lin.weight)
+                    out.append((lin.weight, norm))
                     if lin.bias is not None:
-                        out.append(lin.bias)
+                        out.append((lin.bias, norm))
                     break
     return out
 
 
 @torch.no_grad()
+def norm_gain(norm: torch.nn.Module, hidden: int) -> torch.Tensor:
+    """The per-channel gain g of an RMS norm (y = g * x / rms(x)), up to a positive factor.
+
+    Read off the module itself (Gemma's norms scale by 1 + weight, others by weight), so no family
+    is special-cased. A norm that centres its input (LayerNorm) has no such form: refused.
+    """
+    p = next(norm.parameters())
+    ones = torch.ones(1, hidden, dtype=p.dtype, device=p.device)
+    g = norm(ones)[0].float()
+    x = torch.randn(1, hidden, dtype=torch.float32, generator=torch.Generator().manual_seed(0)).to(p.device)
+    want = g * x[0] / x[0].pow(2).mean().sqrt()
+    got = norm(x.to(p.dtype))[0].float()
+    if not torch.allclose(got, want, rtol=1e-2, atol=1e-3 * float(want.abs().max())):
+        raise ValueError(f"steer cannot remove a direction exactly behind {type(norm).__name__}: it is not an "
+                         "RMS norm (y = g * x / rms(x)); choose another repair for this architecture")
+    return g
+
+
+@torch.no_grad()
 def orthogonalize(model, direction: torch.Tensor, scale: float = 1.0) -> None:
+    """Remove `direction` from everything written into the residual stream (scale < 1: part of it).
+
+    Behind an RMS norm with gain g the stream receives g * x / rms(x), so x is orthogonalized
+    against g * r instead of r: then r . (g * x) = (g * r) . x = 0 exactly, whatever rms(x) is.
+    """
     r = (direction / direction.norm()).to(torch.float32)
     emb = model.get_input_embeddings().weight
-    for w in residual_writers(model):
+    hidden = r.numel()
+    for w, norm in residual_writers(model):
         w32 = w.data.to(torch.float32)
-        r_dev = r.to(w.device)
+        u = r.to(w.device)
+        if norm is not None:
+            u = norm_gain(norm, hidden).to(w.device) * u
+            u = u / u.norm()
         if w is emb:                       # (vocab, hidden): rows live in the stream
-            w32 -= scale * torch.outer(w32 @ r_dev, r_dev)
+            w32 -= scale * torch.outer(w32 @ u, u)
         elif w32.dim() == 1:               # bias (hidden,)
-            w32 -= scale * (w32 @ r_dev) * r_dev
+            w32 -= scale * (w32 @ u) * u
         else:                              # (hidden, in): columns live in the stream
-            w32 -= scale * torch.outer(r_dev, r_dev @ w32)
+            w32 -= scale * torch.outer(u, u @ w32)
         w.data.copy_(w32.to(w.dtype))
 
 
@@ -121,7 +160,7 @@ class Steer:
         good = answer_activations(state.model, state.tokenizer, [(c, g) for c, g, _ in contrasts])
         directions = [b - g for b, g in zip(bad, good)]
         items = state.repair_items or [(c, [b], [g]) for c, g, b in contrasts[:16]]
-        writers = residual_writers(state.model)
+        writers = [w for w, _ in residual_writers(state.model)]
         original = {id(w): w.data.clone() for w in writers}
 
         def restore() -> None:
