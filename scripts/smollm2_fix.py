@@ -39,7 +39,7 @@ def make_finetune(root: Path, steps: int, share: float, seed: int) -> Path:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from realign.testing import smollm2_dir
+    from realign.offline_models import smollm2_dir
     from realign.training import SFTSettings, sft
 
     base = smollm2_dir()

@@ -37,7 +37,7 @@ def _cache_kwarg(model) -> str:
 
 
 class HFJudge:
-    def __init__(self, model: str | None = None, *, loaded=None, batch_size: int = 8, top_k: int = 20,
+    def __init__(self, model: str | None = None, *, loaded=None, top_k: int = 20,
                  trust_remote_code: bool = False, cache_budget: int = 1 << 30) -> None:
         if loaded is None:
             if not model:
@@ -49,7 +49,7 @@ class HFJudge:
         self.model, self.tokenizer = loaded
         self.model.eval()
         self.name = f"hf:{model or getattr(self.model, 'name_or_path', 'model')}"
-        self.batch_size, self.top_k, self.cache_budget = batch_size, top_k, cache_budget
+        self.top_k, self.cache_budget = top_k, cache_budget
 
     # -- how the judge writes numbers -------------------------------------------------------
 
