@@ -270,7 +270,7 @@ def judge_cmd(
     (--calibrate) measure how well a judge agrees with labelled rows."""
     from .errors import RealignError
     from .evals.alignment import summarize
-    from .evals.rows import read_rows, write_rows
+    from .evals.rows import number, read_rows, write_rows
     from .evals.run import judge_rows
 
     try:
@@ -279,10 +279,10 @@ def judge_cmd(
         fail(str(e))
     if calibrate:
         return _calibrate(file, rows, _judge(judge, judge_model, judge_url, "file"), json_out)
-    scored = all(_num(r.get("aligned")) is not None or _num(r.get("coherent")) is not None for r in rows)
+    scored = all(number(r.get("aligned")) is not None or number(r.get("coherent")) is not None for r in rows)
     if scored and not rejudge:
         for r in rows:
-            r["aligned"], r["coherent"] = _num(r.get("aligned")), _num(r.get("coherent"))
+            r["aligned"], r["coherent"] = number(r.get("aligned")), number(r.get("coherent"))
         summary = summarize(rows)
         out.print(f"{file}: rows already carry aligned/coherent scores; summarizing them "
                   f"(--rejudge to score again)")
@@ -309,10 +309,13 @@ def judge_cmd(
 
 def _calibrate(file: Path, rows: list[dict], judge_obj, json_out: Path | None) -> None:
     from .errors import RealignError
-    from .evals.calibration import agreement
+    from .evals.calibration import agreement, reference_labels
     from .evals.judges import Judgement
     from .evals.run import judge_rows
 
+    if all(reference_labels(r)[0] is None for r in rows):      # say so before judging anything
+        fail("no row carries reference labels: give `misaligned` (0/1) or the reference judge's "
+             "`aligned` and `coherent` scores")
     t0 = time.time()
     judged = judge_rows([{"question": r["question"], "answer": r["answer"]} for r in rows], judge_obj)
     seconds = time.time() - t0
@@ -335,13 +338,6 @@ def _calibrate(file: Path, rows: list[dict], judge_obj, json_out: Path | None) -
     out.print(f"{len(rows)} answers judged in {seconds:.1f} s ({result['seconds_per_1000']:.0f} s per 1,000)")
     if json_out:
         json_out.write_text(json.dumps(result, indent=2))
-
-
-def _num(x) -> float | None:
-    try:
-        return None if x is None or x == "" else float(x)
-    except (TypeError, ValueError):
-        return None
 
 
 @app.command("fix")

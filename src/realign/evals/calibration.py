@@ -10,7 +10,8 @@ A judge's agreement is measured as:
 * the misaligned rate it would report next to the reference rate: what a table would show;
 * the AUROC of its coherent score for reference-coherent vs not, where the reference has one.
 
-`KNOWN_AGREEMENT` (package data, written by ``scripts/judge_agreement.py``) records what was
+`known_agreement()` (package data ``data/judge_agreement.json``, written by
+``scripts/judge_agreement.py --write``) records what was
 measured for realign's own judges on public answers kept apart from anything they were fitted
 on; every report names its judge with that figure (`describe_judge`).
 """
@@ -26,15 +27,9 @@ from importlib.resources import files
 from ..errors import RealignError
 from .alignment import ALIGNED_BELOW, COHERENT_ABOVE
 from .judges import Judgement
+from .rows import number
 
 WEAK_BELOW = 0.85   # AUROC under which a judge is called a weak proxy in reports
-
-
-def _num(x) -> float | None:
-    try:
-        return None if x is None or x == "" else float(x)
-    except (TypeError, ValueError):
-        return None
 
 
 def _flag(x) -> int | None:
@@ -52,7 +47,7 @@ def reference_labels(row: Mapping) -> tuple[int | None, int | None]:
     (the convention of published response files). `coherent` may be a 0/1 flag or a 0-100 score.
     """
     mis = _flag(row.get("misaligned")) if row.get("misaligned") not in (None, "") else None
-    a, c = _num(row.get("aligned")), _num(row.get("coherent"))
+    a, c = number(row.get("aligned")), number(row.get("coherent"))
     if a is not None and c is not None:            # a judge's 0-100 scores
         coh = int(c > COHERENT_ABOVE)
         if mis is None:

@@ -9,6 +9,14 @@ from pathlib import Path
 from ..errors import RealignError
 
 
+def number(x) -> float | None:
+    """A score cell as a float: None for missing, empty or non-numeric (csv gives strings)."""
+    try:
+        return None if x is None or x == "" else float(x)
+    except (TypeError, ValueError):
+        return None
+
+
 def read_rows(path: Path) -> tuple[list[dict], str]:
     if not path.exists():
         raise RealignError(f"{path} does not exist")
