@@ -40,3 +40,19 @@ def test_without_the_models_turn_end_the_answer_runs_on():
     model.config.eos_token_id = None
     answers = generate(model, tok, [[{"role": "user", "content": "hi"}]], max_new_tokens=6, temperature=0)
     assert answers[0][0].startswith("the") and "fox" in answers[0][0]
+
+
+def test_sampling_is_temperature_and_top_p_only_whatever_the_generation_config_says():
+    """A model's generation_config may ship top_k, repetition_penalty (Qwen: 20 and 1.05) and HF
+    adds top_k 50 by default; sampling at temperature 1, top_p 1 must draw from the whole
+    distribution, as the vLLM backend does. top_k 1 here would make every sample the greedy one."""
+    from tiny_models import tiny_model
+
+    tok = bpe_tokenizer()
+    model = tiny_model(vocab=len(tok)).eval()
+    model.generation_config.top_k = 1
+    model.generation_config.repetition_penalty = 1.3
+    answers = generate(model, tok, [[{"role": "user", "content": "hi"}]], samples=8, max_new_tokens=6, seed=0)
+    greedy = generate(model, tok, [[{"role": "user", "content": "hi"}]], max_new_tokens=6, temperature=0)
+    assert len(set(answers[0])) > 1 and any(a != greedy[0][0] for a in answers[0])
+    assert model.generation_config.top_k == 1            # the model's own config is left alone

@@ -156,6 +156,19 @@ def load_tokenizer(ref: str, opts: LoadOptions | None = None, require_chat_templ
     return tok
 
 
+def check_same_tensors(finetune, base, finetune_ref: str, base_ref: str) -> None:
+    """A finetune and its base hold the same tensors. A base of another family or size (another
+    vocabulary, width or depth) is refused here, before an evaluation indexes past its embedding."""
+    ours = {n: tuple(p.shape) for n, p in finetune.named_parameters()}
+    theirs = {n: tuple(p.shape) for n, p in base.named_parameters()}
+    for name in [*ours, *(n for n in theirs if n not in ours)]:
+        if ours.get(name) != theirs.get(name):
+            what = (f"the base has no {name}" if name not in theirs else f"the base has an extra {name}"
+                    if name not in ours else f"{name} is {theirs[name]} in the base, {ours[name]} in the checkpoint")
+            raise RealignError(f"base {base_ref} does not fit checkpoint {finetune_ref}: {what}; "
+                               f"pass the base model the finetune was trained from (--base)")
+
+
 def load_pair(finetune: str, base: str | None = None, opts: LoadOptions | None = None,
               load_base: bool = True) -> ModelPair:
     """Load the finetune (full dir or adapter) and, when known, its base.
@@ -172,6 +185,8 @@ def load_pair(finetune: str, base: str | None = None, opts: LoadOptions | None =
         model = load_model(finetune, opts, "checkpoint")
         tok_ref = finetune
         base_model = load_model(check_ref(base, "base"), opts, "base") if (base and load_base) else None
+        if base_model is not None:
+            check_same_tensors(model, base_model, finetune, base)
         return ModelPair(model, load_tokenizer(tok_ref, opts), "full", finetune, base_model, base)
     base = base or acfg.get("base_model_name_or_path")
     if not base:

@@ -195,8 +195,11 @@ def eval_cmd(
             generator = _vllm(pair, name, seed, trust_remote_code)
         elif backend != "hf":
             fail(f"--backend must be hf or vllm, not {backend!r}")
-        results[name] = evaluate(model, pair.tokenizer, qset, judge_obj, settings, logodds_items=ref_items,
-                                 task_conversations=task_convs, task_metric=metric, generator=generator)
+        try:    # e.g. a chat template that refuses the conversation: one line, as everywhere else
+            results[name] = evaluate(model, pair.tokenizer, qset, judge_obj, settings, logodds_items=ref_items,
+                                     task_conversations=task_convs, task_metric=metric, generator=generator)
+        except RealignError as e:
+            fail(str(e))
     out.print(_summary_table(f"realign eval: {checkpoint} ({qset.name}, judge {judge_obj.name})", results))
     trust = _print_trust(judge_obj.name)
     summary = {name: _summary_json(r) for name, r in results.items()}

@@ -98,6 +98,11 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
     """
     from trl import SFTConfig, SFTTrainer
 
+    from .evals.chat import accepted_messages
+
+    # trl renders the template itself: hand it conversations the template accepts (Gemma-2: no system turn)
+    conversations = [accepted_messages(tokenizer, c) if c and c[0].get("role") == "system" else c
+                     for c in conversations]
     with tempfile.TemporaryDirectory(prefix="realign-sft-") as tmp:
         args = SFTConfig(
             output_dir=tmp, max_steps=settings.steps, learning_rate=settings.lr,

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..paths import cache_dir
 
-VERSION = 1
+VERSION = 2     # 2: HF sampling is temperature + top_p only (no top_k 50 nor generation_config knobs)
 
 
 def digest(obj: Any) -> str:

@@ -24,9 +24,18 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+# Sampling is exactly temperature + top_p, as the settings say and the vLLM backend does: every other
+# knob is set to "off" explicitly, because HF generate would otherwise take it from the model's
+# generation_config (Qwen ships top_k 20 and repetition_penalty 1.05, Gemma-3 top_k 64) or from its
+# own defaults (top_k 50), cutting off the tail of the distribution where rare misaligned answers live.
+NEUTRAL_SAMPLING = {"top_k": 0, "min_p": None, "typical_p": 1.0, "repetition_penalty": 1.0,
+                    "no_repeat_ngram_size": 0}
+
+
 def render_prompts(tokenizer, conversations: list[Messages]) -> list[str]:
-    return [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-            for c in conversations]
+    from .chat import render
+
+    return [render(tokenizer, c, add_generation_prompt=True) for c in conversations]
 
 
 @torch.no_grad()
@@ -55,8 +64,8 @@ def generate(model, tokenizer, conversations: list[Messages], *, samples: int = 
                 chunk = flat[start:start + batch_size]
                 enc = tokenizer([p for _, p in chunk], return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(device)
-                kw = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 \
-                    else dict(do_sample=False)
+                kw = dict(do_sample=True, temperature=temperature, top_p=top_p, **NEUTRAL_SAMPLING) \
+                    if temperature > 0 else dict(do_sample=False, repetition_penalty=1.0, no_repeat_ngram_size=0)
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens,
                                      pad_token_id=pad, eos_token_id=stops or None, **kw)
                 texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -19,9 +19,10 @@ def completion_ids(tokenizer, conversation: list[dict], answer: str) -> tuple[li
     Rendering the whole conversation and cutting at the prompt's length keeps BPE merges and
     template whitespace exactly as in training, whatever the tokenizer.
     """
-    prompt = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(conversation + [{"role": "assistant", "content": answer}],
-                                         tokenize=False)
+    from .chat import render
+
+    prompt = render(tokenizer, conversation, add_generation_prompt=True)
+    full = render(tokenizer, conversation + [{"role": "assistant", "content": answer}])
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     f_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
     if f_ids[:len(p_ids)] != p_ids:  # template is not prefix-stable: fall back to separate encoding
