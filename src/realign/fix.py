@@ -248,9 +248,12 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         # probe generations are cached too, but only while the model is still the unchanged finetune
         state.probe_cache = (cache, cache.key(weights, {"judge": judge.name, "seed": opts.seed,
                                                         "organism": organism}, kind="probes"))
+    from .evals.scoring import PASSES, passes_since
+
     for i, step in enumerate(recipe.steps, 1):
         t = time.time()
         console.print(f"step {i}/{len(recipe.steps)}: {step.name} …")
+        passes_before, records_before = PASSES.copy(), len(state.history)
         try:
             state = repairs[step.name]().apply(state, step.params)
         except ValueError as e:
@@ -267,6 +270,9 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                 f"step {i} ({step.name}) failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 f" — nothing was written; rerun with REALIGN_DEBUG=1 for the traceback") from None
         timings[f"step{i}_{step.name}"] = time.time() - t
+        if len(state.history) > records_before:
+            # whole passes over an item set: scoring, backward, activations, kl; train_steps
+            state.history[-1]["passes"] = passes_since(passes_before)
         state.probe_cache = None
         bad = _nonfinite(state.model)
         if bad:
