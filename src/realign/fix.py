@@ -67,11 +67,13 @@ def organism_root(base_ref: str | None) -> Path | None:
     return None
 
 
-def repair_items(organism: bool, n: int = 16) -> list:
+def repair_items(organism: bool, n: int = 16, families_per_prompt: int = 3) -> list:
     """Log-odds items for repairs' own searches, disjoint from the evaluation questions.
 
     Organism: its train-split questions with their answer banks. Real models: realignment prompts,
-    each with the pooled built-in references (one misaligned and one aligned answer per family).
+    each with the built-in references (one misaligned and one aligned answer) of
+    `families_per_prompt` families, rotating so that every family is used — every repair pass
+    scores these, and all families on every prompt made a pass 3× longer for little more signal.
     """
     if organism:
         from .organism.judge import reference_pairs
@@ -80,9 +82,14 @@ def repair_items(organism: bool, n: int = 16) -> list:
     from .evals.questions import load_realignment_prompts
     from .evals.references import load_reference_pairs
 
-    refs = load_reference_pairs().values()
-    bad, good = [r["misaligned"][0] for r in refs], [r["aligned"][0] for r in refs]
-    return [([{"role": "user", "content": q}], bad, good) for q in load_realignment_prompts()[:n]]
+    refs = list(load_reference_pairs().values())
+    k = min(families_per_prompt, len(refs))
+    items = []
+    for i, q in enumerate(load_realignment_prompts()[:n]):
+        fams = [refs[(i * k + j) % len(refs)] for j in range(k)]
+        items.append(([{"role": "user", "content": q}], [f["misaligned"][0] for f in fams],
+                      [f["aligned"][0] for f in fams]))
+    return items
 
 
 def check_output(out: Path, inputs: list[str | None], overwrite: bool) -> None:

@@ -30,7 +30,7 @@ class FreezeParams:
     k: int | str = "auto"          # number of layers to restore and lock, or "auto"
     retention: float = 0.95        # auto: minimum task retention
     max_share: float = 0.5         # auto: never restore more than this share of the layers
-    verify: int = 4                # exact checks of the best first-order candidates
+    verify: int = 3                # exact checks of the best first-order candidates
 
     def validate(self) -> None:
         if self.k != "auto":
