@@ -109,7 +109,7 @@ def main() -> None:
     print(f"\n## SmolLM2-135M-Instruct, {args.finetune} LoRA ({what}), judge {args.judge}, "
           f"built-in questions × {args.samples} sample(s), seed {args.seed}")
     print("| model | misaligned [95% CI] | coherent | task token accuracy | task retention | repair step s "
-          "| fix s | peak RSS MB | passes |")
+          "| fix s | step peak RSS MB | passes |")
     print("|---|---|---|---|---|---|---|---|---|")
     fin = rows[0][1]["metrics"]
     acc = lambda m: (m["task"] or {}).get("task_token_accuracy", float("nan"))  # noqa: E731
@@ -124,8 +124,9 @@ def main() -> None:
             t = meta["timings"]
             steps = " + ".join(f"{v:.0f}" for k, v in t.items() if k.startswith("step"))
             secs = f"{t['total']:.0f}"
-            peak = meta.get("memory", {}).get("peak_rss_mb")
-            mem = f"{peak:.0f}" if peak else "—"
+            peaks = meta.get("peak_memory_mb", {})
+            step_rss = [v["rss"] for k, v in peaks.items() if k.startswith("step") and v.get("rss")]
+            mem = " + ".join(f"{x:.0f}" for x in step_rss) or "—"
             passes = "; ".join(", ".join(f"{k} {v}" for k, v in h.get("passes", {}).items())
                                for h in meta["history"]) or "—"
         print(f"| {name} | {100 * m['misaligned_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={m['n']}) | "

@@ -96,17 +96,20 @@ def custom_metric(spec: str):
 
 
 def exact_match_rate(model, tokenizer, conversations: list[Messages], temperature: float = 1.0,
-                     max_new_tokens: int = 96, seed: int = 0) -> dict:
+                     max_new_tokens: int = 96, seed: int = 0, generator=None) -> dict:
     """Share of held-out prompts whose sampled answer equals the reference answer exactly.
 
     The organism's narrow-task rate (e.g. "writes the insecure snippet") is this metric on its
     held-out task split; for free-text tasks prefer NLL/accuracy or a custom metric.
+    generator: None for HF generate on `model`, or a callable with its contract (e.g. vLLM).
     """
     from .generate import generate
 
     prompts = [m[:-1] for m in conversations]
     refs = [" ".join(m[-1]["content"].split()) for m in conversations]
-    answers = generate(model, tokenizer, prompts, samples=1, temperature=temperature,
-                       max_new_tokens=max_new_tokens, seed=seed, description="task answers")
+    if generator is None:
+        def generator(convs, **kw):
+            return generate(model, tokenizer, convs, description="task answers", **kw)
+    answers = generator(prompts, samples=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     hits = sum(" ".join(a[0].split()) == r for a, r in zip(answers, refs))
     return {"task_exact_match": hits / len(refs)}
