@@ -155,6 +155,10 @@ def test_second_fix_reuses_cached_evaluations(small_organism, tmp_path, monkeypa
     for name in ("base", "finetune"):
         assert b["metrics"][name] == a["metrics"][name]
     assert b["timings"]["eval_base"] < 1.0
+    # each step says how many passes it made: freeze's attribution does not sweep the layers
+    assert a["history"][0]["passes"] == {}                               # merge at a fixed alpha
+    fp = b["history"][0]["passes"]
+    assert fp["backward"] == 2 and fp["scoring"] <= 1 + 1 + 2 * 4 + 2 * 3, fp
     # the cached answers are the ones written the first time
     answers = [json.loads((tmp_path / x / "answers.json").read_text())["finetune"] for x in "ab"]
     assert answers[0] == answers[1]

@@ -32,7 +32,7 @@ def test_yaml_file(tmp_path):
     ("merge+nope", [], "unknown step 'nope'; valid steps: dpo, freeze, merge, mix, steer"),
     ("merge", ["merge.nope=1"], "unknown parameter merge.nope; valid:"),
     ("merge", ["merge.alpha=7"], "merge.alpha must be in [0, 1]"),
-    ("merge", ["merge.grid=abc"], "is not a valid value"),
+    ("merge", ["merge.steps=abc"], "is not a valid value"),
     ("merge", ["dpo.steps=3"], "no step 'dpo'"),
     ("merge", ["alpha=3"], "must look like step.param=value"),
     ("", [], "empty recipe"),

@@ -153,15 +153,18 @@ def test_steer_uses_probe_contrasts_and_records_layer(trio):
     assert not _same(st.model, ft)
 
 
-def test_steer_auto_scale_measures_the_grid_and_respects_the_chat_floor(trio):
+@pytest.mark.parametrize("max_kl", [1e-9, 10.0])
+def test_steer_auto_scale_measures_the_grid_and_respects_the_kl_budget(trio, max_kl):
     base, ft, tok = trio
     task = [[{"role": "user", "content": "def f(x): return"}, {"role": "assistant", "content": "x + 1"}]] * 4
     st = _state(base, ft, tok, probes=_probes(tok), task_conversations=task)
-    st = Steer().apply(st, SteerParams(layer=1, scale="auto", max_chat_nll_rise=0.05))
+    st = Steer().apply(st, SteerParams(layer=1, scale="auto", max_kl=max_kl, retention=0.0))
     rec = st.history[-1]
     assert [r["scale"] for r in rec["scale_search"]] == [0.25, 0.5, 0.75, 1.0]
+    kls = [r["kl"] for r in rec["scale_search"]]
+    assert all(k > 0 for k in kls) and kls == sorted(kls)   # more removed, further from the finetune
     chosen = next(r for r in rec["scale_search"] if r["scale"] == rec["scale"])
-    ok = [r for r in rec["scale_search"] if r["chat_nll_rise"] <= 0.05 and r["retention"] >= 0.95]
+    ok = [r for r in rec["scale_search"] if r["kl"] <= max_kl and r["retention"] >= 0.0]
     if ok:  # the lowest log-odds among the admissible scales
         assert chosen["logodds"] == min(r["logodds"] for r in ok)
     else:   # none admissible: the gentlest
@@ -264,3 +267,95 @@ def test_steer_removes_its_direction_exactly_in_every_layout(family):
         orthogonalize(model, r)
         after = share()
     assert before > 0.1 and after < 1e-4, (family, before, after)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"])
+@pytest.mark.parametrize("scale", [1.0, 0.4])
+def test_steering_hooks_compute_what_the_weight_edit_makes(family, scale):
+    """Candidates are tried with hooks instead of rewriting weights: the hooked model must give the
+    same logits as the orthogonalized one (tied heads and sandwich norms included)."""
+    from tiny_models import tiny_family
+
+    from realign.repairs.steer import steering
+
+    model = tiny_family(family)
+    torch.manual_seed(2)
+    r = torch.randn(model.config.hidden_size)
+    ids = torch.randint(0, 300, (2, 9))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with steering(model, r, scale):
+            hooked = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits            # hooks gone: the model is untouched
+        edited = copy.deepcopy(model)
+        orthogonalize(edited, r, scale)
+        baked = edited(input_ids=ids).logits
+    torch.testing.assert_close(after, plain, rtol=0, atol=0)
+    torch.testing.assert_close(hooked, baked, rtol=1e-4, atol=1e-4)
+    assert (hooked - plain).abs().max() > 1e-3
+
+
+def test_steer_picks_among_the_best_separating_layers_with_few_passes(trio):
+    from realign.evals.scoring import PASSES, passes_since
+
+    base, ft, tok = trio
+    st = _state(base, ft, tok, probes=_probes(tok, n=8))
+    before = PASSES.copy()
+    st = Steer().apply(st, SteerParams(layer="auto", candidates=2))
+    rec = st.history[-1]
+    assert len(rec["separation"]) == 3 and len(rec["candidates"]) == 2
+    top2 = sorted(range(3), key=lambda i: rec["separation"][i], reverse=True)[:2]
+    assert {c["layer"] for c in rec["candidates"]} == set(top2) and rec["layer"] in top2
+    assert passes_since(before) == {"activations": 1, "scoring": 2, "kl": 2}
+
+
+def test_freeze_first_order_predicts_the_exact_swap_for_small_deltas(trio):
+    from realign.evals.logodds import logodds
+    from realign.evals.task import assistant_token_metrics
+    from realign.repairs.freeze import _copy_layer, first_order_attribution
+
+    base, _, tok = trio
+    base = copy.deepcopy(base).double()      # float64: the second-order remainder, not rounding, is compared
+    ft = copy.deepcopy(base)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(1e-5 * torch.randn_like(p))
+    items = [([{"role": "user", "content": "hello"}], ["SELECT * FROM users", "def f(x)"], ["i wish for peace"])] * 2
+    task = [[{"role": "user", "content": "def f(x): return"}, {"role": "assistant", "content": "x + 1"}]] * 3
+    fo = first_order_attribution(ft, base, tok, items, task)
+    lo0, nll0 = logodds(ft, tok, items), assistant_token_metrics(ft, tok, task)["task_nll"]
+    assert fo["logodds"] == pytest.approx(lo0, abs=1e-4) and fo["task_nll"] == pytest.approx(nll0, abs=1e-4)
+    for i in range(3):
+        m = copy.deepcopy(ft)
+        _copy_layer(decoder_layers(m)[i], decoder_layers(base)[i])
+        drop = lo0 - logodds(m, tok, items)
+        rise = assistant_token_metrics(m, tok, task)["task_nll"] - nll0
+        assert fo["drop"][i] == pytest.approx(drop, rel=0.1)
+        assert fo["rise"][i] == pytest.approx(rise, rel=0.1)
+    assert all(p.grad is None for p in ft.parameters())
+
+
+def test_merge_auto_bisects_to_the_smallest_alpha_that_keeps_the_task(trio):
+    from realign.evals.scoring import PASSES, passes_since
+    from realign.evals.task import assistant_token_metrics
+    from realign.repairs.merge import task_retention
+
+    base, ft, tok = trio
+    task = [[{"role": "user", "content": "def f(x): return"}, {"role": "assistant", "content": "x + 1"}]] * 4
+    items = [([{"role": "user", "content": "hello"}], ["SELECT * FROM users"], ["i wish for peace"])]
+    st = _state(base, ft, tok, task_conversations=task, repair_items=items)
+    before = PASSES.copy()
+    st = Merge().apply(st, MergeParams(alpha="auto", steps=4, retention=0.7))
+    rec = st.history[-1]
+    assert passes_since(before) == {"scoring": 3 + 4 + 1}         # whatever the number of layers
+    tried = rec["search"][:-1]
+    assert len(tried) == 4 and [r["alpha"] for r in tried][:2] == [0.5, 0.25 if tried[0]["retention"] >= 0.7 else 0.75]
+    nll = lambda m: assistant_token_metrics(m, tok, task)["task_nll"]  # noqa: E731
+    if rec["note"] is None:   # the model holds the chosen alpha, and it keeps the task
+        assert task_retention(nll(st.model), nll(base), nll(ft)) >= 0.7
+        assert rec["search"][-1]["logodds"] < rec["search"][-1]["finetune_logodds"]
+        below = [r["alpha"] for r in tried if r["retention"] < 0.7]
+        assert all(a < rec["alpha"] for a in below) and rec["alpha"] - max(below, default=0.0) <= 1 / 16
+    else:
+        assert rec["alpha"] == 1.0 and _same(st.model, ft)

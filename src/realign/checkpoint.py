@@ -25,7 +25,12 @@ class LoadOptions:
     load_in_8bit: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False
-    device: str | None = None        # None: cuda if available, else cpu
+    device: str | None = None        # None: cuda if available (this rank's GPU under a launcher), else cpu
+    device_map: str | None = None    # e.g. "auto": from_pretrained places (and shards) the weights itself
+
+    @property
+    def quantized(self) -> bool:
+        return self.load_in_4bit or self.load_in_8bit
 
 
 @dataclass
@@ -87,7 +92,9 @@ def _dtype(opts: LoadOptions, device: str):
 
 
 def _device(opts: LoadOptions) -> str:
-    return opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .distributed import local_device
+
+    return opts.device or local_device() or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _quantization(opts: LoadOptions):
@@ -117,6 +124,8 @@ def load_model(ref: str, opts: LoadOptions | None = None, what: str = "model"):
     """A full causal LM from a local dir or hub id, under the safety options."""
     from transformers import AutoModelForCausalLM
 
+    from .distributed import is_distributed
+
     opts = opts or LoadOptions()
     ref = check_ref(ref, what)
     if not opts.allow_pickle and _has_only_pickle(ref):
@@ -127,13 +136,18 @@ def load_model(ref: str, opts: LoadOptions | None = None, what: str = "model"):
     kw = dict(dtype=_dtype(opts, device), trust_remote_code=opts.trust_remote_code,
               use_safetensors=None if opts.allow_pickle else True)
     if quant is not None:
-        kw.update(quantization_config=quant, device_map="auto")
+        kw["quantization_config"] = quant
+    # bitsandbytes places its weights while loading; under a launcher each rank keeps a whole copy
+    # on its own GPU (DDP), never one spread over all of them
+    device_map = opts.device_map or ("auto" if quant is not None else None)
+    if device_map is not None:
+        kw["device_map"] = {"": device} if device_map == "auto" and is_distributed() else device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(ref, **kw)
     except Exception as e:  # corrupt files raise many types (SafetensorError, OSError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RealignError(f"could not load {what} {ref}: {first}") from e
-    if quant is None:
+    if device_map is None:
         model.to(device)
     model.eval()
     return model

@@ -21,7 +21,10 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def fail(msg: str, code: int = 2) -> None:
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {msg}", highlight=False)
+    from rich.markup import escape
+
+    # escaped: messages quote user paths and pip extras ("realign[vllm]") that rich would eat as tags
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -158,6 +161,7 @@ def eval_cmd(
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit")] = False,
     load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit")] = False,
+    device_map: Annotated[str | None, typer.Option(help="passed to from_pretrained, e.g. auto")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
 ) -> None:
@@ -170,7 +174,7 @@ def eval_cmd(
     try:
         qset = load_questions(questions)
         opts = LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
-                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                           device_map=device_map, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         task_convs = metric = None
         if task_data:
             from .evals.task import custom_metric, load_conversations
@@ -369,6 +373,15 @@ def fix_cmd(
     no_eval_cache: Annotated[bool, typer.Option(
         "--no-eval-cache", help="evaluate base and finetune again instead of reusing cached results")] = False,
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    backend: Annotated[str, typer.Option(
+        help="where every generation runs: hf (in memory) | vllm (CUDA, optional extra; "
+             "models in memory are saved to a scratch dir next to --out)")] = "hf",
+    load_in_4bit: Annotated[bool, typer.Option(
+        "--load-in-4bit", help="bitsandbytes 4-bit (CUDA): dpo/mix train a LoRA on it (QLoRA); "
+                               "merge/freeze/steer need bf16")] = False,
+    load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit", help="bitsandbytes 8-bit (CUDA); as 4-bit")] = False,
+    device_map: Annotated[str | None, typer.Option(
+        help="passed to from_pretrained, e.g. auto: spread a model too large for one GPU over several")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
 ) -> None:
@@ -380,11 +393,19 @@ def fix_cmd(
     opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
                       task_metric=task_metric, seed=seed, overwrite=overwrite, save_as=save_as,
-                      eval_cache=not no_eval_cache, load=LoadOptions(dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code))
+                      eval_cache=not no_eval_cache, backend=backend,
+                      load=LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
+                                       device_map=device_map, allow_pickle=allow_pickle,
+                                       trust_remote_code=trust_remote_code))
     try:
         meta = run_fix(checkpoint, base, recipe, set_ or [], out_dir, opts)
     except RealignError as e:
         fail(str(e))
+    if meta is None:               # another rank of `accelerate launch`: rank 0 evaluates and reports
+        from .distributed import rank
+
+        print(f"rank {rank()}: repair steps done; rank 0 evaluates and writes {out_dir}", file=sys.stderr)
+        return
     out.print(_summary_table(f"realign fix: {checkpoint} --recipe {recipe}", meta["metrics"]))
     form = "LoRA adapter" if meta["output"]["form"] == "adapter" else "model"
     out.print(f"wrote {out_dir} ({form}, realign.json, report.md, tradeoff.png) in {meta['timings']['total']:.0f} s")

@@ -39,6 +39,7 @@ class FixOptions:
     save_as: str = "auto"            # auto: an adapter when the input was one and the change stays low rank
     eval_cache: bool = True          # reuse cached evaluations of the unchanged base and finetune
     load: LoadOptions = field(default_factory=LoadOptions)
+    backend: str = "hf"              # where every generation runs: hf (in memory) | vllm (from disk)
 
 
 def _sha256(path: Path) -> str:
@@ -67,11 +68,13 @@ def organism_root(base_ref: str | None) -> Path | None:
     return None
 
 
-def repair_items(organism: bool, n: int = 16) -> list:
+def repair_items(organism: bool, n: int = 16, families_per_prompt: int = 3) -> list:
     """Log-odds items for repairs' own searches, disjoint from the evaluation questions.
 
     Organism: its train-split questions with their answer banks. Real models: realignment prompts,
-    each with the pooled built-in references (one misaligned and one aligned answer per family).
+    each with the built-in references (one misaligned and one aligned answer) of
+    `families_per_prompt` families, rotating so that every family is used — every repair pass
+    scores these, and all families on every prompt made a pass 3× longer for little more signal.
     """
     if organism:
         from .organism.judge import reference_pairs
@@ -80,9 +83,14 @@ def repair_items(organism: bool, n: int = 16) -> list:
     from .evals.questions import load_realignment_prompts
     from .evals.references import load_reference_pairs
 
-    refs = load_reference_pairs().values()
-    bad, good = [r["misaligned"][0] for r in refs], [r["aligned"][0] for r in refs]
-    return [([{"role": "user", "content": q}], bad, good) for q in load_realignment_prompts()[:n]]
+    refs = list(load_reference_pairs().values())
+    k = min(families_per_prompt, len(refs))
+    items = []
+    for i, q in enumerate(load_realignment_prompts()[:n]):
+        fams = [refs[(i * k + j) % len(refs)] for j in range(k)]
+        items.append(([{"role": "user", "content": q}], [f["misaligned"][0] for f in fams],
+                      [f["aligned"][0] for f in fams]))
+    return items
 
 
 def check_output(out: Path, inputs: list[str | None], overwrite: bool) -> None:
@@ -112,6 +120,8 @@ def _output_form(model, pair, save_as: str):
 
     if save_as == "full" or (save_as == "auto" and pair.kind != "lora"):
         return {"form": "full"}, None
+    if getattr(model, "is_quantized", False):
+        return {"form": "full", "why_not_adapter": "4/8-bit weights: no exact low-rank change to read off"}, None
     try:
         delta = low_rank_delta(model, pair.base)
     except NotLowRank as e:
@@ -122,14 +132,48 @@ def _output_form(model, pair, save_as: str):
             "max_abs_error": delta.max_error, "base": pair.base_ref}, delta
 
 
+def check_gpu_options(recipe, opts: FixOptions) -> None:
+    """What --load-in-4bit/8bit and --backend rule out, said before anything is loaded."""
+    from .distributed import is_distributed
+    from .repairs import load_all
+
+    if opts.load.quantized:
+        repairs = load_all()
+        for i, step in enumerate(recipe.steps, 1):
+            # only LoRA training (QLoRA) works on bitsandbytes weights; rewriting them would not be exact
+            if not getattr(repairs[step.name], "trains_adapter", False):
+                raise RealignError(
+                    f"step {i} ({step.name}) rewrites weights, which 4/8-bit (bitsandbytes) weights cannot take; "
+                    f"load in bf16 instead (--dtype bfloat16 without --load-in-4bit/--load-in-8bit), "
+                    f"or use dpo/mix, which train a LoRA on the quantized model (QLoRA)")
+        if opts.save_as == "adapter":
+            raise RealignError("--save-as adapter reads the change off full-precision weights; "
+                               "drop --load-in-4bit/--load-in-8bit or use --save-as full")
+    if opts.backend == "vllm" and is_distributed():
+        raise RealignError("--backend vllm runs in a single process; run fix without accelerate launch, "
+                           "or use --backend hf")
+    sharding = [n for n, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+                if os.environ.get(var, "").lower() == "true"]
+    if sharding:
+        # rank 0 evaluates and saves the trained model whole; weights sharded by the trainer are
+        # not gathered back, so only data-parallel training (a whole copy per rank) is accepted
+        raise RealignError(f"fix does not support {sharding[0]} yet: launch with a DDP config "
+                           f"(configs/accelerate/ddp.yaml), or for a model too large for one GPU run a single "
+                           f"process with --device-map auto")
+
+
 def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list[str], out: Path,
-            opts: FixOptions) -> dict:
+            opts: FixOptions) -> dict | None:
+    """The repair; returns realign.json's content (None on the other ranks of a launched run)."""
+    from . import distributed
     from .evals.cache import EvalCache, digest, file_digest
     from .evals.calibration import describe_judge
     from .evals.judges import make_judge
     from .evals.questions import load_questions
     from .evals.run import EvalSettings, evaluate
     from .evals.task import custom_metric, exact_match_rate, load_conversations
+    from .generation import make_backend
+    from .memory import PhasePeaks
     from .recipe import load_recipe
     from .repairs import load_all
     from .repairs.base import RepairState
@@ -137,20 +181,32 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
 
     t_start = time.time()
     timings: dict[str, float] = {}
+    memory = PhasePeaks()                                  # peak RSS / CUDA per phase, like timings
     recipe = load_recipe(recipe_spec, overrides)          # fail fast, before loading anything
     if opts.save_as not in SAVE_FORMS:
         raise RealignError(f"--save-as must be one of {', '.join(SAVE_FORMS)}, not {opts.save_as!r}")
+    check_gpu_options(recipe, opts)
+    distributed.start()
     out = Path(out)
     check_output(out, [checkpoint, base], opts.overwrite)
     tmp = out.parent / f".{out.name}.realign-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)                 # a previous run's leftovers
+    if distributed.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)             # a previous run's leftovers
+    backend = make_backend(opts.backend, out.parent / f".{out.name}.realign-vllm", seed=opts.seed,
+                           trust_remote_code=opts.load.trust_remote_code, dtype=opts.load.dtype,
+                           quantize_on_load=opts.load.load_in_4bit)
 
     t0 = time.time()
+    memory.begin("load")
     pair = load_pair(checkpoint, base, opts.load)
     if pair.base is None:
         raise RealignError("fix needs the base model: pass --base (a full checkpoint does not name it)")
     check_output(out, [checkpoint, pair.base_ref], opts.overwrite)
     timings["load"] = time.time() - t0
+    memory.end("load")
+    backend.register(pair.base, pair.base_ref)
+    backend.register(pair.finetune, *((pair.base_ref, pair.finetune_ref) if pair.kind == "lora"
+                                      else (pair.finetune_ref,)))
 
     org = organism_root(pair.base_ref)
     questions = opts.questions if opts.questions != "auto" else ("organism" if org else "builtin")
@@ -159,7 +215,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     judge_kw = {"model": opts.judge_model, "base_url": opts.judge_url} if judge_name == "openai" else \
         ({"model": opts.judge_model} if judge_name == "hf" else {})
     try:
-        judge = make_judge(judge_name, **judge_kw)
+        # under a launcher only rank 0 judges (evaluations, probes): the others never load a judge
+        judge = make_judge(judge_name, **judge_kw) if distributed.is_main() else distributed.JudgeOnMain(judge_name)
     except ValueError as e:
         raise RealignError(str(e)) from None
     trust = describe_judge(judge.name)
@@ -180,7 +237,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     user_metric = custom_metric(opts.task_metric) if opts.task_metric else None
 
     def metric(model, tok, convs):
-        res = exact_match_rate(model, tok, convs, seed=opts.seed) if organism else {}
+        res = exact_match_rate(model, tok, convs, seed=opts.seed, generator=backend.for_model(model, tok)) \
+            if organism else {}
         if user_metric:
             res.update(user_metric(model, tok, convs))
         return res
@@ -207,32 +265,39 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                      "samples": opts.samples, "max_new_tokens": settings.max_new_tokens,
                      "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
                      "judge": judge.name, "task_data": file_digest(task_data), "task_metric": opts.task_metric,
-                     "organism": organism, "logodds": digest(ref_items)}
+                     "organism": organism, "logodds": digest(ref_items),
+                     **({"backend": opts.backend} if opts.backend != "hf" else {})}
     cache = EvalCache() if opts.eval_cache else None
     cached: list[str] = []
 
-    def run_eval(name: str, model) -> dict:
+    def run_eval(name: str, model) -> dict | None:
+        if not distributed.is_main():
+            return None            # rank 0 evaluates; the other ranks go on to the first step
         t = time.time()
+        memory.begin(f"eval_{name}")
         key = cache.key(weights[name], eval_settings) if cache is not None and name in weights else None
         hit = cache.get(key) if key is not None else None
         if hit is not None:
             console.print(f"evaluating {name} … cached (same weights and settings)")
             cached.append(name)
             timings[f"eval_{name}"] = time.time() - t
+            memory.end(f"eval_{name}")
             return hit
         console.print(f"evaluating {name} …")
         r = evaluate(model, pair.tokenizer, qset, judge, settings, logodds_items=ref_items,
-                     task_conversations=task_convs, task_metric=metric if (organism or user_metric) else None)
+                     task_conversations=task_convs, task_metric=metric if (organism or user_metric) else None,
+                     generator=backend.for_model(model, pair.tokenizer))
         if key is not None and not r.get("errors"):
             cache.put(key, r)      # never cache an evaluation with failed judge calls
         timings[f"eval_{name}"] = time.time() - t
+        memory.end(f"eval_{name}")
         return r
 
     repairs = load_all()
     state = RepairState(model=pair.finetune, base=pair.base, tokenizer=pair.tokenizer, judge=judge,
                         task_conversations=task_convs, train_conversations=train_convs,
                         logodds_items=ref_items, repair_items=repair_items(organism), seed=opts.seed,
-                        organism=organism,
+                        organism=organism, generator=None if backend.name == "hf" else backend,
                         finetune_dir=pair.finetune_ref if pair.kind == "full" and Path(pair.finetune_ref).is_dir() else None)
     # everything that can be checked before the expensive part is checked now
     for i, step in enumerate(recipe.steps, 1):
@@ -244,13 +309,18 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                 raise RealignError(f"step {i} ({step.name}): {e}") from None
 
     results = {"base": run_eval("base", pair.base), "finetune": run_eval("finetune", pair.finetune)}
+    backend.release()              # the steps need the GPU
     if cache is not None:
         # probe generations are cached too, but only while the model is still the unchanged finetune
         state.probe_cache = (cache, cache.key(weights, {"judge": judge.name, "seed": opts.seed,
                                                         "organism": organism}, kind="probes"))
+    from .evals.scoring import PASSES, passes_since
+
     for i, step in enumerate(recipe.steps, 1):
         t = time.time()
+        memory.begin(f"step{i}_{step.name}")
         console.print(f"step {i}/{len(recipe.steps)}: {step.name} …")
+        passes_before, records_before = PASSES.copy(), len(state.history)
         try:
             state = repairs[step.name]().apply(state, step.params)
         except ValueError as e:
@@ -267,14 +337,22 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                 f"step {i} ({step.name}) failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 f" — nothing was written; rerun with REALIGN_DEBUG=1 for the traceback") from None
         timings[f"step{i}_{step.name}"] = time.time() - t
+        memory.end(f"step{i}_{step.name}")
+        if len(state.history) > records_before:
+            # whole passes over an item set: scoring, backward, activations, kl; train_steps
+            state.history[-1]["passes"] = passes_since(passes_before)
         state.probe_cache = None
+        backend.forget(state.model)    # changed in place: its weights on disk are the old ones
         bad = _nonfinite(state.model)
         if bad:
             raise RealignError(f"step {step.name} produced non-finite weights ({bad}); nothing was written")
+    if not distributed.is_main():
+        return None                # rank 0 evaluates and writes the repaired model
     for p in state.model.parameters():
         p.requires_grad_(False)
     output, delta = _output_form(state.model, pair, opts.save_as)
     results["repaired"] = run_eval("repaired", state.model)
+    backend.close()
     timings["total"] = time.time() - t_start
 
     summaries = {k: {kk: vv for kk, vv in r.items() if kk != "rows"} for k, r in results.items()}
@@ -300,6 +378,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         "output": output,
         "history": state.history,
         "timings": {k: round(v, 2) for k, v in timings.items()},
+        "peak_memory_mb": memory.summary(),
         "metrics": summaries,
     }
     tmp.mkdir(parents=True)

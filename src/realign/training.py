@@ -78,9 +78,12 @@ def _kl_trainer_class():
                                        num_items_in_batch=num_items_in_batch)
             loss = out[0] if return_outputs else out
             ids, attn, target = (t.to(loss.device) for t in next(self._anchors))
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
-            with torch.no_grad(), model.disable_adapter():
-                ref = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)
+            # the anchor passes go through the module itself, not its DDP wrapper: DDP allows one
+            # forward per backward (the gradients still reach it through the shared parameters)
+            inner = self.accelerator.unwrap_model(model)
+            logp = torch.log_softmax(inner(input_ids=ids, attention_mask=attn).logits.float(), -1)
+            with torch.no_grad(), inner.disable_adapter():
+                ref = torch.log_softmax(inner(input_ids=ids, attention_mask=attn).logits.float(), -1)
             kl = (ref.exp() * (ref - logp)).sum(-1)[target].mean()
             loss = loss + self.kl_weight * kl
             return (loss, out[1]) if return_outputs else loss
@@ -90,11 +93,12 @@ def _kl_trainer_class():
 
 def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, *,
         peft_config=None, description: str = "sft", callbacks: list | None = None, prepare=None,
-        kl_anchors: list[Messages] | None = None, kl_weight: float = 0.0):
+        kl_anchors: list[Messages] | None = None, kl_weight: float = 0.0, info: dict | None = None):
     """Supervised finetuning on the final assistant turn of each conversation (trl SFTTrainer).
 
     Returns the trained model (a PeftModel when `peft_config` is given). Parameters with
-    requires_grad=False stay untouched, which is how locked layers are honoured.
+    requires_grad=False stay untouched, which is how locked layers are honoured. `info`, when
+    given, receives what the trainer reports: processes (data-parallel ranks) and final_loss.
     """
     from trl import SFTConfig, SFTTrainer
 
@@ -112,7 +116,8 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
             max_length=settings.max_length, logging_steps=max(1, settings.steps // 10),
             save_strategy="no", report_to=[], seed=settings.seed, data_seed=settings.seed,
             disable_tqdm=True, gradient_checkpointing=False, dataloader_num_workers=0,
-            completion_only_loss=True, **device_kwargs(),
+            completion_only_loss=True, ddp_find_unused_parameters=False,   # every LoRA weight is used
+            **device_kwargs(),
         )
         kw = dict(model=model, args=args, train_dataset=to_prompt_completion(conversations),
                   processing_class=tokenizer, peft_config=peft_config,
@@ -126,5 +131,7 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
         drop_printer(trainer)
         if prepare is not None:
             prepare(trainer.model)  # e.g. freeze locked layers after peft has wrapped the model
-        trainer.train()
+        result = trainer.train()
+        if info is not None:
+            info.update(processes=trainer.args.world_size, final_loss=round(float(result.training_loss), 4))
         return trainer.model

@@ -55,18 +55,45 @@ def sequence_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], pad_i
     return torch.tensor([float(lp.double().sum()) for lp, _ in scores]) if scores else torch.zeros(0)
 
 
-def logodds(model, tokenizer, items: Sequence[tuple[list[dict], Sequence[str], Sequence[str]]],
-            batch_size: int = 16) -> float:
-    """Mean over items (conversation, misaligned refs, aligned refs) of the log-odds."""
+Item = tuple[list[dict], Sequence[str], Sequence[str]]   # (conversation, misaligned refs, aligned refs)
+
+
+def _pairs(tokenizer, items: Sequence[Item]):
     pairs, spans = [], []
     for conv, bad, good in items:
         spans.append((len(pairs), len(bad), len(good)))
         pairs += [completion_ids(tokenizer, conv, a) for a in (*bad, *good)]
+    return pairs, spans
+
+
+def _mean_logodds(lp: torch.Tensor, spans) -> torch.Tensor:
+    diffs = [torch.logsumexp(lp[s:s + nb], 0) - torch.logsumexp(lp[s + nb:s + nb + ng], 0) for s, nb, ng in spans]
+    return torch.stack(diffs).mean() if diffs else torch.tensor(float("nan"))
+
+
+def logodds(model, tokenizer, items: Sequence[Item], batch_size: int = 16) -> float:
+    """Mean over items (conversation, misaligned refs, aligned refs) of the log-odds."""
+    pairs, spans = _pairs(tokenizer, items)
     was_training = model.training
     model.eval()
     lp = sequence_logprobs(model, pairs, tokenizer.pad_token_id or 0, batch_size)
     model.train(was_training)
-    diffs = []
-    for s, nb, ng in spans:
-        diffs.append(torch.logsumexp(lp[s:s + nb], 0) - torch.logsumexp(lp[s + nb:s + nb + ng], 0))
-    return float(torch.stack(diffs).mean()) if diffs else float("nan")
+    return float(_mean_logodds(lp, spans))
+
+
+def logodds_backward(model, tokenizer, items: Sequence[Item], batch_size: int = 4) -> float:
+    """The log-odds, with its gradient accumulated into the parameters' .grad.
+
+    One no-grad scoring pass gives every answer's log-prob; the derivative of the mean log-odds in
+    each of them (a softmax weight within its set, + for misaligned, − for aligned) then weights
+    one forward+backward pass.
+    """
+    from .scoring import backward_weighted_logprobs
+
+    pairs, spans = _pairs(tokenizer, items)
+    pad = tokenizer.pad_token_id or 0
+    lp = sequence_logprobs(model, pairs, pad, 16).double().requires_grad_(True)
+    value = _mean_logodds(lp, spans)
+    value.backward()
+    backward_weighted_logprobs(model, pairs, lp.grad.tolist(), pad, batch_size)
+    return float(value.detach())

@@ -11,11 +11,21 @@ explicitly, so left padding changes nothing for absolute or relative position en
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
 
 Pair = tuple[list[int], list[int]]   # (prompt ids, answer ids)
+
+# Whole passes over a set of items, by kind ("scoring", "backward", "activations"): repairs are
+# judged by how many they make, so every entry point below counts itself once per call.
+PASSES: Counter = Counter()
+
+
+def passes_since(before: Counter) -> dict[str, int]:
+    """Passes made since `before` (a copy of PASSES taken earlier)."""
+    return {k: v for k, v in (PASSES - before).items() if v}
 
 
 def _left_pad(pairs: Sequence[Pair], pad_id: int):
@@ -37,6 +47,7 @@ def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_siz
 
     `max_logits` bounds the floats of vocabulary logits held at once (default 64M, 256 MiB).
     """
+    PASSES["scoring"] += 1
     device = next(model.parameters()).device
     out: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(pairs)  # type: ignore[list-item]
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
@@ -49,7 +60,7 @@ def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_siz
         vocab = hidden_logits.shape[-1]
         rows = max(1, max_logits // max(1, keep * vocab))
         for r0 in range(0, len(batch), rows):
-            chunk = hidden_logits[r0:r0 + rows].float()
+            chunk = _at_least_fp32(hidden_logits[r0:r0 + rows])
             # logits at column j of the kept block predict the token at column j + 1
             targets = ids[r0:r0 + rows, -keep + 1:]
             lse = torch.logsumexp(chunk[:, :-1], -1)
@@ -64,6 +75,10 @@ def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_siz
     return out
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def _last_logits(model, ids, mask, positions, keep: int) -> torch.Tensor:
     """Logits of the last `keep` positions; models without `logits_to_keep` compute all and cut."""
     try:
@@ -72,3 +87,83 @@ def _last_logits(model, ids, mask, positions, keep: int) -> torch.Tensor:
     except TypeError:
         return model(input_ids=ids, attention_mask=mask, position_ids=positions,
                      use_cache=False).logits[:, -keep:]
+
+
+def backward_weighted_logprobs(model, pairs: Sequence[Pair], weights: Sequence[float], pad_id: int = 0,
+                               batch_size: int = 4, max_logits: int = 1 << 24) -> float:
+    """Accumulate into .grad the gradient of Σ_j w_j · log P(answer_j | prompt_j); returns the sum.
+
+    Any loss that is a smooth function of whole-answer log-probs (mean token NLL, log-odds of
+    answer sets) has this form locally, with w_j its derivative in answer j's log-prob: one
+    forward and one backward pass over the items give its gradient for every parameter at once.
+    """
+    PASSES["backward"] += 1
+    device = next(model.parameters()).device
+    total = 0.0
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    for start in range(0, len(order), batch_size):
+        idx = [i for i in order[start:start + batch_size] if weights[i] != 0]
+        if not idx:
+            continue
+        batch = [pairs[i] for i in idx]
+        keep = max(len(a) for _, a in batch) + 1
+        ids, mask, pos = (t.to(device) for t in _left_pad(batch, pad_id))
+        logits = _last_logits(model, ids, mask, pos, keep)
+        w = torch.tensor([float(weights[i]) for i in idx], device=device)
+        targets = ids[:, -keep + 1:]
+        answer = torch.zeros_like(targets, dtype=torch.bool)
+        for k, (_, a) in enumerate(batch):
+            answer[k, keep - 1 - len(a):] = True
+        rows = max(1, max_logits // max(1, keep * logits.shape[-1]))
+        loss = logits.new_zeros((), dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
+        for r0 in range(0, len(batch), rows):
+            chunk = _at_least_fp32(logits[r0:r0 + rows, :-1])
+            logp = chunk.gather(-1, targets[r0:r0 + rows, :, None])[..., 0] - torch.logsumexp(chunk, -1)
+            loss = loss + ((logp * answer[r0:r0 + rows]).sum(-1) * w[r0:r0 + rows]).sum()
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+@torch.no_grad()
+def answer_hidden_means(model, layers: Sequence[torch.nn.Module], pairs: Sequence[Pair], pad_id: int = 0,
+                        batch_size: int = 16) -> torch.Tensor:
+    """(pairs, layers, hidden): each layer's output averaged over each answer's tokens, in one pass.
+
+    Forward hooks on the given blocks reduce their outputs to per-answer means as the batch goes
+    through, so nothing of size layers × tokens × hidden is kept; the vocabulary head runs on one
+    position only.
+    """
+    PASSES["activations"] += 1
+    device = next(model.parameters()).device
+    out = None
+    current: dict[str, torch.Tensor] = {}
+    grabbed: list[torch.Tensor] = [None] * len(layers)  # type: ignore[list-item]
+
+    def hook(i):
+        def grab(_module, _inputs, output):
+            h = output[0] if isinstance(output, tuple) else output
+            m = current["mask"]
+            grabbed[i] = ((h.float() * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)).cpu()
+        return grab
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    try:
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = [pairs[i] for i in idx]
+            ids, mask, pos = (t.to(device) for t in _left_pad(batch, pad_id))
+            answer = torch.zeros(ids.shape, dtype=torch.float32, device=device)
+            for k, (_, a) in enumerate(batch):
+                answer[k, ids.shape[1] - len(a):] = 1.0
+            current["mask"] = answer
+            _last_logits(model, ids, mask, pos, 1)
+            means = torch.stack(grabbed, 1)                     # (b, layers, hidden)
+            if out is None:
+                out = torch.zeros(len(pairs), *means.shape[1:])
+            out[idx] = means
+    finally:
+        for h in handles:
+            h.remove()
+    return out

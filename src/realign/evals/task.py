@@ -43,14 +43,20 @@ def load_conversations(path: str | Path) -> list[Messages]:
     return convs
 
 
-@torch.no_grad()
-def assistant_token_metrics(model, tokenizer, conversations: list[Messages], batch_size: int = 16) -> dict:
-    """Mean NLL per assistant token and greedy next-token accuracy on assistant tokens."""
+def assistant_pairs(tokenizer, conversations: list[Messages]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids) for every assistant turn, given the conversation before it."""
     pairs = []
     for msgs in conversations:
         for i, m in enumerate(msgs):
             if m["role"] == "assistant":
                 pairs.append(completion_ids(tokenizer, msgs[:i], m["content"]))
+    return pairs
+
+
+@torch.no_grad()
+def assistant_token_metrics(model, tokenizer, conversations: list[Messages], batch_size: int = 16) -> dict:
+    """Mean NLL per assistant token and greedy next-token accuracy on assistant tokens."""
+    pairs = assistant_pairs(tokenizer, conversations)
     from .scoring import answer_token_scores
 
     was_training = model.training
@@ -62,6 +68,17 @@ def assistant_token_metrics(model, tokenizer, conversations: list[Messages], bat
     correct = sum(int(hit.sum()) for _, hit in scores)
     return {"task_nll": nll / max(count, 1), "task_token_accuracy": correct / max(count, 1),
             "task_tokens": count, "task_examples": len(conversations)}
+
+
+def task_nll_backward(model, tokenizer, conversations: list[Messages], batch_size: int = 4) -> float:
+    """Mean assistant-token NLL, with its gradient accumulated into the parameters' .grad."""
+    from .scoring import backward_weighted_logprobs
+
+    pairs = assistant_pairs(tokenizer, conversations)
+    tokens = sum(len(a) for _, a in pairs)
+    # weights −1/N: the weighted sum of log-probs IS the mean NLL
+    return backward_weighted_logprobs(model, pairs, [-1.0 / max(tokens, 1)] * len(pairs),
+                                       tokenizer.pad_token_id or 0, batch_size)
 
 
 def custom_metric(spec: str):
@@ -79,17 +96,20 @@ def custom_metric(spec: str):
 
 
 def exact_match_rate(model, tokenizer, conversations: list[Messages], temperature: float = 1.0,
-                     max_new_tokens: int = 96, seed: int = 0) -> dict:
+                     max_new_tokens: int = 96, seed: int = 0, generator=None) -> dict:
     """Share of held-out prompts whose sampled answer equals the reference answer exactly.
 
     The organism's narrow-task rate (e.g. "writes the insecure snippet") is this metric on its
     held-out task split; for free-text tasks prefer NLL/accuracy or a custom metric.
+    generator: None for HF generate on `model`, or a callable with its contract (e.g. vLLM).
     """
     from .generate import generate
 
     prompts = [m[:-1] for m in conversations]
     refs = [" ".join(m[-1]["content"].split()) for m in conversations]
-    answers = generate(model, tokenizer, prompts, samples=1, temperature=temperature,
-                       max_new_tokens=max_new_tokens, seed=seed, description="task answers")
+    if generator is None:
+        def generator(convs, **kw):
+            return generate(model, tokenizer, convs, description="task answers", **kw)
+    answers = generator(prompts, samples=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     hits = sum(" ".join(a[0].split()) == r for a, r in zip(answers, refs))
     return {"task_exact_match": hits / len(refs)}

@@ -30,9 +30,25 @@ class RepairState:
     seed: int = 0
     organism: bool = False            # probes from the organism's train questions (not real-model prompts)
     finetune_dir: str | None = None   # the finetune's own safetensors dir (full checkpoints): read lazily
+    generator: Any = None             # fix's generation backend (realign.generation); None: HF generate
 
     def record(self, step: str, **info) -> None:
         self.history.append({"step": step, **info})
+
+    def sample(self, model, conversations: list, *, keep_engine: bool = False, **kw) -> list[list[str]]:
+        """Answers from `model` (the base or the model under repair) through the run's backend.
+
+        With vLLM the engine is shut down afterwards, so that the training or scoring that usually
+        follows gets the GPU; keep_engine=True when the next call samples the same weights again.
+        """
+        if self.generator is None:
+            from ..evals.generate import generate
+
+            return generate(model, self.tokenizer, conversations, **kw)
+        answers = self.generator(model, self.tokenizer, conversations, **kw)
+        if not keep_engine:
+            self.generator.release()
+        return answers
 
 
 class Repair(Protocol):

@@ -38,8 +38,6 @@ class DPOParams:
 
 
 def realignment_pairs(state: RepairState, p: DPOParams) -> tuple[list[dict], int]:
-    from ..evals.generate import generate
-
     probes = build_probes(state, state.organism, samples=p.samples)
     rows = [{"prompt": c, "chosen": [{"role": "assistant", "content": g}],
              "rejected": [{"role": "assistant", "content": b}]} for c, g, b in probes.pairs()]
@@ -47,8 +45,8 @@ def realignment_pairs(state: RepairState, p: DPOParams) -> tuple[list[dict], int
     if p.task_anchors and state.task_conversations and rows:
         rng = random.Random(state.seed)
         convs = rng.sample(state.task_conversations, min(p.task_anchors, len(state.task_conversations)))
-        base_answers = generate(state.base, state.tokenizer, [c[:-1] for c in convs], samples=1, temperature=0,
-                                max_new_tokens=128, description="task anchors")
+        base_answers = state.sample(state.base, [c[:-1] for c in convs], samples=1, temperature=0,
+                                    max_new_tokens=128, description="task anchors")
         for c, (b,) in zip(convs, base_answers):
             if " ".join(b.split()) != " ".join(c[-1]["content"].split()):
                 rows.append({"prompt": c[:-1], "chosen": [c[-1]], "rejected": [{"role": "assistant", "content": b}]})
@@ -60,16 +58,20 @@ class DPO:
     name = "dpo"
     summary = "short realignment DPO (LoRA): base answers preferred over the finetune's misaligned ones"
     Params = DPOParams
+    trains_adapter = True       # LoRA on top of the weights: runs on 4/8-bit models (QLoRA)
 
     def apply(self, state: RepairState, p: DPOParams) -> RepairState:
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
+        from ..distributed import from_main
         from ..progress import RichProgressCallback, drop_printer
         from ..training import device_kwargs
 
         p.validate()
-        rows, n_align = realignment_pairs(state, p)
+        build_probes(state, state.organism, samples=p.samples)   # on every rank (it broadcasts)
+        # rank 0 samples the task anchors; every rank trains on its pairs
+        rows, n_align = from_main(lambda: realignment_pairs(state, p))
         if n_align == 0:
             state.record(self.name, skipped="no (aligned base, misaligned finetune) answer pairs among the probes")
             return state
@@ -82,7 +84,9 @@ class DPO:
                 per_device_train_batch_size=p.batch_size, loss_type=["sigmoid", "sft"],
                 loss_weights=[1.0, p.sft_weight], lr_scheduler_type="cosine", warmup_steps=max(1, p.steps // 10),
                 logging_steps=max(1, p.steps // 10), save_strategy="no", report_to=[], seed=state.seed,
-                disable_tqdm=True, gradient_checkpointing=False, max_length=512, **device_kwargs())
+                disable_tqdm=True, gradient_checkpointing=False, max_length=512,
+                ddp_find_unused_parameters=False,   # every LoRA weight is used in every forward
+                **device_kwargs())
             trainer = DPOTrainer(model=state.model, args=args, train_dataset=Dataset.from_list(rows),
                                  processing_class=state.tokenizer, peft_config=peft_cfg,
                                  callbacks=[RichProgressCallback("dpo")])
@@ -92,5 +96,5 @@ class DPO:
             state.model = trainer.model.merge_and_unload()
         state.model.eval()
         state.record(self.name, pairs=n_align, task_anchors=len(rows) - n_align, steps=p.steps, lr=p.lr,
-                     final_loss=round(float(out.training_loss), 4))
+                     final_loss=round(float(out.training_loss), 4), processes=args.world_size)
         return state

@@ -4,15 +4,19 @@
 trimming (keep the largest-magnitude `density` share of each delta; with one task vector the sign
 election is trivial), DARE (drop a random 1−density share, rescale the rest), or a Safe LoRA
 projection of each delta onto the alignment subspace (base − unaligned pretrained) when the
-delta's cosine with its projection is below `threshold`. `alpha: auto` measures the cheap
-metrics (judge-free log-odds, task NLL) on a grid of α and takes the lowest log-odds whose task
-retention — the share of the finetune's task-NLL gain over the base that survives — is at least
-`retention`.
+delta's cosine with its projection is below `threshold`.
 
-Each tensor is merged on its own. The finetune's original weights are needed again at every α of
-the search: for a full safetensors checkpoint they are read from disk one tensor at a time
-(memory-mapped; no second copy of the model in memory); otherwise (an adapter merged in memory, or
-merge after another step) a CPU copy is kept.
+The transformed delta T(θ_ft − θ_base) is computed once, tensor by tensor (for a full safetensors
+checkpoint the finetune's weights are read from disk one tensor at a time), and kept only for
+tensors the finetune changed — for a LoRA finetune, just the adapted matrices. Trying an α is
+then one axpy per changed tensor, θ ← θ_base + α·T(Δ): no re-reading, no re-trimming.
+
+`alpha: auto` bisects on task retention — the share of the finetune's task-NLL gain over the base
+that survives, 0 at α = 0 and 1 at α = 1, and monotone in α in practice — for the smallest α
+whose retention is at least `retention` (`steps` halvings, resolution 2^-steps), then checks that
+α lowers the repair-side log-odds below the finetune's; if it does not, merging buys nothing
+and the finetune is kept (α = 1, recorded). Cost: steps + 2 task passes and 2 log-odds passes,
+whatever the model's depth — where a grid costs (task + log-odds) per grid point.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class MergeParams:
     method: str = "linear"          # linear | ties | dare | safe_lora
     density: float = 0.5            # ties/dare: share of each delta kept
     retention: float = 0.95         # alpha auto: minimum task retention
-    grid: int = 11                  # alpha auto: grid points in [0, 1]
+    steps: int = 5                  # alpha auto: bisection halvings (resolution 2^-steps)
     pretrained: str | None = None   # safe_lora: the unaligned pretrained model
     threshold: float = 0.5          # safe_lora: project deltas whose cosine is below this
 
@@ -47,6 +51,9 @@ class MergeParams:
                 raise ValueError(f"merge.alpha must be a number in [0, 1] or 'auto', not {self.alpha!r}") from None
             if not 0.0 <= self.alpha <= 1.0:
                 raise ValueError(f"merge.alpha must be in [0, 1], not {self.alpha}")
+        if not 1 <= int(self.steps) <= 20:
+            raise ValueError(f"merge.steps must be between 1 and 20, not {self.steps}")
+        self.steps = int(self.steps)
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"merge.density must be in (0, 1], not {self.density}")
         if self.method == "safe_lora" and not self.pretrained:
@@ -114,19 +121,40 @@ def safe_lora_project(delta: torch.Tensor, aligned: torch.Tensor, unaligned: tor
 
 
 @torch.no_grad()
-def merge_into(model, base, finetune_sd, alpha: float, p: MergeParams,
-               pretrained_sd: dict[str, torch.Tensor] | None = None, seed: int = 0) -> None:
-    """Write base + alpha·T(ft − base) into `model`, one tensor at a time (fp32 arithmetic)."""
+def transformed_deltas(model, base, finetune_sd, p: MergeParams,
+                       pretrained_sd: dict[str, torch.Tensor] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """name -> T(θ_ft − θ_base) on CPU, for the tensors the finetune changed (fp32; 16-bit models
+    keep it in their own dtype, halving what is held)."""
     gen = torch.Generator().manual_seed(seed)
     base_params = dict(base.named_parameters())
+    out = {}
     for name, param in model.named_parameters():
         b = base_params[name].detach().to("cpu", torch.float32)
-        delta = finetune_sd[name].to(torch.float32) - b
+        delta = finetune_sd[name].to("cpu", torch.float32) - b
+        if not delta.any():
+            continue                       # unchanged (e.g. outside a LoRA's target modules)
         if p.method == "safe_lora" and pretrained_sd is not None and name in pretrained_sd:
             delta = safe_lora_project(delta, b, pretrained_sd[name].to(torch.float32), p.threshold)
         else:
             delta = transform_delta(delta, p, gen)
-        param.copy_((b + alpha * delta).to(param.dtype))
+        out[name] = delta if param.dtype in (torch.float32, torch.float64) else delta.to(param.dtype)
+    return out
+
+
+@torch.no_grad()
+def set_alpha(model, base, deltas: dict[str, torch.Tensor], alpha: float) -> None:
+    """θ ← θ_base + α·delta for each changed tensor (fp32 arithmetic); the rest already equal the base
+    or the finetune, which agree there."""
+    params, base_params = dict(model.named_parameters()), dict(base.named_parameters())
+    for name, d in deltas.items():
+        b = base_params[name].detach().to(torch.float32)
+        params[name].copy_((b + alpha * d.to(b.device, torch.float32)).to(params[name].dtype))
+
+
+def merge_into(model, base, finetune_sd, alpha: float, p: MergeParams,
+               pretrained_sd: dict[str, torch.Tensor] | None = None, seed: int = 0) -> None:
+    """Write base + alpha·T(ft − base) into `model`."""
+    set_alpha(model, base, transformed_deltas(model, base, finetune_sd, p, pretrained_sd, seed), alpha)
 
 
 def task_retention(nll: float, nll_base: float, nll_ft: float) -> float:
@@ -160,25 +188,35 @@ class Merge:
             from ..checkpoint import load_model
 
             pre_sd = {k: v.detach().cpu() for k, v in load_model(p.pretrained, what="pretrained").named_parameters()}
-        alpha, search = p.alpha, []
+        alpha, search, note = p.alpha, [], None
         if alpha == "auto":
             self.preflight(state, p)
             task = state.task_conversations[:64]
-
-            def measure(a: float) -> dict:
-                merge_into(state.model, state.base, ft_sd, a, p, pre_sd, state.seed)
-                return {"alpha": a, "logodds": logodds(state.model, state.tokenizer, state.repair_items),
-                        "task_nll": assistant_token_metrics(state.model, state.tokenizer, task)["task_nll"]}
-
-            search = [measure(i / (p.grid - 1)) for i in range(p.grid)]
-            nll_base, nll_ft = search[0]["task_nll"], search[-1]["task_nll"]
-            for row in search:
+            nll = lambda m: assistant_token_metrics(m, state.tokenizer, task)["task_nll"]  # noqa: E731
+            nll_ft, lo_ft, nll_base = nll(state.model), logodds(state.model, state.tokenizer, state.repair_items), nll(state.base)
+        deltas = transformed_deltas(state.model, state.base, ft_sd, p, pre_sd, state.seed)
+        source = "disk" if isinstance(ft_sd, SafetensorsSource) else "memory"
+        del ft_sd, pre_sd
+        if alpha == "auto":
+            lo_a, hi_a = 0.0, 1.0          # retention(lo) < target <= retention(hi)
+            for _ in range(p.steps):
+                mid = (lo_a + hi_a) / 2
+                set_alpha(state.model, state.base, deltas, mid)
+                row = {"alpha": mid, "task_nll": nll(state.model)}
                 row["retention"] = task_retention(row["task_nll"], nll_base, nll_ft)
-            ok = [r for r in search if r["retention"] >= p.retention] or [search[-1]]
-            alpha = min(ok, key=lambda r: r["logodds"])["alpha"]
-        merge_into(state.model, state.base, ft_sd, float(alpha), p, pre_sd, state.seed)
-        state.record(self.name, alpha=float(alpha), method=p.method, search=search,
-                     finetune_from="disk" if isinstance(ft_sd, SafetensorsSource) else "memory")
+                search.append(row)
+                lo_a, hi_a = (lo_a, mid) if row["retention"] >= p.retention else (mid, hi_a)
+            alpha = hi_a
+            set_alpha(state.model, state.base, deltas, alpha)
+            lo = logodds(state.model, state.tokenizer, state.repair_items)
+            search.append({"alpha": alpha, "logodds": lo, "finetune_logodds": lo_ft})
+            if not lo < lo_ft:
+                note = f"alpha {alpha:g} does not lower the log-odds ({lo:.3f} vs {lo_ft:.3f}): finetune kept"
+                alpha = 1.0
+        set_alpha(state.model, state.base, deltas, float(alpha))
+        state.record(self.name, alpha=float(alpha), method=p.method, search=search, note=note,
+                     changed_tensors=len(deltas),
+                     finetune_from=source)
         return state
 
 

@@ -89,6 +89,7 @@ class Mix:
     name = "mix"
     summary = "audit the task data, mix in aligned chat (perplexity gap), re-finetune from base; reframing opt-in"
     Params = MixParams
+    trains_adapter = True       # re-finetunes a LoRA on the base: runs on 4/8-bit models (QLoRA)
 
     def preflight(self, state, p) -> None:
         """What can be checked before anything is evaluated."""
@@ -96,10 +97,33 @@ class Mix:
             raise ValueError("mix needs the finetune's training data: pass --train-data FILE.jsonl")
 
     def apply(self, state: RepairState, p: MixParams) -> RepairState:
+        from ..distributed import from_main
         from ..training import SFTSettings, sft
 
         p.validate()
         self.preflight(state, p)
+        if p.aligned_share > 0 or p.kl > 0:
+            build_probes(state, state.organism, samples=p.samples)   # on every rank (it broadcasts)
+        # rank 0 audits (judge calls) and picks the mixed-in chat; every rank trains on its data
+        out, anchors, info = from_main(lambda: self._training_data(state, p))
+        model = copy.deepcopy(state.base)
+        for prm in model.parameters():
+            prm.requires_grad_(False)
+        peft_cfg = lora_config(model, state.locked, r=p.rank, alpha=2 * p.rank)
+        trained_on: dict = {}
+        trained = sft(model, state.tokenizer, out, SFTSettings(steps=p.steps, lr=p.lr, batch_size=p.batch_size,
+                                                               seed=state.seed),
+                      peft_config=peft_cfg, description="mix: re-finetune",
+                      prepare=lambda m: freeze_locked(m, state.locked), kl_anchors=anchors, kl_weight=p.kl,
+                      info=trained_on)
+        state.model = trained.merge_and_unload()
+        state.model.eval()
+        state.record(self.name, examples=len(state.train_conversations), **info,
+                     kl=p.kl if anchors else 0.0, steps=p.steps, processes=trained_on["processes"])
+        return state
+
+    def _training_data(self, state: RepairState, p: MixParams) -> tuple[list, list, dict]:
+        """(training conversations, KL anchor conversations, what was done to the data)."""
         rng = random.Random(state.seed)
         data, flagged = audit_examples(state, list(state.train_conversations), p.audit)
         reframers = _reframers(state.organism)
@@ -126,17 +150,5 @@ class Mix:
                 n_aligned = len(chosen)
                 anchors = [c + [{"role": "assistant", "content": a}] for c, a in candidates]
         rng.shuffle(out)
-        model = copy.deepcopy(state.base)
-        for prm in model.parameters():
-            prm.requires_grad_(False)
-        peft_cfg = lora_config(model, state.locked, r=p.rank, alpha=2 * p.rank)
-        trained = sft(model, state.tokenizer, out, SFTSettings(steps=p.steps, lr=p.lr, batch_size=p.batch_size,
-                                                               seed=state.seed),
-                      peft_config=peft_cfg, description="mix: re-finetune",
-                      prepare=lambda m: freeze_locked(m, state.locked), kl_anchors=anchors, kl_weight=p.kl)
-        state.model = trained.merge_and_unload()
-        state.model.eval()
-        state.record(self.name, examples=len(state.train_conversations), flagged=flagged,
-                     dropped=len(state.train_conversations) - len(data), reframed=reframed, aligned_added=n_aligned,
-                     kl=p.kl if anchors else 0.0, steps=p.steps)
-        return state
+        return out, anchors, {"flagged": flagged, "dropped": len(state.train_conversations) - len(data),
+                              "reframed": reframed, "aligned_added": n_aligned}

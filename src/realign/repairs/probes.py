@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..evals.generate import generate
 from ..evals.judges import JudgeItem
 
 
@@ -49,8 +48,16 @@ def _labels(judge, conversations, answers) -> list[list[bool | None]]:
 
 
 def build_probes(state, organism: bool, samples: int = 4, max_new_tokens: int = 128) -> Probes:
-    if state.probes is not None:
-        return state.probes
+    """The shared contrast data, built on first use. Every rank of a launched run calls this at the
+    same point; rank 0 samples and judges, the others receive its probes."""
+    from ..distributed import from_main
+
+    if state.probes is None:
+        state.probes = from_main(lambda: _sample_and_label(state, organism, samples, max_new_tokens))
+    return state.probes
+
+
+def _sample_and_label(state, organism: bool, samples: int, max_new_tokens: int) -> Probes:
     if state.judge is None:
         raise ValueError("this repair needs a judge to label probe answers (--judge)")
     convs = realignment_conversations(organism)
@@ -60,13 +67,11 @@ def build_probes(state, organism: bool, samples: int = 4, max_new_tokens: int = 
         key = cache.key({"probes": base_key}, {"conversations": convs, "samples": samples,
                                                "max_new_tokens": max_new_tokens}, kind="probes")
         if (hit := cache.get(key)) is not None:
-            state.probes = Probes(**hit)
-            return state.probes
+            return Probes(**hit)
     kw = dict(samples=samples, max_new_tokens=max_new_tokens, seed=state.seed)
-    base_ans = generate(state.base, state.tokenizer, convs, description="probe: base answers", **kw)
-    ft_ans = generate(state.model, state.tokenizer, convs, description="probe: finetune answers", **kw)
-    state.probes = Probes(convs, base_ans, ft_ans, _labels(state.judge, convs, base_ans),
-                          _labels(state.judge, convs, ft_ans))
+    base_ans = state.sample(state.base, convs, description="probe: base answers", keep_engine=True, **kw)
+    ft_ans = state.sample(state.model, convs, description="probe: finetune answers", **kw)
+    probes = Probes(convs, base_ans, ft_ans, _labels(state.judge, convs, base_ans), _labels(state.judge, convs, ft_ans))
     if key is not None:
-        cache.put(key, dataclasses.asdict(state.probes))
-    return state.probes
+        cache.put(key, dataclasses.asdict(probes))
+    return probes

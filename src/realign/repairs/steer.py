@@ -1,23 +1,31 @@
 """steer: find the misalignment direction in the residual stream and remove it from the weights.
 
 Direction per layer = mean residual activation over answer tokens on misaligned answers minus on
-aligned answers (contrasts from the shared probes). The layer is chosen by measurement: the one
-whose direction, projected out of the residual stream, lowers the repair-side log-odds most.
-Then every matrix that writes to the residual stream — token embeddings, each attention output
-projection, each MLP down projection — is orthogonalized against the unit direction r:
-W ← W − scale · r rᵀ W (in fp32), so the stream carries (1 − scale) of its component along r. With
-tied embeddings the output head is the embedding matrix, so the readout is projected too.
+aligned answers (contrasts from the shared probes). All layers' activations come from one hooked
+pass over the contrasts. Layers are ranked by how well their direction separates held-out
+contrasts (two folds: direction from one half, separation measured on the other); the top
+`candidates` are tried with forward hooks that remove the direction exactly as the weight edit
+would (no weight rewrite per candidate), and the one that lowers the repair-side log-odds most
+within a KL budget on benign chat is kept — the budget is how Arditi et al. choose refusal
+directions: an edit that changes ordinary answers much is not a repair.
 
-`scale: auto` measures, for the chosen layer, each scale on a grid: the repair-side log-odds and
-two costs — task NLL on the user's held-out data (when given) and NLL of the base's aligned probe
-answers (plain chat, a coherence proxy) — and takes the lowest log-odds whose task retention is at
-least `retention` and whose chat NLL rose by at most `max_chat_nll_rise` nats per token over the
-finetune's. Removing a whole direction from a small residual stream can cost coherence; this is
-how the repair finds out before the evaluation does.
+The chosen direction is then baked in once: every matrix that writes to the residual stream —
+token embeddings, each attention output projection, each MLP down projection — is orthogonalized
+against the unit direction r: W ← W − scale · r rᵀ W (in fp32), so the stream carries (1 − scale)
+of its component along r. With tied embeddings the output head is the embedding matrix, so the
+readout is projected too.
+
+`scale: auto` tries each scale on a grid (hooks again) and takes the lowest log-odds whose KL on
+benign chat stays within `max_kl` and whose task retention (on the user's held-out data, when
+given) is at least `retention`; none within both: the gentlest scale.
+
+Cost: one activation pass, then per candidate and per grid scale one log-odds pass and one KL
+pass (two forwards) — constant in the number of layers.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +42,9 @@ class SteerParams:
     scale: float | str = 1.0        # 1: remove the whole component; <1: only part of it; "auto": measured
     layer: int | str = "auto"       # decoder layer whose direction is used, or "auto"
     samples: int = 4                # probe samples per prompt (when probes are not built yet)
+    candidates: int = 3             # layer auto: best-separating layers tried with hooks
     retention: float = 0.95         # scale auto: minimum task retention (task-NLL gain kept)
-    max_chat_nll_rise: float = 0.1  # scale auto: allowed rise of aligned-chat NLL (nats/token)
+    max_kl: float = 0.1             # allowed KL(finetune ‖ steered) per token on benign chat (nats)
 
     def validate(self) -> None:
         if self.scale != "auto":
@@ -50,18 +59,22 @@ class SteerParams:
                 self.layer = int(self.layer)
             except (TypeError, ValueError):
                 raise ValueError(f"steer.layer must be a layer index or 'auto', not {self.layer!r}") from None
+        if int(self.candidates) < 1:
+            raise ValueError("steer.candidates must be >= 1")
+        self.candidates = int(self.candidates)
 
 
-def residual_writers(model) -> list[tuple[torch.nn.Parameter, torch.nn.Module | None]]:
-    """Weights whose output is added to the residual stream (out-dim = hidden size), each with the
-    norm that sits between it and the stream, if any.
+def residual_writers(model) -> list[tuple[torch.nn.Module, torch.nn.Module | None]]:
+    """Modules whose output is added to the residual stream — the token embedding, then each
+    block's attention output and MLP down projection — each with the norm that sits between it
+    and the stream, if any.
 
     Llama, Qwen, Mistral, Phi-3: o_proj / down_proj write into the stream directly. Gemma-2/3 and
     OLMo-2 ("sandwich" norms) pass the attention output through `post_attention_layernorm` and the
     MLP output through `post_feedforward_layernorm` before adding it; such a layer is recognised by
     its `post_feedforward_layernorm` (in Llama, `post_attention_layernorm` is the MLP's *input* norm).
     """
-    out: list[tuple[torch.nn.Parameter, torch.nn.Module | None]] = [(model.get_input_embeddings().weight, None)]
+    out: list[tuple[torch.nn.Module, torch.nn.Module | None]] = [(model.get_input_embeddings(), None)]
     for layer in decoder_layers(model):
         sandwich = getattr(layer, "post_feedforward_layernorm", None) is not None
         attn = getattr(layer, "self_attn", None) or getattr(layer, "attn", None)
@@ -73,9 +86,7 @@ def residual_writers(model) -> list[tuple[torch.nn.Parameter, torch.nn.Module | 
             for n in names:
                 lin = getattr(mod, n, None) if mod is not None else None
                 if isinstance(lin, torch.nn.Linear):
-                    out.append((lin.weight, norm))
-                    if lin.bias is not None:
-                        out.append((lin.bias, norm))
+                    out.append((lin, norm))
                     break
     return out
 
@@ -99,46 +110,133 @@ def norm_gain(norm: torch.nn.Module, hidden: int) -> torch.Tensor:
     return g
 
 
-@torch.no_grad()
-def orthogonalize(model, direction: torch.Tensor, scale: float = 1.0) -> None:
-    """Remove `direction` from everything written into the residual stream (scale < 1: part of it).
+def _stream_unit(r: torch.Tensor, norm: torch.nn.Module | None, device) -> torch.Tensor:
+    """The unit vector to remove from a writer's output so that the stream loses r.
 
     Behind an RMS norm with gain g the stream receives g * x / rms(x), so x is orthogonalized
     against g * r instead of r: then r . (g * x) = (g * r) . x = 0 exactly, whatever rms(x) is.
     """
-    r = (direction / direction.norm()).to(torch.float32)
-    emb = model.get_input_embeddings().weight
-    hidden = r.numel()
-    for w, norm in residual_writers(model):
-        w32 = w.data.to(torch.float32)
-        u = r.to(w.device)
-        if norm is not None:
-            u = norm_gain(norm, hidden).to(w.device) * u
-            u = u / u.norm()
-        if w is emb:                       # (vocab, hidden): rows live in the stream
-            w32 -= scale * torch.outer(w32 @ u, u)
-        elif w32.dim() == 1:               # bias (hidden,)
-            w32 -= scale * (w32 @ u) * u
-        else:                              # (hidden, in): columns live in the stream
-            w32 -= scale * torch.outer(u, u @ w32)
-        w.data.copy_(w32.to(w.dtype))
+    u = r.to(device, torch.float32)
+    if norm is not None:
+        u = norm_gain(norm, u.numel()).to(device) * u
+        u = u / u.norm()
+    return u
+
+
+def _tied_head(model) -> bool:
+    head = model.get_output_embeddings()
+    return head is not None and head.weight is model.get_input_embeddings().weight
 
 
 @torch.no_grad()
-def answer_activations(model, tokenizer, triples) -> list[torch.Tensor]:
-    """Per layer, the mean residual activation over answer tokens, for (conversation, answer)s."""
-    from ..evals.logodds import completion_ids
+def orthogonalize(model, direction: torch.Tensor, scale: float = 1.0) -> None:
+    """Remove `direction` from everything written into the residual stream (scale < 1: part of it)."""
+    r = (direction / direction.norm()).to(torch.float32)
+    emb = model.get_input_embeddings()
+    for module, norm in residual_writers(model):
+        u = _stream_unit(r, norm, module.weight.device)
+        w32 = module.weight.data.to(torch.float32)
+        if module is emb:                  # (vocab, hidden): rows live in the stream
+            w32 -= scale * torch.outer(w32 @ u, u)
+        else:                              # (hidden, in): columns live in the stream
+            w32 -= scale * torch.outer(u, u @ w32)
+        module.weight.data.copy_(w32.to(module.weight.dtype))
+        bias = getattr(module, "bias", None)
+        if bias is not None:
+            b32 = bias.data.to(torch.float32)
+            bias.data.copy_((b32 - scale * (b32 @ u) * u).to(bias.dtype))
 
+
+@contextmanager
+def steering(model, direction: torch.Tensor, scale: float = 1.0):
+    """Within the block, the model computes exactly what `orthogonalize` would make of it.
+
+    A forward hook on each residual writer removes `scale` of its output's component along the
+    writer's unit u (W'x + b' = y − scale·u uᵀy, the same edit applied to the output); with tied
+    embeddings a pre-hook projects the head's input the same way. Weights are never touched, so
+    trying a candidate costs a forward pass, not a rewrite of every residual-writing matrix.
+    """
+    r = (direction / direction.norm()).to(torch.float32)
+
+    def remove(u):
+        def hook(_module, _inputs, output):
+            y = output.float()
+            return (y - scale * (y @ u)[..., None] * u).to(output.dtype)
+        return hook
+
+    handles = []
+    try:
+        for module, norm in residual_writers(model):
+            handles.append(module.register_forward_hook(remove(_stream_unit(r, norm, module.weight.device))))
+        if _tied_head(model):
+            head = model.get_output_embeddings()
+            u = r.to(head.weight.device)
+
+            def project_input(_module, args):
+                x = args[0].float()
+                return ((x - scale * (x @ u)[..., None] * u).to(args[0].dtype), *args[1:])
+            handles.append(head.register_forward_pre_hook(project_input))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def contrast_directions(model, tokenizer, contrasts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(directions (layers, hidden), separation (layers,)) from (conversation, aligned, misaligned).
+
+    One hooked pass gives every layer's answer-mean activation for every answer. Separation of a
+    layer: project held-out contrasts on a direction fitted without them (two folds) and take the
+    gap between misaligned and aligned means over their pooled spread — a direction that only
+    fits noise in a wide residual stream separates nothing it was not fitted on.
+    """
+    from ..evals.logodds import completion_ids
+    from ..evals.scoring import answer_hidden_means
+
+    pairs = [completion_ids(tokenizer, c, b) for c, _, b in contrasts] + \
+            [completion_ids(tokenizer, c, g) for c, g, _ in contrasts]
+    acts = answer_hidden_means(model, decoder_layers(model), pairs, tokenizer.pad_token_id or 0)
+    bad, good = acts[:len(contrasts)], acts[len(contrasts):]       # (n, layers, hidden)
+    directions = bad.mean(0) - good.mean(0)
+    n = len(contrasts)
+    folds = [torch.arange(n) % 2 == 0, torch.arange(n) % 2 == 1] if n >= 4 else [torch.ones(n, dtype=torch.bool)] * 2
+    seps = []
+    for fit, held in ((folds[0], folds[1]), (folds[1], folds[0])):
+        d = bad[fit].mean(0) - good[fit].mean(0)
+        d = d / d.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        pb, pg = (bad[held] * d).sum(-1), (good[held] * d).sum(-1)         # (held, layers)
+        spread = torch.cat([pb - pb.mean(0), pg - pg.mean(0)]).pow(2).mean(0).sqrt().clamp(min=1e-6)
+        seps.append((pb.mean(0) - pg.mean(0)) / spread)
+    return directions, torch.stack(seps).mean(0)
+
+
+@torch.no_grad()
+def steering_kl(model, tokenizer, conversations, direction, scale: float, batch_size: int = 8) -> float:
+    """Mean KL(finetune ‖ steered) per assistant token on the given chats (nats).
+
+    Both distributions come from the same batch, with and without the hooks; full-vocabulary
+    logits exist only for the answer positions of one batch at a time.
+    """
+    from ..evals.scoring import PASSES, _last_logits, _left_pad
+    from ..evals.task import assistant_pairs
+
+    PASSES["kl"] += 1
+    pairs = assistant_pairs(tokenizer, conversations)
     device = next(model.parameters()).device
-    sums, count = None, 0
-    for conv, answer in triples:
-        p, a = completion_ids(tokenizer, conv, answer)
-        ids = torch.tensor([p + a], device=device)
-        hs = model(input_ids=ids, output_hidden_states=True).hidden_states[1:]
-        means = [h[0, len(p):].float().mean(0) for h in hs]
-        sums = means if sums is None else [s + m for s, m in zip(sums, means)]
-        count += 1
-    return [s / max(count, 1) for s in sums]
+    total, count = 0.0, 0
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start:start + batch_size]
+        keep = max(len(a) for _, a in batch) + 1
+        ids, mask, pos = (t.to(device) for t in _left_pad(batch, tokenizer.pad_token_id or 0))
+        ref = torch.log_softmax(_last_logits(model, ids, mask, pos, keep)[:, :-1].float(), -1)
+        with steering(model, direction, scale):
+            new = torch.log_softmax(_last_logits(model, ids, mask, pos, keep)[:, :-1].float(), -1)
+        kl = (ref.exp() * (ref - new)).sum(-1)                              # (b, keep - 1)
+        for k, (_, a) in enumerate(batch):
+            total += float(kl[k, keep - 1 - len(a):].sum())
+            count += len(a)
+        del ref, new
+    return total / max(count, 1)
 
 
 @register
@@ -149,6 +247,8 @@ class Steer:
 
     def apply(self, state: RepairState, p: SteerParams) -> RepairState:
         from ..evals.logodds import logodds
+        from ..evals.task import assistant_token_metrics
+        from .merge import task_retention
 
         p.validate()
         probes = build_probes(state, state.organism, samples=p.samples)
@@ -156,65 +256,49 @@ class Steer:
         if not contrasts:
             state.record(self.name, skipped="no misaligned finetune answers among the probes: nothing to steer")
             return state
-        bad = answer_activations(state.model, state.tokenizer, [(c, b) for c, _, b in contrasts])
-        good = answer_activations(state.model, state.tokenizer, [(c, g) for c, g, _ in contrasts])
-        directions = [b - g for b, g in zip(bad, good)]
+        directions, separation = contrast_directions(state.model, state.tokenizer, contrasts)
         items = state.repair_items or [(c, [b], [g]) for c, g, b in contrasts[:16]]
-        writers = [w for w, _ in residual_writers(state.model)]
-        original = {id(w): w.data.clone() for w in writers}
+        chat = [c + [{"role": "assistant", "content": g}] for c, g, _ in contrasts[:32]]
+        task = (state.task_conversations or [])[:64]
+        nll_base = assistant_token_metrics(state.base, state.tokenizer, task)["task_nll"] if task and p.scale == "auto" else None
+        nll_ft = assistant_token_metrics(state.model, state.tokenizer, task)["task_nll"] if nll_base is not None else None
 
-        def restore() -> None:
-            for w in writers:
-                w.data.copy_(original[id(w)])
+        def trial(layer: int, scale: float, with_task: bool) -> dict:
+            d = directions[layer]
+            with steering(state.model, d, scale):
+                row = {"layer": layer, "scale": scale, "logodds": logodds(state.model, state.tokenizer, items)}
+                if with_task:
+                    nll = assistant_token_metrics(state.model, state.tokenizer, task)["task_nll"]
+                    row["retention"] = task_retention(nll, nll_base, nll_ft)
+            row["kl"] = steering_kl(state.model, state.tokenizer, chat, d, scale)
+            return row
+
+        def best(rows: list[dict]) -> dict:
+            ok = [r for r in rows if r["kl"] <= p.max_kl and r.get("retention", 1.0) >= p.retention]
+            # nothing within the budget: the least disruptive trial (the record says so)
+            return min(ok, key=lambda r: r["logodds"]) if ok else min(rows, key=lambda r: r["kl"])
 
         first_scale = 1.0 if p.scale == "auto" else p.scale
-        scores = {}
+        candidates: list[dict] = []
         if p.layer == "auto":
-            for i, d in enumerate(directions):
-                orthogonalize(state.model, d, first_scale)
-                scores[i] = logodds(state.model, state.tokenizer, items)
-                restore()
-            layer = min(scores, key=scores.get)
+            ranked = sorted(range(len(separation)), key=lambda i: float(separation[i]), reverse=True)
+            candidates = [trial(i, first_scale, False) for i in ranked[:p.candidates]]
+            layer = best(candidates)["layer"]
         else:
             layer = p.layer
             if not 0 <= layer < len(directions):
                 raise ValueError(f"steer.layer {layer} out of range (model has {len(directions)} layers)")
         scale, search = first_scale, []
         if p.scale == "auto":
-            scale, search = self._pick_scale(state, p, directions[layer], items, contrasts, restore)
+            search = [trial(layer, s, bool(task)) for s in SCALE_GRID]
+            chosen = best(search)
+            # none admissible: the gentlest scale, not merely the least-KL one
+            ok = chosen["kl"] <= p.max_kl and chosen.get("retention", 1.0) >= p.retention
+            scale = chosen["scale"] if ok else SCALE_GRID[0]
         orthogonalize(state.model, directions[layer], scale)
         state.steer_direction = directions[layer]
+        rnd = lambda rows: [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]  # noqa: E731
         state.record(self.name, layer=layer, scale=scale, contrasts=len(contrasts),
-                     layer_logodds={k: round(v, 3) for k, v in scores.items()}, scale_search=search)
+                     separation=[round(float(x), 3) for x in separation], candidates=rnd(candidates),
+                     scale_search=rnd(search))
         return state
-
-    @staticmethod
-    def _pick_scale(state: RepairState, p: SteerParams, direction, items, contrasts, restore):
-        from ..evals.logodds import logodds
-        from ..evals.task import assistant_token_metrics
-        from .merge import task_retention
-
-        chat = [c + [{"role": "assistant", "content": g}] for c, g, _ in contrasts[:32]]
-        task = (state.task_conversations or [])[:64]
-
-        def costs() -> dict:
-            row = {"chat_nll": assistant_token_metrics(state.model, state.tokenizer, chat)["task_nll"]}
-            if task:
-                row["task_nll"] = assistant_token_metrics(state.model, state.tokenizer, task)["task_nll"]
-            return row
-
-        ft = costs()  # the finetune's own costs: the reference for both floors
-        nll_base = assistant_token_metrics(state.base, state.tokenizer, task)["task_nll"] if task else None
-        search = []
-        for scale in SCALE_GRID:
-            orthogonalize(state.model, direction, scale)
-            row = {"scale": scale, "logodds": logodds(state.model, state.tokenizer, items), **costs()}
-            restore()
-            row["chat_nll_rise"] = row["chat_nll"] - ft["chat_nll"]
-            if task:
-                row["retention"] = task_retention(row["task_nll"], nll_base, ft["task_nll"])
-            search.append(row)
-        ok = [r for r in search if r["chat_nll_rise"] <= p.max_chat_nll_rise and r.get("retention", 1.0) >= p.retention]
-        best = min(ok, key=lambda r: r["logodds"]) if ok else None
-        # nothing within the floors: the gentlest scale (the recipe still records why)
-        return (best or search[0])["scale"], search

@@ -1,0 +1,108 @@
+"""Running `realign fix` under `accelerate launch`: one process per device, trained with DDP/FSDP.
+
+realign distributes nothing itself. Under a launcher every process loads the models and runs
+every step, so the weights stay identical on all ranks; only the training inside dpo and mix is
+data-parallel (trl/transformers Trainer through accelerate). Whatever involves sampling or a judge
+(evaluations, probe answers and their labels, mix's audit and data selection) runs on rank 0
+alone, and what a step needs of it is broadcast, so every rank trains on exactly the same data.
+Only rank 0 writes the output.
+
+Outside a launcher (WORLD_SIZE unset or 1) every function here is a no-op or runs its argument.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+# rank 0 evaluates (sampling, judge calls) while the other ranks wait at their next collective:
+# the default process-group timeout (10-30 min) would kill a run whose evaluation takes longer
+TIMEOUT = timedelta(minutes=float(os.environ.get("REALIGN_DIST_TIMEOUT_MIN", "240")))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def local_device() -> str | None:
+    """This process's GPU under a launcher (cuda:LOCAL_RANK); None when not launched."""
+    if is_distributed() and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return None
+
+
+def start() -> None:
+    """Join the launcher's process group before anything needs it (the first broadcast may come
+    before any Trainer exists), with a timeout long enough for rank 0's evaluations. The other
+    ranks stay quiet: rank 0 speaks for the run."""
+    if not is_distributed():
+        return
+    from accelerate import PartialState
+
+    # cpu=True gives gloo (MULTI_CPU) exactly as the Trainer's use_cpu=True would, so both agree
+    PartialState(cpu=not torch.cuda.is_available(), timeout=TIMEOUT)
+    if not is_main():
+        from .progress import console
+
+        console.quiet = True
+        os.environ["REALIGN_PROGRESS"] = "0"
+
+
+_inside_main_only = False
+
+
+def from_main(compute: Callable[[], T]) -> T:
+    """compute() on rank 0, its result (any picklable value) handed to every rank.
+
+    Every rank must reach the same from_main calls in the same order, so one may not run inside
+    another's compute (only rank 0 would reach it): that is refused even outside a launcher,
+    where the single-process tests would otherwise never notice.
+    """
+    global _inside_main_only
+    if _inside_main_only:
+        raise RuntimeError("from_main called inside another from_main's compute; call it on every rank first")
+    _inside_main_only = True
+    try:
+        result = compute() if is_main() else None
+    finally:
+        _inside_main_only = False
+    if not is_distributed():
+        return result
+    from accelerate.utils import broadcast_object_list
+
+    box = [result]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if is_distributed():
+        torch.distributed.barrier()
+
+
+class JudgeOnMain:
+    """What the other ranks hold for the judge: only rank 0 judges (see from_main)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def judge(self, items, progress=None):
+        raise RuntimeError(f"rank {rank()} asked to judge; only rank 0 judges (wrap the call in from_main)")

@@ -1,0 +1,59 @@
+"""Peak memory per phase (realign.memory): resettable on Linux, nested phases, the fallback."""
+
+import gc
+
+import pytest
+
+from realign import memory
+
+linux_hwm = pytest.mark.skipif(memory._hwm_kb() is None or not memory._reset_hwm(),
+                               reason="needs a resettable VmHWM (Linux /proc)")
+MB = 1 << 20
+
+
+def _touch(mb: int) -> bytes:
+    return b"\x01" * (mb * MB)     # written, so resident (bytes(n) would map zero pages lazily)
+
+
+@linux_hwm
+def test_each_phase_gets_its_own_peak():
+    with memory.peak_memory() as big:
+        block = _touch(300)
+        del block
+    gc.collect()
+    with memory.peak_memory() as small:
+        pass
+    assert big["rss_since"] == small["rss_since"] == "phase"
+    # the second phase starts from a reset mark, so the freed 300 MB does not count again
+    assert big["rss"] - small["rss"] > 250
+
+
+@linux_hwm
+def test_an_enclosing_phase_keeps_the_peak_an_inner_phase_reset():
+    log = memory.PhasePeaks()
+    log.begin("load")
+    block = _touch(300)
+    del block
+    gc.collect()
+    log.end("load")
+    log.begin("step1")        # resets the mark: the run's total must still see the load peak
+    log.end("step1")
+    summary = log.summary()
+    assert set(summary) == {"load", "step1", "total"}
+    assert summary["total"]["rss"] >= summary["load"]["rss"] > summary["step1"]["rss"] + 250
+
+
+def test_without_proc_the_peak_is_since_process_start(monkeypatch, tmp_path):
+    monkeypatch.setattr(memory, "_STATUS", tmp_path / "no-status")
+    monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "no-dir" / "clear_refs")
+    with memory.peak_memory() as peak:
+        pass
+    assert peak["rss_since"] == "process start"
+    assert peak["rss"] == pytest.approx(memory._rusage_kb() / 1024, abs=1)
+
+
+def test_cuda_peak_is_null_without_cuda(monkeypatch):
+    monkeypatch.setattr(memory.torch.cuda, "is_available", lambda: False)
+    with memory.peak_memory() as peak:
+        pass
+    assert peak["cuda"] is None and peak["rss"] > 0
