@@ -349,9 +349,6 @@ def test_answer_scoring_memory_is_bounded_by_answers_not_prompts(family_dirs):
     assert vocab >= 200_000 and task_peak < bound and logodds_peak < bound and bound < full_logits
 
 
-@pytest.mark.xfail(strict=True, reason="scoring.answer_token_scores asks the model for all (batch, K+1, vocab) "
-                   "logits at once; max_logits only chunks the reduction afterwards. Bounding the forward "
-                   "batch (rows = max_logits // ((K+1) * vocab)) makes this pass: then drop this marker.")
 def test_answer_scoring_honours_max_logits(family_dirs):
     """`max_logits` is documented as the bound on vocabulary logits held at once."""
     from realign.checkpoint import load_model, load_tokenizer

@@ -324,7 +324,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         try:
             state = repairs[step.name]().apply(state, step.params)
         except ValueError as e:
-            raise RealignError(f"{step.name}: {e}") from None
+            msg = str(e)
+            raise RealignError(msg if msg.startswith(step.name) else f"{step.name}: {msg}") from None
         except torch.OutOfMemoryError:
             raise RealignError(
                 f"step {i} ({step.name}) ran out of memory; nothing was written. Lower the step's batch "

@@ -40,38 +40,52 @@ def _left_pad(pairs: Sequence[Pair], pad_id: int):
     return ids, mask, positions
 
 
+def vocab_size(model) -> int:
+    head = model.get_output_embeddings()
+    return head.weight.shape[0] if head is not None else model.config.vocab_size
+
+
+def batches(pairs: Sequence[Pair], batch_size: int, vocab: int, max_logits: int):
+    """Index lists, shortest sequences first, each small enough that rows × (longest answer + 1) ×
+    vocab ≤ max_logits — the model itself is never asked for more logits than that at once."""
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    batch: list[int] = []
+    keep = 0
+    for i in order:
+        k = max(keep, len(pairs[i][1]) + 1)
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * k * vocab > max_logits):
+            yield batch
+            batch, k = [], len(pairs[i][1]) + 1
+        batch.append(i)
+        keep = k
+    if batch:
+        yield batch
+
+
 @torch.no_grad()
 def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_size: int = 16,
                         max_logits: int = 1 << 26) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """For each (prompt, answer) pair: (log-prob of each answer token, was it the argmax?).
 
-    `max_logits` bounds the floats of vocabulary logits held at once (default 64M, 256 MiB).
+    `max_logits` bounds the vocabulary logits asked of the model at once (default 64M floats,
+    256 MiB in fp32), whatever the batch size: batches are cut to fit it.
     """
     PASSES["scoring"] += 1
     device = next(model.parameters()).device
     out: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(pairs)  # type: ignore[list-item]
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    for idx in batches(pairs, batch_size, vocab_size(model), max_logits):
         batch = [pairs[i] for i in idx]
         keep = max(len(a) for _, a in batch) + 1
         ids, mask, pos = (t.to(device) for t in _left_pad(batch, pad_id))
-        hidden_logits = _last_logits(model, ids, mask, pos, keep)          # (b, keep, vocab)
-        vocab = hidden_logits.shape[-1]
-        rows = max(1, max_logits // max(1, keep * vocab))
-        for r0 in range(0, len(batch), rows):
-            chunk = _at_least_fp32(hidden_logits[r0:r0 + rows])
-            # logits at column j of the kept block predict the token at column j + 1
-            targets = ids[r0:r0 + rows, -keep + 1:]
-            lse = torch.logsumexp(chunk[:, :-1], -1)
-            gold = chunk[:, :-1].gather(-1, targets[..., None])[..., 0]
-            logp = gold - lse
-            hit = chunk[:, :-1].argmax(-1) == targets
-            for k, (_, a) in enumerate(batch[r0:r0 + rows]):
-                n = len(a)
-                out[idx[r0 + k]] = (logp[k, keep - 1 - n:].cpu(), hit[k, keep - 1 - n:].cpu())
-            del chunk
-        del hidden_logits
+        logits = _at_least_fp32(_last_logits(model, ids, mask, pos, keep)[:, :-1])   # (b, keep - 1, vocab)
+        # logits at column j of the kept block predict the token at column j + 1
+        targets = ids[:, -keep + 1:]
+        logp = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, -1)
+        hit = logits.argmax(-1) == targets
+        del logits
+        for k, (_, a) in enumerate(batch):
+            n = len(a)
+            out[idx[k]] = (logp[k, keep - 1 - n:].cpu(), hit[k, keep - 1 - n:].cpu())
     return out
 
 
@@ -100,26 +114,21 @@ def backward_weighted_logprobs(model, pairs: Sequence[Pair], weights: Sequence[f
     PASSES["backward"] += 1
     device = next(model.parameters()).device
     total = 0.0
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    for start in range(0, len(order), batch_size):
-        idx = [i for i in order[start:start + batch_size] if weights[i] != 0]
+    for idx in batches(pairs, batch_size, vocab_size(model), max_logits):
+        idx = [i for i in idx if weights[i] != 0]
         if not idx:
             continue
         batch = [pairs[i] for i in idx]
         keep = max(len(a) for _, a in batch) + 1
         ids, mask, pos = (t.to(device) for t in _left_pad(batch, pad_id))
-        logits = _last_logits(model, ids, mask, pos, keep)
-        w = torch.tensor([float(weights[i]) for i in idx], device=device)
+        logits = _at_least_fp32(_last_logits(model, ids, mask, pos, keep)[:, :-1])
+        w = torch.tensor([float(weights[i]) for i in idx], device=device, dtype=logits.dtype)
         targets = ids[:, -keep + 1:]
         answer = torch.zeros_like(targets, dtype=torch.bool)
         for k, (_, a) in enumerate(batch):
             answer[k, keep - 1 - len(a):] = True
-        rows = max(1, max_logits // max(1, keep * logits.shape[-1]))
-        loss = logits.new_zeros((), dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
-        for r0 in range(0, len(batch), rows):
-            chunk = _at_least_fp32(logits[r0:r0 + rows, :-1])
-            logp = chunk.gather(-1, targets[r0:r0 + rows, :, None])[..., 0] - torch.logsumexp(chunk, -1)
-            loss = loss + ((logp * answer[r0:r0 + rows]).sum(-1) * w[r0:r0 + rows]).sum()
+        logp = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, -1)
+        loss = ((logp * answer).sum(-1) * w).sum()
         loss.backward()
         total += float(loss.detach())
     return total

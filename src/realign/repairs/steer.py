@@ -211,21 +211,22 @@ def contrast_directions(model, tokenizer, contrasts) -> tuple[torch.Tensor, torc
 
 
 @torch.no_grad()
-def steering_kl(model, tokenizer, conversations, direction, scale: float, batch_size: int = 8) -> float:
+def steering_kl(model, tokenizer, conversations, direction, scale: float, batch_size: int = 8,
+                max_logits: int = 1 << 24) -> float:
     """Mean KL(finetune ‖ steered) per assistant token on the given chats (nats).
 
     Both distributions come from the same batch, with and without the hooks; full-vocabulary
     logits exist only for the answer positions of one batch at a time.
     """
-    from ..evals.scoring import PASSES, _last_logits, _left_pad
+    from ..evals.scoring import PASSES, _last_logits, _left_pad, batches, vocab_size
     from ..evals.task import assistant_pairs
 
     PASSES["kl"] += 1
     pairs = assistant_pairs(tokenizer, conversations)
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for start in range(0, len(pairs), batch_size):
-        batch = pairs[start:start + batch_size]
+    for idx in batches(pairs, batch_size, vocab_size(model), max_logits):
+        batch = [pairs[i] for i in idx]
         keep = max(len(a) for _, a in batch) + 1
         ids, mask, pos = (t.to(device) for t in _left_pad(batch, tokenizer.pad_token_id or 0))
         ref = torch.log_softmax(_last_logits(model, ids, mask, pos, keep)[:, :-1].float(), -1)
