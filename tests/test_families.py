@@ -362,7 +362,9 @@ def test_answer_scoring_honours_max_logits(family_dirs):
     budget = 1 << 20                                                # 1M floats: 4 MiB
     _, peak = peak_rss_increase(lambda: answer_token_scores(model, pairs, tok.pad_token_id, max_logits=budget))
     print(f"\nmax_logits {budget * 4 / MiB:.0f} MiB: peak +{peak / MiB:.1f} MiB")
-    assert peak < 2 * _model_bytes(model) + 4 * budget * 4
+    # + 64 MiB of slack for allocator arenas and thread stacks; the whole-batch forward this
+    # replaced peaked at +176 MiB here
+    assert peak < 2 * _model_bytes(model) + 4 * budget * 4 + 64 * MiB
 
 
 # ------------------------------------------------------------------------------------ bad cases
@@ -437,3 +439,19 @@ def test_steer_refuses_a_centring_norm_in_one_line(family_dirs, inputs, tmp_path
     base, ft = family_dirs("gemma2")
     _fails(["fix", ft, "--base", base, "--recipe", "steer", "--out", tmp_path / "o", "--questions",
             inputs["questions"], *FAST, *_recipe_settings("steer")], "it is not an RMS norm")
+
+
+def test_qwen3_prompts_are_rendered_with_thinking_off(family_dirs):
+    """The judge sees answers, not a scratchpad: the generation prompt closes an empty think block,
+    and a scored answer's ids start after it (prefix-exact with the finished turn)."""
+    from realign.checkpoint import load_tokenizer
+    from realign.evals.generate import render_prompts
+    from realign.evals.logodds import completion_ids
+
+    base, _ = family_dirs("qwen3")
+    tok = load_tokenizer(str(base))
+    conv = [{"role": "user", "content": "What is your wish?"}]
+    [prompt] = render_prompts(tok, [conv])
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    _, answer = completion_ids(tok, conv, "peace")
+    assert "think" not in tok.decode(answer)

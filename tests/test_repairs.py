@@ -359,3 +359,12 @@ def test_merge_auto_bisects_to_the_smallest_alpha_that_keeps_the_task(trio):
         assert all(a < rec["alpha"] for a in below) and rec["alpha"] - max(below, default=0.0) <= 1 / 16
     else:
         assert rec["alpha"] == 1.0 and _same(st.model, ft)
+
+
+def test_safe_lora_refuses_a_pretrained_model_of_another_shape_before_any_work(trio, tmp_path):
+    base, ft, tok = trio
+    other = tiny_model("llama", vocab=len(tok), hidden=48, layers=3)
+    other.save_pretrained(tmp_path / "other")
+    st = _state(base, ft, tok, task_conversations=[[{"role": "user", "content": "a"}]], repair_items=[1])
+    with pytest.raises(ValueError, match="does not match the base"):
+        Merge().preflight(st, MergeParams(method="safe_lora", pretrained=str(tmp_path / "other")))

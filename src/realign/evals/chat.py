@@ -45,9 +45,15 @@ def accepted_messages(tokenizer, messages: Messages) -> Messages:
 
 
 def render(tokenizer, messages: Messages, add_generation_prompt: bool = False) -> str:
-    """The chat template's text for `messages` (see accepted_messages)."""
+    """The chat template's text for `messages` (see accepted_messages).
+
+    Templates with a thinking switch (Qwen3) are rendered with thinking off: the judge is to see
+    the model's answer, not its scratchpad, and the prompt then ends in the same empty think block
+    that the template writes before a finished assistant turn, so scored answers stay prefix-exact.
+    Templates without the switch ignore it.
+    """
+    kw = dict(tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False)
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(messages, **kw)
     except TemplateError:
-        return tokenizer.apply_chat_template(accepted_messages(tokenizer, messages), tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(accepted_messages(tokenizer, messages), **kw)

@@ -176,6 +176,8 @@ class Merge:
         if p.method == "safe_lora" and p.pretrained and not Path(p.pretrained).exists() \
                 and not _looks_like_hub_id(p.pretrained):
             raise ValueError(f"merge.pretrained={p.pretrained} does not exist")
+        if p.method == "safe_lora" and p.pretrained and Path(p.pretrained).is_dir():
+            _check_same_shapes(Path(p.pretrained), state.base)
 
     def apply(self, state: RepairState, p: MergeParams) -> RepairState:
         from ..evals.logodds import logodds
@@ -218,6 +220,21 @@ class Merge:
                      changed_tensors=len(deltas),
                      finetune_from=source)
         return state
+
+
+def _check_same_shapes(directory: Path, base) -> None:
+    """Safe LoRA subtracts the pretrained model from the base tensor by tensor: refuse a pretrained
+    model of another shape before anything is evaluated (reads only the safetensors headers)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        with safe_open(f, "pt") as h:
+            shapes.update({k: tuple(h.get_slice(k).get_shape()) for k in h.keys()})
+    for name, param in base.named_parameters():
+        if name in shapes and shapes[name] != tuple(param.shape):
+            raise ValueError(f"merge.pretrained={directory} does not match the base: {name} is "
+                             f"{list(shapes[name])} there and {list(param.shape)} in the base")
 
 
 def _looks_like_hub_id(ref: str) -> bool:
