@@ -29,7 +29,7 @@ LARGE = "gemma3"            # the family with the real-size vocabulary
 # small settings for every step a recipe may hold (only the steps a recipe has are overridden)
 SMALL_STEPS = {"dpo": ["steps=2", "batch_size=2", "samples=3", "task_anchors=2"],
                "mix": ["steps=2", "batch_size=2", "samples=3"],
-               "merge": ["grid=3"],
+               "merge": ["steps=2"],
                "steer": ["samples=3"],
                "freeze": []}
 FAST = ["--judge", "hash", "--samples", "1", "--max-new-tokens", "12"]
