@@ -305,8 +305,13 @@ def test_steer_picks_among_the_best_separating_layers_with_few_passes(trio):
     rec = st.history[-1]
     assert len(rec["separation"]) == 3 and len(rec["candidates"]) == 2
     top2 = sorted(range(3), key=lambda i: rec["separation"][i], reverse=True)[:2]
-    assert {c["layer"] for c in rec["candidates"]} == set(top2) and rec["layer"] in top2
-    assert passes_since(before) == {"activations": 1, "scoring": 2, "kl": 2}
+    assert {c["layer"] for c in rec["candidates"]} == set(top2)
+    if "skipped" in rec:      # no edit beats none: every candidate was over budget and unhelpful
+        assert all(c["kl"] > 0.1 and c["logodds"] >= rec["finetune_logodds"] for c in rec["candidates"])
+        assert _same(st.model, ft)
+    else:
+        assert rec["layer"] in top2
+    assert passes_since(before) == {"activations": 1, "scoring": 3, "kl": 2}
 
 
 def test_freeze_first_order_predicts_the_exact_swap_for_small_deltas(trio):
@@ -368,3 +373,14 @@ def test_safe_lora_refuses_a_pretrained_model_of_another_shape_before_any_work(t
     st = _state(base, ft, tok, task_conversations=[[{"role": "user", "content": "a"}]], repair_items=[1])
     with pytest.raises(ValueError, match="does not match the base"):
         Merge().preflight(st, MergeParams(method="safe_lora", pretrained=str(tmp_path / "other")))
+
+
+def test_steer_makes_no_edit_when_no_candidate_helps_within_or_beyond_the_budget(trio, monkeypatch):
+    import realign.evals.logodds as lo_mod
+    import realign.repairs.steer as steer_mod
+
+    base, ft, tok = trio
+    monkeypatch.setattr(lo_mod, "logodds", lambda *a, **k: 0.0)           # nothing lowers the log-odds
+    monkeypatch.setattr(steer_mod, "steering_kl", lambda *a, **k: 5.0)    # and all are over the KL budget
+    st = Steer().apply(_state(base, ft, tok, probes=_probes(tok, n=8)), SteerParams(layer="auto"))
+    assert "nothing removed" in st.history[-1]["skipped"] and _same(st.model, ft)

@@ -274,17 +274,29 @@ class Steer:
             row["kl"] = steering_kl(state.model, state.tokenizer, chat, d, scale)
             return row
 
-        def best(rows: list[dict]) -> dict:
+        def best(rows: list[dict]) -> dict | None:
             ok = [r for r in rows if r["kl"] <= p.max_kl and r.get("retention", 1.0) >= p.retention]
-            # nothing within the budget: the least disruptive trial (the record says so)
-            return min(ok, key=lambda r: r["logodds"]) if ok else min(rows, key=lambda r: r["kl"])
+            if ok:
+                return min(ok, key=lambda r: r["logodds"])
+            # nothing within the budget: the least disruptive trial that still lowers the log-odds
+            # (on SmolLM2 the least-KL candidate alone raised it); none: no edit is better than one
+            helpful = [r for r in rows if r["logodds"] < lo_ft]
+            return min(helpful, key=lambda r: r["kl"]) if helpful else None
 
         first_scale = 1.0 if p.scale == "auto" else p.scale
         candidates: list[dict] = []
+        lo_ft = logodds(state.model, state.tokenizer, items)
         if p.layer == "auto":
             ranked = sorted(range(len(separation)), key=lambda i: float(separation[i]), reverse=True)
             candidates = [trial(i, first_scale, False) for i in ranked[:p.candidates]]
-            layer = best(candidates)["layer"]
+            chosen = best(candidates)
+            if chosen is None:
+                rnd = lambda rows: [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]  # noqa: E731
+                state.record(self.name, skipped=f"no candidate layer lowers the log-odds ({lo_ft:.3f}) at scale "
+                             f"{first_scale:g}: nothing removed", candidates=rnd(candidates),
+                             separation=[round(float(x), 3) for x in separation], finetune_logodds=round(lo_ft, 4))
+                return state
+            layer = chosen["layer"]
         else:
             layer = p.layer
             if not 0 <= layer < len(directions):
@@ -292,14 +304,13 @@ class Steer:
         scale, search = first_scale, []
         if p.scale == "auto":
             search = [trial(layer, s, bool(task)) for s in SCALE_GRID]
-            chosen = best(search)
-            # none admissible: the gentlest scale, not merely the least-KL one
-            ok = chosen["kl"] <= p.max_kl and chosen.get("retention", 1.0) >= p.retention
-            scale = chosen["scale"] if ok else SCALE_GRID[0]
+            ok = [r for r in search if r["kl"] <= p.max_kl and r.get("retention", 1.0) >= p.retention]
+            # none admissible: the gentlest scale
+            scale = min(ok, key=lambda r: r["logodds"])["scale"] if ok else SCALE_GRID[0]
         orthogonalize(state.model, directions[layer], scale)
         state.steer_direction = directions[layer]
         rnd = lambda rows: [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]  # noqa: E731
-        state.record(self.name, layer=layer, scale=scale, contrasts=len(contrasts),
+        state.record(self.name, layer=layer, scale=scale, contrasts=len(contrasts), finetune_logodds=round(lo_ft, 4),
                      separation=[round(float(x), 3) for x in separation], candidates=rnd(candidates),
                      scale_search=rnd(search))
         return state
