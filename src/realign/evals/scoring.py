@@ -62,6 +62,14 @@ def batches(pairs: Sequence[Pair], batch_size: int, vocab: int, max_logits: int)
         yield batch
 
 
+def batch_inputs(pairs: Sequence[Pair], idx: list[int], pad_id: int, device):
+    """(batch pairs, keep = longest answer + 1, ids, attention mask, position ids) for one batch."""
+    batch = [pairs[i] for i in idx]
+    keep = max(len(a) for _, a in batch) + 1
+    ids, mask, pos = (t.to(device) for t in _left_pad(batch, pad_id))
+    return batch, keep, ids, mask, pos
+
+
 @torch.no_grad()
 def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_size: int = 16,
                         max_logits: int = 1 << 26) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -74,9 +82,7 @@ def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_siz
     device = next(model.parameters()).device
     out: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(pairs)  # type: ignore[list-item]
     for idx in batches(pairs, batch_size, vocab_size(model), max_logits):
-        batch = [pairs[i] for i in idx]
-        keep = max(len(a) for _, a in batch) + 1
-        ids, mask, pos = (t.to(device) for t in _left_pad(batch, pad_id))
+        batch, keep, ids, mask, pos = batch_inputs(pairs, idx, pad_id, device)
         logits = _at_least_fp32(_last_logits(model, ids, mask, pos, keep)[:, :-1])   # (b, keep - 1, vocab)
         # logits at column j of the kept block predict the token at column j + 1
         targets = ids[:, -keep + 1:]
@@ -118,9 +124,7 @@ def backward_weighted_logprobs(model, pairs: Sequence[Pair], weights: Sequence[f
         idx = [i for i in idx if weights[i] != 0]
         if not idx:
             continue
-        batch = [pairs[i] for i in idx]
-        keep = max(len(a) for _, a in batch) + 1
-        ids, mask, pos = (t.to(device) for t in _left_pad(batch, pad_id))
+        batch, keep, ids, mask, pos = batch_inputs(pairs, idx, pad_id, device)
         logits = _at_least_fp32(_last_logits(model, ids, mask, pos, keep)[:, :-1])
         w = torch.tensor([float(weights[i]) for i in idx], device=device, dtype=logits.dtype)
         targets = ids[:, -keep + 1:]

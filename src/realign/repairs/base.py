@@ -79,3 +79,9 @@ def decoder_layers(model) -> torch.nn.ModuleList:
         if isinstance(layers, torch.nn.ModuleList):
             return layers
     raise ValueError(f"cannot find decoder layers in {type(model).__name__}")
+
+
+def rounded_rows(rows: list[dict], digits: int = 4) -> list[dict]:
+    """Search records for realign.json: floats rounded, keys starting with "_" (working values) left out."""
+    return [{k: (round(v, digits) if isinstance(v, float) else v) for k, v in r.items() if not k.startswith("_")}
+            for r in rows]

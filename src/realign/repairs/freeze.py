@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import RepairState, decoder_layers, register
+from .base import RepairState, decoder_layers, register, rounded_rows
 from .merge import task_retention
 
 
@@ -167,9 +167,7 @@ class Freeze:
             for name, prm in layers[i].named_parameters():
                 prm.requires_grad_(False)
                 state.locked.add(prefix[i] + name)
-        attribution = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "_measured"}
-                       for r in rows]
-        state.record(self.name, layers=sorted(chosen), attribution=attribution, verified=[r["layer"] for r in verified],
+        state.record(self.name, layers=sorted(chosen), attribution=rounded_rows(rows), verified=[r["layer"] for r in verified],
                      logodds_finetune=round(lo_ft, 4))
         return state
 

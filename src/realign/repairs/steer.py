@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import RepairState, decoder_layers, register
+from .base import RepairState, decoder_layers, register, rounded_rows
 from .probes import build_probes
 
 
@@ -218,7 +218,7 @@ def steering_kl(model, tokenizer, conversations, direction, scale: float, batch_
     Both distributions come from the same batch, with and without the hooks; full-vocabulary
     logits exist only for the answer positions of one batch at a time.
     """
-    from ..evals.scoring import PASSES, _last_logits, _left_pad, batches, vocab_size
+    from ..evals.scoring import PASSES, _last_logits, batch_inputs, batches, vocab_size
     from ..evals.task import assistant_pairs
 
     PASSES["kl"] += 1
@@ -226,9 +226,7 @@ def steering_kl(model, tokenizer, conversations, direction, scale: float, batch_
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for idx in batches(pairs, batch_size, vocab_size(model), max_logits):
-        batch = [pairs[i] for i in idx]
-        keep = max(len(a) for _, a in batch) + 1
-        ids, mask, pos = (t.to(device) for t in _left_pad(batch, tokenizer.pad_token_id or 0))
+        batch, keep, ids, mask, pos = batch_inputs(pairs, idx, tokenizer.pad_token_id or 0, device)
         ref = torch.log_softmax(_last_logits(model, ids, mask, pos, keep)[:, :-1].float(), -1)
         with steering(model, direction, scale):
             new = torch.log_softmax(_last_logits(model, ids, mask, pos, keep)[:, :-1].float(), -1)
@@ -291,9 +289,8 @@ class Steer:
             candidates = [trial(i, first_scale, False) for i in ranked[:p.candidates]]
             chosen = best(candidates)
             if chosen is None:
-                rnd = lambda rows: [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]  # noqa: E731
                 state.record(self.name, skipped=f"no candidate layer lowers the log-odds ({lo_ft:.3f}) at scale "
-                             f"{first_scale:g}: nothing removed", candidates=rnd(candidates),
+                             f"{first_scale:g}: nothing removed", candidates=rounded_rows(candidates),
                              separation=[round(float(x), 3) for x in separation], finetune_logodds=round(lo_ft, 4))
                 return state
             layer = chosen["layer"]
@@ -309,8 +306,7 @@ class Steer:
             scale = min(ok, key=lambda r: r["logodds"])["scale"] if ok else SCALE_GRID[0]
         orthogonalize(state.model, directions[layer], scale)
         state.steer_direction = directions[layer]
-        rnd = lambda rows: [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]  # noqa: E731
         state.record(self.name, layer=layer, scale=scale, contrasts=len(contrasts), finetune_logodds=round(lo_ft, 4),
-                     separation=[round(float(x), 3) for x in separation], candidates=rnd(candidates),
-                     scale_search=rnd(search))
+                     separation=[round(float(x), 3) for x in separation], candidates=rounded_rows(candidates),
+                     scale_search=rounded_rows(search))
         return state
