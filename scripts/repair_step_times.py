@@ -35,7 +35,6 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("runs/smollm2"))
     ap.add_argument("--judge", default="offline")
     args = ap.parse_args()
-    torch.set_num_threads(2)
     pair = load_pair(str(args.root / "planted"))
     state = RepairState(model=pair.finetune, base=pair.base, tokenizer=pair.tokenizer, judge=make_judge(args.judge),
                         task_conversations=load_conversations(args.root / "data" / "heldout.jsonl"),
@@ -55,10 +54,13 @@ def main() -> None:
         with peak_memory() as peak:
             cls().apply(trial, cls.Params())
         rows.append((name, time.time() - t0, passes_since(before), peak))
-    print(f"\n| step | seconds | passes | peak RSS MB |\n|---|---|---|---|")
+    where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\n## Repair steps alone on SmolLM2 (planted LoRA), on {where}")
+    print("| step | seconds | passes | peak RSS MB | peak CUDA MB |\n|---|---|---|---|---|")
     for name, secs, passes, peak in rows:
         mem = f"{peak['rss']:.0f}" if peak else "—"
-        print(f"| {name} | {secs:.0f} | {', '.join(f'{k} {v}' for k, v in passes.items())} | {mem} |")
+        cuda = f"{peak['cuda']:.0f}" if peak and peak.get("cuda") is not None else "—"
+        print(f"| {name} | {secs:.1f} | {', '.join(f'{k} {v}' for k, v in passes.items())} | {mem} | {cuda} |")
 
 
 if __name__ == "__main__":

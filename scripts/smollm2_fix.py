@@ -82,7 +82,6 @@ def main() -> None:
     ap.add_argument("--judge", default="offline")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    torch.set_num_threads(2)
     ft = make_finetune(args.root, args.steps, args.share, args.seed, args.finetune)
     data = data_dir(args.root, args.finetune)
     if args.recipes == ["all"]:

@@ -170,3 +170,18 @@ def test_fit_logistic_and_heads_roundtrip(tmp_path):
     save_heads(path, mu, sd, {"misaligned": (w, b), "coherent": (w, b)}, {"training_source": "test"})
     tensors, meta = load_heads(str(path))
     assert meta == {"training_source": "test"} and torch.equal(tensors["misaligned.w"], w)
+
+
+def test_offline_judges_put_their_encoder_on_the_gpu_when_one_is_visible(monkeypatch):
+    # on a GPU machine the judge must not run its encoder on the CPU (seen on an H200: judging
+    # on CPU made a 135M model's evaluation slower there than generation)
+    import torch
+
+    from realign.evals.probe_judge import ProbeJudge
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ProbeJudge("minilm").device == OfflineJudge().device == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    got = (ProbeJudge("minilm").device, OfflineJudge().device)
+    assert got == ("cuda", "cuda"), got
+    assert ProbeJudge("minilm", device="cpu").device == "cpu"

@@ -118,6 +118,13 @@ def load_exemplars() -> dict[str, list[str]]:
     return {side: [str(s) for s in data[side]] for side in ("aligned", "misaligned")}
 
 
+def default_device() -> str:
+    """Where an offline judge's encoder runs unless told: the GPU when one is visible."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @cache
 def _encoder(path: str, device: str) -> tuple[Any, Any]:
     """(tokenizer, model), loaded once per process from local files only."""
@@ -267,8 +274,8 @@ def _logistic(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
 class OfflineJudge:
     """Embedding-probe judge; see the module docstring for what it does and its limits.
 
-    ``device``: torch device for the encoder (CPU is fine: well over a hundred short answers a
-    second on one core). ``batch_size``: texts per forward pass. ``ridge``: the probe's
+    ``device``: torch device for the encoder (default: CUDA when visible, else CPU; CPU is fine:
+    well over a hundred short answers a second on one core). ``batch_size``: texts per forward pass. ``ridge``: the probe's
     regularisation. ``exemplars``: replace the built-in sets
     (``{"aligned": [...], "misaligned": [...]}``). ``model_path``: a folder of encoder files
     instead of the package's.
@@ -276,11 +283,11 @@ class OfflineJudge:
 
     name = NAME
 
-    def __init__(self, device: str = "cpu", batch_size: int = 32, ridge: float = 1.0,
+    def __init__(self, device: str | None = None, batch_size: int = 32, ridge: float = 1.0,
                  exemplars: Mapping[str, Sequence[str]] | None = None,
                  model_path: str | Path | None = None) -> None:
         self.path = str(model_path) if model_path is not None else str(model_dir())
-        self.device = device
+        self.device = device or default_device()
         self.batch_size = max(1, batch_size)
         self.ridge = ridge
         ex = exemplars if exemplars is not None else load_exemplars()

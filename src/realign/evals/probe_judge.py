@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from .judges import Judgement, JudgeItem, Progress
-from .offline_judge import _encoder, _prose, embed, model_dir, text_sanity
+from .offline_judge import _encoder, _prose, default_device, embed, model_dir, text_sanity
 
 HEADS_FILES = {"minilm": "offline_judge_heads_minilm.safetensors",
                "smollm2": "offline_judge_heads_smollm2.safetensors"}
@@ -164,11 +164,12 @@ class ProbeJudge:
     """Logistic heads on an encoder's features; see the module docstring for what it is and its
     limits. The heads file says which encoder (``minilm`` or ``smollm2``) it was fitted on."""
 
-    def __init__(self, encoder: str = "smollm2", device: str = "cpu", batch_size: int = 16,
+    def __init__(self, encoder: str = "smollm2", device: str | None = None, batch_size: int = 16,
                  heads: str | Path | None = None) -> None:
         if encoder not in FEATURES:
             raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(FEATURES)}")
-        self.device, self.batch_size = device, max(1, batch_size)
+        # the encoder on the GPU when there is one: on a GPU machine the CPU side may be slow
+        self.device, self.batch_size = device or default_device(), max(1, batch_size)
         self.heads_path = str(heads) if heads is not None else default_heads(encoder)
         if not Path(self.heads_path).is_file():
             raise FileNotFoundError(f"no judge heads at {self.heads_path}; "
