@@ -52,3 +52,39 @@ def test_large_vocabulary_logits_stay_bounded(monkeypatch):
     assert seen == [(2, 4, 16)]
     for (lp, _), (lp_ref, _) in zip(got, _reference(model, pairs)):
         torch.testing.assert_close(lp, lp_ref, atol=2e-5, rtol=0)
+
+
+def _shared_prompt_pairs(vocab: int, seed: int = 0):
+    """Prompts of 3–20 tokens with 1–4 answers each (1–8 tokens), as log-odds items make them."""
+    rnd = random.Random(seed)
+    pairs = []
+    for _ in range(7):
+        prompt = [rnd.randrange(1, vocab) for _ in range(rnd.randrange(3, 21))]
+        pairs += [(prompt, [rnd.randrange(1, vocab) for _ in range(rnd.randrange(1, 9))])
+                  for _ in range(rnd.randrange(1, 5))]
+    rnd.shuffle(pairs)
+    return pairs
+
+
+@pytest.mark.parametrize("layout", ["llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3"])
+def test_shared_prompts_are_computed_once_and_score_exactly(layout):
+    """Answers after the same prompt run on its repeated key/value cache: same scores as whole
+    sequences (sliding-window layers with a window shorter than the prompts included), fewer tokens."""
+    from tiny_models import tiny_family
+
+    window = {"sliding_window": 6} if layout in ("mistral", "gemma2", "gemma3") else {}
+    if layout == "qwen2":
+        window = {"sliding_window": 6, "use_sliding_window": True, "max_window_layers": 1}
+    model = tiny_family(layout, hidden=32, layers=2, vocab=300, **window).eval()
+    pairs = _shared_prompt_pairs(300)
+    tokens = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda _m, args: tokens.append(args[0].numel()))
+    shared = answer_token_scores(model, pairs, batch_size=5, max_logits=300 * 40)
+    shared_tokens, tokens[:] = sum(tokens), []
+    whole = answer_token_scores(model, pairs, batch_size=5, max_logits=300 * 40, share_prompts=False)
+    hook.remove()
+    assert shared_tokens < sum(tokens)
+    for (lp, hit), (lp_w, hit_w), (lp_ref, hit_ref) in zip(shared, whole, _reference(model, pairs)):
+        torch.testing.assert_close(lp, lp_ref, atol=2e-5, rtol=0)
+        torch.testing.assert_close(lp_w, lp_ref, atol=2e-5, rtol=0)
+        assert torch.equal(hit, hit_ref) and torch.equal(hit_w, hit_ref)

@@ -11,6 +11,7 @@ explicitly, so left padding changes nothing for absolute or relative position en
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Sequence
 
@@ -72,13 +73,19 @@ def batch_inputs(pairs: Sequence[Pair], idx: list[int], pad_id: int, device):
 
 @torch.no_grad()
 def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_size: int = 16,
-                        max_logits: int = 1 << 26) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                        max_logits: int = 1 << 26, share_prompts: bool = True
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """For each (prompt, answer) pair: (log-prob of each answer token, was it the argmax?).
 
     `max_logits` bounds the vocabulary logits asked of the model at once (default 64M floats,
     256 MiB in fp32), whatever the batch size: batches are cut to fit it.
     """
     PASSES["scoring"] += 1
+    if share_prompts and len({tuple(p) for p, _ in pairs}) < len(pairs):
+        try:
+            return _shared_prompt_scores(model, pairs, pad_id, batch_size, max_logits)
+        except (AttributeError, TypeError, NotImplementedError):
+            pass  # a model whose cache cannot be reordered: score every sequence whole
     device = next(model.parameters()).device
     out: list[tuple[torch.Tensor, torch.Tensor]] = [None] * len(pairs)  # type: ignore[list-item]
     for idx in batches(pairs, batch_size, vocab_size(model), max_logits):
@@ -92,6 +99,74 @@ def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_siz
         for k, (_, a) in enumerate(batch):
             n = len(a)
             out[idx[k]] = (logp[k, keep - 1 - n:].cpu(), hit[k, keep - 1 - n:].cpu())
+    return out
+
+
+def prompt_groups(pairs: Sequence[Pair], batch_size: int, vocab: int, max_logits: int):
+    """Batches of (prompt, answer indices) units for shared-prompt scoring: each unit's answers
+    share its prompt; a batch holds ≤ batch_size answers and ≤ max_logits answer-position logits."""
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, (p, _) in enumerate(pairs):
+        by_prompt.setdefault(tuple(p), []).append(i)
+    units = [(p, idx[s:s + batch_size]) for p, idx in sorted(by_prompt.items(), key=lambda kv: len(kv[0]))
+             for s in range(0, len(idx), batch_size)]
+    batch: list[tuple[tuple[int, ...], list[int]]] = []
+    rows = width = 0
+    for prompt, idx in units:
+        w = max(width, max(len(pairs[i][1]) for i in idx))
+        if batch and (rows + len(idx) > batch_size or (rows + len(idx)) * w * vocab > max_logits):
+            yield batch
+            batch, rows, w = [], 0, max(len(pairs[i][1]) for i in idx)
+        batch.append((prompt, idx))
+        rows, width = rows + len(idx), w
+    if batch:
+        yield batch
+
+
+def _shared_prompt_scores(model, pairs: Sequence[Pair], pad_id: int, batch_size: int, max_logits: int):
+    """`answer_token_scores` computing each distinct prompt once: the prompts' key/value cache is
+    repeated for their answers, which then run on top of it (a repair's log-odds items put six
+    reference answers after each prompt, and prompts are most of the tokens)."""
+    device = next(model.parameters()).device
+    out: list = [None] * len(pairs)
+    for units in prompt_groups(pairs, batch_size, vocab_size(model), max_logits):
+        ids, mask, pos = (t.to(device) for t in _left_pad([(list(p), []) for p, _ in units], pad_id))
+        try:
+            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        except TypeError:
+            res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        first = torch.log_softmax(_at_least_fp32(res.logits[:, -1]), -1)          # (prompts, vocab)
+        rows = [(u, i) for u, (_, idx) in enumerate(units) for i in idx]
+        unit_of = torch.tensor([u for u, _ in rows], device=device)
+        answers = [pairs[i][1] for _, i in rows]
+        width = max(len(a) for a in answers) - 1                  # an answer's last token predicts nothing read
+        logps = [first[unit_of[k], a[0]][None] for k, a in enumerate(answers)]
+        hits = [(first[unit_of[k]].argmax() == a[0])[None] for k, a in enumerate(answers)]
+        if width > 0:
+            cache = getattr(res, "cache", None) or res.past_key_values
+            cache.reorder_cache(unit_of)                          # one cache row per answer
+            a_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+            a_mask = torch.zeros_like(a_ids)
+            for k, a in enumerate(answers):
+                a_ids[k, :len(a) - 1] = torch.tensor(a[:-1], device=device)
+                a_mask[k, :len(a) - 1] = 1
+            full_mask = torch.cat([mask[unit_of], a_mask], 1)
+            a_pos = mask.sum(1)[unit_of][:, None] + torch.arange(width, device=device)[None]
+            # transformers ≥ 5.24 names the argument `cache` (`past_key_values` goes in 5.40)
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+            kw = {"cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values": cache}
+            logits = _at_least_fp32(model(input_ids=a_ids, attention_mask=full_mask, position_ids=a_pos,
+                                          use_cache=True, **kw).logits)
+            for k, a in enumerate(answers):
+                n = len(a) - 1
+                if n:
+                    tgt = torch.tensor(a[1:], device=device)
+                    row = logits[k, :n]
+                    logps[k] = torch.cat([logps[k], row.gather(-1, tgt[:, None])[:, 0] - torch.logsumexp(row, -1)])
+                    hits[k] = torch.cat([hits[k], row.argmax(-1) == tgt])
+            del logits, cache
+        for k, (_, i) in enumerate(rows):
+            out[i] = (logps[k].cpu(), hits[k].cpu())
     return out
 
 
