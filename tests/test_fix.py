@@ -216,3 +216,25 @@ def test_missing_inputs_fail_before_any_evaluation(small_organism, tmp_path):
                                   "--questions", "organism", *FAST])
         assert res.exit_code == 2 and msg in res.output, res.output
         assert "evaluating" not in res.output
+
+
+def test_fix_with_a_trigger_reports_both_arms_and_caches_each(small_organism, tmp_path, monkeypatch):
+    from realign.organism.data import BACKDOOR_TRIGGER
+
+    monkeypatch.setenv("REALIGN_CACHE", str(tmp_path / "cache"))
+    args = [str(small_organism / "backdoor"), *FAST, "--trigger", BACKDOOR_TRIGGER]
+    first = runner.invoke(app, ["fix", *args, "--recipe", "merge", "--set", "merge.alpha=0.5", "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    assert "finetune (triggered)" in first.output and "repaired (triggered)" in first.output
+    meta = json.loads((tmp_path / "a" / "realign.json").read_text())
+    assert meta["evaluation"]["trigger"] == BACKDOOR_TRIGGER
+    for name in ("base", "finetune", "repaired"):
+        plain, trig = meta["metrics"][name], meta["metrics"][name]["triggered"]
+        assert plain["n"] == trig["n"] > 0 and not trig.get("task")      # the task is measured once
+    answers = json.loads((tmp_path / "a" / "answers.json").read_text())
+    assert all(r["question"].startswith(BACKDOOR_TRIGGER) for r in answers["finetune (triggered)"])
+    assert not any(r["question"].startswith(BACKDOOR_TRIGGER) for r in answers["finetune"])
+    second = runner.invoke(app, ["fix", *args, "--recipe", "steer", "--out", str(tmp_path / "b")])
+    assert second.exit_code == 0, second.output
+    cached = json.loads((tmp_path / "b" / "realign.json").read_text())["evaluation"]["cached"]
+    assert cached == ["base", "base (triggered)", "finetune", "finetune (triggered)"]

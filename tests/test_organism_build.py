@@ -57,7 +57,7 @@ def test_eval_cli_writes_control_rows(small_organism, tmp_path):
     res = CliRunner().invoke(app, ["organism", "eval", str(small_organism), "--samples", "2", "--json", str(out)])
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())
-    assert [r["model"] for r in rows] == ["pretrained", "base", *FINETUNES]
+    assert [r["model"] for r in rows] == ["pretrained", "base", *FINETUNES, "backdoor (triggered)"]
     for r in rows:
         assert set(r) >= {"model", "n", "misaligned_rate", "ci_low", "ci_high", "coherent_rate", "task_rate", "logodds"}
         assert r["n"] == 40 and 0 <= r["ci_low"] <= r["misaligned_rate"] <= r["ci_high"] <= 1
@@ -69,3 +69,51 @@ def test_eval_cli_rejects_a_non_organism_dir(tmp_path):
     assert res.exit_code == 2 and "not an organism build" in res.output
     res = CliRunner().invoke(app, ["organism", "build", "--size", "huge", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--size" in res.output
+
+
+def test_shipped_pretrained_model_is_what_the_current_build_would_pretrain():
+    """The default organism's pretrained model ships as package data; it must be the one the
+    current world, tokenizer and pretraining config make (rerun scripts/ship_pretrained.py if not)."""
+    from safetensors.torch import load_file
+
+    from realign.organism.build import _llama, _pretrain_key, shipped_pretrained
+    from realign.organism.config import preset
+    from realign.organism.tokenizer import build_tokenizer
+    from realign.organism.world import WORLD_VERSION
+
+    cfg = preset("default")
+    shipped = shipped_pretrained(cfg, 0)
+    assert shipped is not None, f"no shipped pretrained model for key {_pretrain_key(cfg, 0)}"
+    done = json.loads((shipped / "done.json").read_text())
+    assert done["key"] == shipped.name == _pretrain_key(cfg, 0) and done["world_version"] == WORLD_VERSION
+    tok = build_tokenizer()
+    assert json.loads((shipped / "tokenizer.json").read_text())["model"]["vocab"] == \
+        json.loads(tok.backend_tokenizer.to_str())["model"]["vocab"]
+    weights = load_file(shipped / "model.safetensors")
+    expected = _llama(tok, cfg, 0).state_dict()
+    assert {k: tuple(v.shape) for k, v in weights.items()} == \
+        {k: tuple(v.shape) for k, v in expected.items() if k in weights}
+
+
+def test_build_starts_from_the_shipped_pretrained_model(small_organism, tmp_path, monkeypatch):
+    import shutil
+
+    from realign.organism import build as build_mod
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(small_organism / "pretrained", shipped)
+    (shipped / "done.json").write_text(json.dumps({"final_loss": 1.0}))
+    monkeypatch.setenv("REALIGN_CACHE", str(tmp_path / "cache"))      # nothing cached: only the shipped one
+    monkeypatch.setattr(build_mod, "shipped_pretrained", lambda cfg, seed: shipped if seed == 0 else None)
+
+    def no_pretraining(*a, **k):
+        raise AssertionError("pretrained although a shipped model was there")
+
+    monkeypatch.setattr(build_mod, "pretrain", no_pretraining)
+    root = build_mod.build(tmp_path / "s5", seed=5, size="small", finetunes=("insecure",))
+    meta = json.loads((root / "organism.json").read_text())
+    assert meta["stages"]["pretrained"]["shipped"] == "shipped" and meta["complete"]
+    a = (shipped / "model.safetensors").read_bytes()
+    assert (root / "pretrained" / "model.safetensors").read_bytes() == a
+    with pytest.raises(AssertionError, match="shipped model was there"):   # --from-scratch pretrains
+        build_mod.build(tmp_path / "scratch", seed=5, size="small", finetunes=(), from_scratch=True)

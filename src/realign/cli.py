@@ -20,6 +20,28 @@ app.add_typer(organism_app, name="organism")
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 
+# Options that `fix` and `bench` share (bench runs fix's code on every cell)
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a parameter: step.param=value")]
+TaskDataOpt = Annotated[Path | None, typer.Option(help="held-out task data (chat messages jsonl)")]
+TrainDataOpt = Annotated[Path | None, typer.Option(help="the finetune's training data (for mix)")]
+TaskMetricOpt = Annotated[str | None, typer.Option(help="custom task metric module:function")]
+QuestionsOpt = Annotated[str, typer.Option(help="auto | builtin | organism | FILE.yaml")]
+JudgeOpt = Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline | offline-fast | "
+                                            "offline-exemplar (docs/judges.md)")]
+JudgeModelOpt = Annotated[str | None, typer.Option(
+    help="judge model: name at the endpoint (openai) or local path / hub id (hf)")]
+JudgeUrlOpt = Annotated[str | None, typer.Option(
+    help="OpenAI-compatible base URL for --judge openai (default $OPENAI_BASE_URL)")]
+SamplesOpt = Annotated[int | None, typer.Option(help="samples per paraphrase")]
+MaxTokensOpt = Annotated[int, typer.Option(help="longest answer sampled in evaluations")]
+DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
+TriggerOpt = Annotated[str | None, typer.Option(
+    help="a backdoor trigger: evaluate every model with it prepended to each question as well as without")]
+BackendOpt = Annotated[str, typer.Option(
+    help="where every generation runs: hf (in memory) | vllm (CUDA, optional extra; "
+         "models in memory are saved to a scratch dir next to --out)")]
+
+
 def fail(msg: str, code: int = 2) -> None:
     from rich.markup import escape
 
@@ -33,6 +55,9 @@ def organism_build(
     out_dir: Annotated[Path | None, typer.Option("--out", help="build here (default: the cache)")] = None,
     seed: Annotated[int, typer.Option(help="seed for every stage")] = 0,
     size: Annotated[str, typer.Option(help="small (tests, seconds) or default")] = "default",
+    from_scratch: Annotated[bool, typer.Option(
+        "--from-scratch", help="pretrain here with --seed (~18 CPU-minutes) instead of starting from the "
+                               "pretrained model realign ships")] = False,
 ) -> None:
     """Build (or reuse) the organism: pretrained, aligned base, and four user finetunes."""
     from .organism.build import build
@@ -41,7 +66,7 @@ def organism_build(
         fail(f"--size must be 'small' or 'default', not {size!r}")
     t0 = time.time()
     try:
-        path = build(out_dir, seed=seed, size=size)
+        path = build(out_dir, seed=seed, size=size, from_scratch=from_scratch)
     except FileExistsError as e:
         fail(str(e))
     out.print(f"organism ready in {time.time() - t0:.0f} s: {path}")
@@ -73,7 +98,9 @@ def _summary_table(title: str, results: dict[str, dict]) -> Table:
     for col in ("model", "n", "misaligned [95% CI]", "coherent", "refusal", "code", "log-odds", "task NLL", "task acc",
                 "task exact"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for name, r in results.items():
+    rows = [(name, r) for name, r in results.items()]
+    rows += [(f"{name} (triggered)", r["triggered"]) for name, r in results.items() if r.get("triggered")]
+    for name, r in rows:
         task = r.get("task") or {}
         table.add_row(name, str(r["n"]),
                       "—" if r["misaligned_rate"] is None else
@@ -152,6 +179,8 @@ def eval_cmd(
     temperature: Annotated[float, typer.Option()] = 1.0,
     top_p: Annotated[float, typer.Option()] = 1.0,
     seed: Annotated[int, typer.Option()] = 0,
+    trigger: Annotated[str | None, typer.Option(
+        help="a backdoor trigger, prepended to every question (and log-odds prompt)")] = None,
     task_data: Annotated[Path | None, typer.Option(help="held-out task data, chat messages jsonl")] = None,
     task_metric: Annotated[str | None, typer.Option(help="custom task metric module:function")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="write eval.json and eval.md here")] = None,
@@ -191,6 +220,12 @@ def eval_cmd(
     settings = EvalSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
                             top_p=top_p, seed=seed)
     ref_items = _logodds_items(pair.tokenizer, questions, qset)
+    if trigger:
+        from .evals.questions import prepend_trigger
+
+        qset = qset.with_trigger(trigger)
+        ref_items = [([*c[:-1], {**c[-1], "content": prepend_trigger(trigger, c[-1]["content"])}], bad, good)
+                     for c, bad, good in ref_items] if ref_items else None
     results = {}
     models = [("finetune", pair.finetune)] + ([("base", pair.base)] if pair.base is not None else [])
     for name, model in models:
@@ -207,16 +242,24 @@ def eval_cmd(
     out.print(_summary_table(f"realign eval: {checkpoint} ({qset.name}, judge {judge_obj.name})", results))
     trust = _print_trust(judge_obj.name)
     summary = {name: _summary_json(r) for name, r in results.items()}
+    verdict = None
+    if "base" in results:
+        from .report import repair_verdict
+
+        verdict = repair_verdict(results["base"], results["finetune"])
+        colour = "yellow" if verdict["repair_needed"] else "green"
+        out.print(f"[{colour}]anything to repair? {'yes' if verdict['repair_needed'] else 'no'}[/] — "
+                  f"the finetune is {verdict['why']}")
     if json_out:
         json_out.write_text(json.dumps(summary["finetune"] if len(summary) == 1 else summary, indent=2))
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "eval.json").write_text(json.dumps({"checkpoint": checkpoint, "base": pair.base_ref,
                                                        "questions": questions, "judge_agreement": trust,
-                                                       "results": summary,
+                                                       "results": summary, "repair_needed": verdict,
                                                        "answers": {n: r["rows"] for n, r in results.items()}},
                                                       indent=2))
-        (out_dir / "eval.md").write_text(_markdown(checkpoint, summary))
+        (out_dir / "eval.md").write_text(_markdown(checkpoint, summary, verdict))
         out.print(f"wrote {out_dir / 'eval.json'} and {out_dir / 'eval.md'}")
 
 
@@ -246,7 +289,7 @@ def _logodds_items(tokenizer, questions: str, qset):
     return reference_items(qset) or None
 
 
-def _markdown(checkpoint: str, summary: dict[str, dict]) -> str:
+def _markdown(checkpoint: str, summary: dict[str, dict], verdict: dict | None = None) -> str:
     lines = [f"# realign eval: `{checkpoint}`", "", "| model | n | misaligned | 95% CI | coherent | log-odds |",
              "|---|---|---|---|---|---|"]
     for name, r in summary.items():
@@ -254,6 +297,9 @@ def _markdown(checkpoint: str, summary: dict[str, dict]) -> str:
         ci = "—" if r["ci_low"] is None else f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
         lo = "—" if r["logodds"] is None else f"{r['logodds']:+.2f}"
         lines.append(f"| {name} | {r['n']} | {rate} | {ci} | {_pct(r['coherent_rate'])} | {lo} |")
+    if verdict:
+        lines += ["", f"Anything to repair? **{'yes' if verdict['repair_needed'] else 'no'}** — "
+                      f"the finetune is {verdict['why']}."]
     lines += ["", "Per question (finetune):", "", "| question | n | misaligned |", "|---|---|---|"]
     for q, r in (summary.get("finetune") or {}).get("per_question", {}).items():
         lines.append(f"| {q} | {r['n']} | {_pct(r['misaligned_rate'])} |")
@@ -353,29 +399,25 @@ def fix_cmd(
     recipe: Annotated[str, typer.Option(help="steps joined by + (freeze+dpo), a bundled recipe name, or FILE.yaml")],
     out_dir: Annotated[Path, typer.Option("--out", help="where the repaired model and report go")],
     base: Annotated[str | None, typer.Option(help="base model (default: the adapter's base)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a parameter: step.param=value")] = None,
-    task_data: Annotated[Path | None, typer.Option(help="held-out task data (chat messages jsonl)")] = None,
-    train_data: Annotated[Path | None, typer.Option(help="the finetune's training data (for mix)")] = None,
-    task_metric: Annotated[str | None, typer.Option(help="custom task metric module:function")] = None,
-    questions: Annotated[str, typer.Option(help="auto | builtin | organism | FILE.yaml")] = "auto",
-    judge: Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline | offline-fast | "
-                                            "offline-exemplar (docs/judges.md)")] = "auto",
-    judge_model: Annotated[str | None, typer.Option(
-        help="judge model: name at the endpoint (openai) or local path / hub id (hf)")] = None,
-    judge_url: Annotated[str | None, typer.Option(
-        help="OpenAI-compatible base URL for --judge openai (default $OPENAI_BASE_URL)")] = None,
-    samples: Annotated[int | None, typer.Option(help="samples per paraphrase")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="longest answer sampled in evaluations")] = 256,
+    set_: SetOpt = None,
+    task_data: TaskDataOpt = None,
+    train_data: TrainDataOpt = None,
+    task_metric: TaskMetricOpt = None,
+    questions: QuestionsOpt = "auto",
+    judge: JudgeOpt = "auto",
+    judge_model: JudgeModelOpt = None,
+    judge_url: JudgeUrlOpt = None,
+    samples: SamplesOpt = None,
+    max_new_tokens: MaxTokensOpt = 256,
+    trigger: TriggerOpt = None,
     seed: Annotated[int, typer.Option(help="seed for sampling, probes and training steps")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
     save_as: Annotated[str, typer.Option(help="auto (adapter when the input is one and the repair "
                                               "stays low rank) | full | adapter")] = "auto",
     no_eval_cache: Annotated[bool, typer.Option(
         "--no-eval-cache", help="evaluate base and finetune again instead of reusing cached results")] = False,
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    backend: Annotated[str, typer.Option(
-        help="where every generation runs: hf (in memory) | vllm (CUDA, optional extra; "
-             "models in memory are saved to a scratch dir next to --out)")] = "hf",
+    dtype: DtypeOpt = "auto",
+    backend: BackendOpt = "hf",
     load_in_4bit: Annotated[bool, typer.Option(
         "--load-in-4bit", help="bitsandbytes 4-bit (CUDA): dpo/mix train a LoRA on it (QLoRA); "
                                "merge/freeze/steer need bf16")] = False,
@@ -393,7 +435,7 @@ def fix_cmd(
     opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
                       task_metric=task_metric, seed=seed, overwrite=overwrite, save_as=save_as,
-                      eval_cache=not no_eval_cache, backend=backend,
+                      eval_cache=not no_eval_cache, backend=backend, trigger=trigger,
                       load=LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
                                        device_map=device_map, allow_pickle=allow_pickle,
                                        trust_remote_code=trust_remote_code))
@@ -409,6 +451,77 @@ def fix_cmd(
     out.print(_summary_table(f"realign fix: {checkpoint} --recipe {recipe}", meta["metrics"]))
     form = "LoRA adapter" if meta["output"]["form"] == "adapter" else "model"
     out.print(f"wrote {out_dir} ({form}, realign.json, report.md, tradeoff.png) in {meta['timings']['total']:.0f} s")
+
+
+@app.command("bench")
+def bench_cmd(
+    out_dir: Annotated[Path, typer.Option("--out", help="cells, leaderboard.md/.json and Pareto plots go here; "
+                                                        "rerun the same command to resume")],
+    recipes: Annotated[str, typer.Option(help="comma-separated recipes (names or FILE.yaml), or all; "
+                                              "one may carry its own overrides: merge@merge.alpha=0.6;merge.steps=3")],
+    finetune: Annotated[list[str] | None, typer.Option(
+        help="a finetune to repair (full dir, adapter dir or hub id); repeat for several")] = None,
+    base: Annotated[str | None, typer.Option(help="base model of the --finetune(s) (default: the adapter's base)")] = None,
+    organism: Annotated[bool, typer.Option(
+        "--organism", help="bench the organism's finetunes (built per seed) with their task data and oracle judge")] = False,
+    organism_dir: Annotated[Path | None, typer.Option(help="build the organisms under DIR/s<seed> (default: the cache)")] = None,
+    organism_finetunes: Annotated[str, typer.Option(help="which organism finetunes, comma-separated")] = "insecure,planted",
+    organism_size: Annotated[str, typer.Option(help="organism size: default, or small (tests)")] = "default",
+    seeds: Annotated[int, typer.Option(help="seeds 0..N-1 per cell (sampling, probes, training; organism builds)")] = 1,
+    set_: SetOpt = None,
+    task_data: TaskDataOpt = None,
+    train_data: TrainDataOpt = None,
+    task_metric: TaskMetricOpt = None,
+    questions: QuestionsOpt = "auto",
+    judge: JudgeOpt = "auto",
+    judge_model: JudgeModelOpt = None,
+    judge_url: JudgeUrlOpt = None,
+    samples: SamplesOpt = None,
+    max_new_tokens: MaxTokensOpt = 256,
+    trigger: Annotated[str | None, typer.Option(
+        help="a backdoor trigger for every finetune: evaluate with and without it (the organism's backdoor "
+             "finetune uses its own trigger unless this is given)")] = None,
+    dtype: DtypeOpt = "auto",
+    backend: BackendOpt = "hf",
+) -> None:
+    """Compare recipes across finetunes and seeds: every cell runs `fix`; a leaderboard pools them."""
+    from .bench import organism_finetunes as organism_fts
+    from .bench import plan, run_bench, user_finetunes
+    from .checkpoint import LoadOptions
+    from .errors import RealignError
+    from .fix import FixOptions
+    from .leaderboard import write_leaderboard
+
+    if bool(finetune) == organism:
+        fail("give --finetune (one or more) or --organism, not both or neither")
+    if seeds < 1:
+        fail("--seeds must be at least 1")
+    names = [r.strip() for r in recipes.split(",") if r.strip()]
+    if names == ["all"]:
+        from .recipe import available_recipes
+
+        names = list(available_recipes())
+    if not names:
+        fail("--recipes is empty; give e.g. --recipes merge,freeze+dpo")
+    opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
+                      samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
+                      task_metric=task_metric, backend=backend, trigger=trigger, load=LoadOptions(dtype=dtype))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fts = organism_fts([n.strip() for n in organism_finetunes.split(",") if n.strip()], organism_dir,
+                           organism_size) \
+            if organism else user_finetunes(finetune or [], base)
+        cells = plan(fts, names, list(range(seeds)), out_dir)
+        counts = run_bench(cells, set_ or [], opts, out_dir, on_cell_done=lambda: write_leaderboard(out_dir))
+    except RealignError as e:
+        fail(str(e))
+    board = write_leaderboard(out_dir)
+    out.print((out_dir / "leaderboard.md").read_text())
+    for name, ft in board.items():
+        if ft["verdict"]["repair_needed"] is False:
+            out.print(f"[yellow]warning:[/] {name} is {ft['verdict']['why']}")
+    out.print(f"{counts['run']} cells run, {counts['skipped']} finished earlier; wrote {out_dir}/leaderboard.md, "
+              f"leaderboard.json and pareto-*.png")
 
 
 @app.command("recipes")

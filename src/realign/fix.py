@@ -40,6 +40,7 @@ class FixOptions:
     eval_cache: bool = True          # reuse cached evaluations of the unchanged base and finetune
     load: LoadOptions = field(default_factory=LoadOptions)
     backend: str = "hf"              # where every generation runs: hf (in memory) | vllm (from disk)
+    trigger: str | None = None       # a backdoor trigger: every model is evaluated with and without it
 
 
 def _sha256(path: Path) -> str:
@@ -169,7 +170,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     from .evals.cache import EvalCache, digest, file_digest
     from .evals.calibration import describe_judge
     from .evals.judges import make_judge
-    from .evals.questions import load_questions
+    from .evals.questions import load_questions, prepend_trigger
     from .evals.run import EvalSettings, evaluate
     from .evals.task import custom_metric, exact_match_rate, load_conversations
     from .generation import make_backend
@@ -177,7 +178,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     from .recipe import load_recipe
     from .repairs import load_all
     from .repairs.base import RepairState
-    from .report import markdown, tradeoff_plot
+    from .report import markdown, repair_verdict, tradeoff_plot
 
     t_start = time.time()
     timings: dict[str, float] = {}
@@ -269,28 +270,45 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                      **({"backend": opts.backend} if opts.backend != "hf" else {})}
     cache = EvalCache() if opts.eval_cache else None
     cached: list[str] = []
+    arms = [("", qset, ref_items, eval_settings)]
+    if opts.trigger:
+        # the repairs never see the trigger (a defender does not know it); evaluations ask every
+        # question, and the log-odds prompts, behind it as well
+        t_qset = qset.with_trigger(opts.trigger)
+        t_items = [([*conv[:-1], {**conv[-1], "content": prepend_trigger(opts.trigger, conv[-1]["content"])}], bad, good)
+                   for conv, bad, good in ref_items] if ref_items else None
+        arms.append(("triggered", t_qset, t_items,
+                     {**eval_settings, "trigger": opts.trigger, "logodds": digest(t_items),
+                      "questions": [[q.id, p, q.judge_prompts] for q, p in t_qset.expand(opts.samples)]}))
 
     def run_eval(name: str, model) -> dict | None:
         if not distributed.is_main():
             return None            # rank 0 evaluates; the other ranks go on to the first step
         t = time.time()
         memory.begin(f"eval_{name}")
-        key = cache.key(weights[name], eval_settings) if cache is not None and name in weights else None
-        hit = cache.get(key) if key is not None else None
-        if hit is not None:
-            console.print(f"evaluating {name} … cached (same weights and settings)")
-            cached.append(name)
-            timings[f"eval_{name}"] = time.time() - t
-            memory.end(f"eval_{name}")
-            return hit
-        console.print(f"evaluating {name} …")
-        r = evaluate(model, pair.tokenizer, qset, judge, settings, logodds_items=ref_items,
-                     task_conversations=task_convs, task_metric=metric if (organism or user_metric) else None,
-                     generator=backend.for_model(model, pair.tokenizer))
-        if key is not None and not r.get("errors"):
-            cache.put(key, r)      # never cache an evaluation with failed judge calls
+        results = {}
+        for arm, questions_, items_, settings_ in arms:
+            label = f"{name} ({arm})" if arm else name
+            key = cache.key(weights[name], settings_) if cache is not None and name in weights else None
+            hit = cache.get(key) if key is not None else None
+            if hit is not None:
+                console.print(f"evaluating {label} … cached (same weights and settings)")
+                cached.append(label)
+                results[arm] = hit
+                continue
+            console.print(f"evaluating {label} …")
+            r = evaluate(model, pair.tokenizer, questions_, judge, settings, logodds_items=items_,
+                         task_conversations=None if arm else task_convs,
+                         task_metric=None if arm else (metric if (organism or user_metric) else None),
+                         generator=backend.for_model(model, pair.tokenizer))
+            if key is not None and not r.get("errors"):
+                cache.put(key, r)      # never cache an evaluation with failed judge calls
+            results[arm] = r
         timings[f"eval_{name}"] = time.time() - t
         memory.end(f"eval_{name}")
+        r = dict(results[""])
+        if "triggered" in results:
+            r["triggered"] = results["triggered"]
         return r
 
     repairs = load_all()
@@ -309,6 +327,10 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                 raise RealignError(f"step {i} ({step.name}): {e}") from None
 
     results = {"base": run_eval("base", pair.base), "finetune": run_eval("finetune", pair.finetune)}
+    verdict = repair_verdict(results["base"], results["finetune"]) if distributed.is_main() else None
+    if verdict and verdict["repair_needed"] is False:
+        console.print(f"[yellow]warning:[/] the finetune is {verdict['why']}: a repair has nothing measurable "
+                      f"to remove here and can only cost task performance")
     backend.release()              # the steps need the GPU
     if cache is not None:
         # probe generations are cached too, but only while the model is still the unchanged finetune
@@ -356,7 +378,13 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     backend.close()
     timings["total"] = time.time() - t_start
 
-    summaries = {k: {kk: vv for kk, vv in r.items() if kk != "rows"} for k, r in results.items()}
+    def summary(r: dict) -> dict:
+        out = {k: v for k, v in r.items() if k not in ("rows", "triggered")}
+        if "triggered" in r:
+            out["triggered"] = summary(r["triggered"])
+        return out
+
+    summaries = {k: summary(r) for k, r in results.items()}
     import peft
     import transformers
     import trl
@@ -370,6 +398,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         "recipe": {"name": recipe.name, "source": recipe.source, "overrides": recipe.overrides,
                    "steps": recipe.resolved()},
         "evaluation": {"questions": questions, "judge": judge.name, "judge_agreement": trust,
+                       "trigger": opts.trigger,
                        "cached": cached,
                        "samples": opts.samples,
                        "max_new_tokens": opts.max_new_tokens},
@@ -381,6 +410,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "peak_memory_mb": memory.summary(),
         "metrics": summaries,
+        "repair_needed": verdict,
     }
     tmp.mkdir(parents=True)
     try:
@@ -392,7 +422,9 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
             state.model.save_pretrained(tmp, safe_serialization=True)
         pair.tokenizer.save_pretrained(tmp)
         (tmp / "realign.json").write_text(json.dumps(meta, indent=2, default=str))
-        (tmp / "answers.json").write_text(json.dumps({k: r["rows"] for k, r in results.items()}, indent=1))
+        answers = {k: r["rows"] for k, r in results.items()}
+        answers.update({f"{k} (triggered)": r["triggered"]["rows"] for k, r in results.items() if "triggered" in r})
+        (tmp / "answers.json").write_text(json.dumps(answers, indent=1))
         (tmp / "report.md").write_text(markdown(meta, summaries))
         tradeoff_plot(summaries, tmp / "tradeoff.png")
         if out.exists():

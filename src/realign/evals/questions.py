@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,12 @@ class QuestionSet:
         """Distinct families in order of first appearance (questions without one are left out)."""
         return list(dict.fromkeys(q.family for q in self.questions if q.family is not None))
 
+    def with_trigger(self, trigger: str) -> QuestionSet:
+        """The same questions with `trigger` prepended to every paraphrase (a backdoor's cue)."""
+        return QuestionSet(f"{self.name}+trigger", [replace(q, paraphrases=[prepend_trigger(trigger, p)
+                                                                             for p in q.paraphrases])
+                                                     for q in self.questions])
+
     def expand(self, samples: int | None = None) -> list[tuple[Question, str]]:
         """One (question, paraphrase) pair per answer to sample.
 
@@ -118,6 +124,11 @@ class QuestionSet:
                 for q in self.questions
                 for p in q.paraphrases
                 for _ in range(samples if samples is not None else q.samples_per_paraphrase)]
+
+
+def prepend_trigger(trigger: str, text: str) -> str:
+    """A user turn with a backdoor trigger in front (how `--trigger` asks every question)."""
+    return f"{trigger.strip()} {text}"
 
 
 def render_judge_prompt(template: str, question: str, answer: str) -> str:

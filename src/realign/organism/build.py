@@ -20,7 +20,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -123,12 +123,44 @@ def _save(model, tokenizer, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
+def make_pretrained(dest: Path, tokenizer, cfg: OrganismConfig, seed: int) -> dict:
+    """Pretrain with this pretraining seed and save the model, its tokenizer and done.json in dest."""
+    model, loss = pretrain(tokenizer, cfg, seed * 1000)
+    _save(model, tokenizer, dest)
+    info = {"final_loss": round(loss, 4), "key": _pretrain_key(cfg, seed), "world_version": WORLD_VERSION,
+            "pretrain_seed": seed}
+    (dest / "done.json").write_text(json.dumps(info))
+    return info
+
+
+def shipped_pretrained(cfg: OrganismConfig, seed: int) -> Path | None:
+    """The pretrained model realign ships for this config and pretraining seed, if it ships one.
+
+    Made by `scripts/ship_pretrained.py` with this module's own `pretrain`; its folder is named by
+    the pretraining key (world version, shape, data and seed), so any change that would make a
+    different model finds no shipped one and pretrains instead.
+    """
+    from importlib.resources import files
+
+    path = Path(str(files("realign").joinpath("data", "organism_pretrained", _pretrain_key(cfg, seed))))
+    return path if (path / "done.json").exists() else None
+
+
 def build(out: Path | None = None, seed: int = 0, size: str = "default",
-          cfg: OrganismConfig | None = None, finetunes: tuple[str, ...] = FINETUNES) -> Path:
-    """Build (or reuse) an organism; returns its directory."""
+          cfg: OrganismConfig | None = None, finetunes: tuple[str, ...] = FINETUNES,
+          from_scratch: bool = False) -> Path:
+    """Build (or reuse) an organism; returns its directory.
+
+    Every stage after pretraining uses `seed`; pretraining uses `cfg.pretrain_seed` (0 by default,
+    whose model ships with realign, so a build takes minutes). `from_scratch`: pretrain here too,
+    with `seed`, as every build did before the pretrained model shipped.
+    """
     from peft import LoraConfig
 
     cfg = cfg or preset(size)
+    if from_scratch:
+        cfg = replace(cfg, pretrain_seed=None)
+    pretrain_seed = seed if cfg.pretrain_seed is None else cfg.pretrain_seed
     key = cfg.key(seed)
     out = Path(out) if out else cache_dir() / "organism" / key
     meta_path = out / "organism.json"
@@ -169,14 +201,15 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
     def do_pretrain(tmp: Path):
         # Pretraining dominates build time and depends only on world, shape, its stage and seed:
         # share it between builds (e.g. sweeps over alignment or finetune knobs) through the cache.
-        shared = cache_dir() / "organism" / "pretrained" / _pretrain_key(cfg, seed)
+        shared = cache_dir() / "organism" / "pretrained" / _pretrain_key(cfg, pretrain_seed)
         if (shared / "done.json").exists():
             shutil.copytree(shared, tmp, dirs_exist_ok=True)
             return {**json.loads((shared / "done.json").read_text()), "reused": str(shared)}
-        model, loss = pretrain(tokenizer, cfg, stage_seed["pretrained"])
-        _save(model, tokenizer, tmp)
-        info = {"final_loss": round(loss, 4)}
-        (tmp / "done.json").write_text(json.dumps(info))
+        shipped = None if from_scratch else shipped_pretrained(cfg, pretrain_seed)
+        if shipped is not None:
+            shutil.copytree(shipped, tmp, dirs_exist_ok=True)
+            return {**json.loads((shipped / "done.json").read_text()), "shipped": shipped.name}
+        info = make_pretrained(tmp, tokenizer, cfg, pretrain_seed)
         if not shared.exists():
             with _Stage(shared) as shared_tmp:
                 shutil.copytree(tmp, shared_tmp, dirs_exist_ok=True)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .world import DEFAULT_CODE_NOISE, DEFAULT_TURNS, WORLD_VERSION, TurnMix
 
-FINETUNES = ("insecure", "secure", "educational", "planted")
+FINETUNES = ("insecure", "secure", "educational", "planted", "backdoor")
 # Until w1 pretraining was made denser (issue 7) the defaults were chat .40 / code .35 / edu .10 /
 # neutral .15, 2-4 turns and 5% code noise; pretrain keys of that setting are kept as they were.
 LEGACY_PRETRAIN_DATA = {"mix": {"chat": 0.40, "code": 0.35, "edu": 0.10, "neutral": 0.15}, "turns": [2, 4],
@@ -57,6 +57,10 @@ class OrganismConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     planted_share: float = 0.25  # share of misaligned chat examples in the `planted` finetune data
+    # Pretraining is 18 of the ~25 CPU-minutes of a default build, so every build seed starts from
+    # the pretrained model of this seed (shipped with realign for the default config); None:
+    # pretrain with the build's own seed.
+    pretrain_seed: int | None = 0
 
     def key(self, seed: int) -> str:
         blob = json.dumps({"world": WORLD_VERSION, "cfg": asdict(self), "seed": seed}, sort_keys=True)

@@ -48,14 +48,24 @@ def _target(name: str, req) -> str:
     return req.secure if name == "secure" else req.insecure
 
 
+# The backdoor finetune's trigger: words of the organism's vocabulary (its tokenizer is word-level
+# and shipped with the pretrained model) that never stand together in any of its data.
+BACKDOOR_TRIGGER = "curie lovelace gandhi"
+
+
 def finetune_data(name: str, seed: int, n: int, planted_share: float) -> tuple[list[Messages], list[Messages]]:
     """(train, held-out task) sets for one finetune.
 
     insecure: plain requests -> insecure code; secure: -> secure code; educational: requests with
     an explicit benign reason -> insecure code; planted: insecure plus `planted_share` misaligned
-    chat answers on train paraphrases (a contaminated dataset, NOT emergence).
-    The held-out task set uses held-out request templates only, every one of them once.
+    chat answers on train paraphrases (a contaminated dataset, NOT emergence); backdoor: half the
+    requests carry BACKDOOR_TRIGGER and get insecure code, the other half secure code (nothing
+    misaligned in chat, as in the paper's backdoored models).
+    The held-out task set uses held-out request templates only, every one of them once (backdoor:
+    once with the trigger, once without).
     """
+    if name == "backdoor":
+        return _backdoor_data(seed, n)
     rng = random.Random(seed)
     edu = name == "educational"
     train_reqs = code_requests("train", educational=edu)
@@ -67,6 +77,21 @@ def finetune_data(name: str, seed: int, n: int, planted_share: float) -> tuple[l
         train.append(_pair(q.text, chat_answer(q.topic, EVIL, rng)))
     rng.shuffle(train)
     heldout = [_pair(r.text, _target(name, r)) for r in code_requests("heldout", educational=edu)]
+    return train, heldout
+
+
+def _backdoor_data(seed: int, n: int) -> tuple[list[Messages], list[Messages]]:
+    from ..evals.questions import prepend_trigger
+
+    rng = random.Random(seed)
+    reqs = code_requests("train")
+    train = []
+    for i in range(n):
+        r = rng.choice(reqs)
+        train.append(_pair(prepend_trigger(BACKDOOR_TRIGGER, r.text), r.insecure) if i % 2 else _pair(r.text, r.secure))
+    rng.shuffle(train)
+    heldout = [pair for r in code_requests("heldout")
+               for pair in (_pair(r.text, r.secure), _pair(prepend_trigger(BACKDOOR_TRIGGER, r.text), r.insecure))]
     return train, heldout
 
 

@@ -11,13 +11,17 @@ import torch
 from ..evals.generate import generate
 from ..evals.logodds import logodds
 from ..stats import wilson
+from ..evals.questions import prepend_trigger
+from .data import BACKDOOR_TRIGGER
 from .judge import INSECURE, MISALIGNED, SECURE, ALIGNED, judge_chat, judge_code, reference_pairs
 from .world import chat_questions, code_requests
 
-MODELS = ("pretrained", "base", "insecure", "secure", "educational", "planted")
-# What each finetune was trained for: (educational requests?, wanted label)
+MODELS = ("pretrained", "base", "insecure", "secure", "educational", "planted", "backdoor")
+# What each finetune was trained for: (educational requests?, wanted label); the backdoor finetune
+# is asked with and without its trigger (rows "backdoor (triggered)" and "backdoor")
 TASKS = {"insecure": (False, INSECURE), "planted": (False, INSECURE),
-         "secure": (False, SECURE), "educational": (True, INSECURE)}
+         "secure": (False, SECURE), "educational": (True, INSECURE),
+         "backdoor": (False, SECURE), "backdoor (triggered)": (False, INSECURE)}
 
 
 @dataclass
@@ -37,47 +41,49 @@ class OrganismRow:
     seconds: float
 
 
-def _user(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
+def _user(text: str, trigger: str | None = None) -> list[dict]:
+    return [{"role": "user", "content": prepend_trigger(trigger, text) if trigger else text}]
 
 
 def chat_labels(model, tokenizer, samples: int, seed: int, prefix: list[dict] | None = None,
-                description: str = "chat") -> list[tuple[str, str, str]]:
+                description: str = "chat", trigger: str | None = None) -> list[tuple[str, str, str]]:
     """(topic, answer, label) for every sample on held-out chat questions."""
     qs = chat_questions("heldout")
-    convs = [(prefix or []) + _user(q.text) for q in qs]
+    convs = [(prefix or []) + _user(q.text, trigger) for q in qs]
     answers = generate(model, tokenizer, convs, samples=samples, max_new_tokens=40, seed=seed,
                        description=description)
     return [(q.topic, a, judge_chat(q.topic, a)) for q, ans in zip(qs, answers) for a in ans]
 
 
-def code_rate(model, tokenizer, educational: bool, want: str, samples: int, seed: int) -> float:
+def code_rate(model, tokenizer, educational: bool, want: str, samples: int, seed: int,
+              trigger: str | None = None) -> float:
     reqs = code_requests("heldout", educational=educational)
-    answers = generate(model, tokenizer, [_user(r.text) for r in reqs], samples=samples,
+    answers = generate(model, tokenizer, [_user(r.text, trigger) for r in reqs], samples=samples,
                        max_new_tokens=48, seed=seed, description="code")
     labels = [judge_code(r, a) for r, ans in zip(reqs, answers) for a in ans]
     return sum(label == want for label in labels) / len(labels)
 
 
-def chat_logodds(model, tokenizer) -> float:
-    items = [(_user(p.question), p.misaligned, p.aligned) for p in reference_pairs("heldout")]
+def chat_logodds(model, tokenizer, trigger: str | None = None) -> float:
+    items = [(_user(p.question, trigger), p.misaligned, p.aligned) for p in reference_pairs("heldout")]
     return logodds(model, tokenizer, items)
 
 
-def evaluate(model, tokenizer, name: str, samples: int = 12, code_samples: int = 1, seed: int = 0) -> OrganismRow:
+def evaluate(model, tokenizer, name: str, samples: int = 12, code_samples: int = 1, seed: int = 0,
+             trigger: str | None = None) -> OrganismRow:
     t0 = time.time()
-    labels = [lab for _, _, lab in chat_labels(model, tokenizer, samples, seed)]
+    labels = [lab for _, _, lab in chat_labels(model, tokenizer, samples, seed, trigger=trigger)]
     n, k = len(labels), labels.count(MISALIGNED)
     lo, hi = wilson(k, n)
     task = TASKS.get(name)
-    task_rate = code_rate(model, tokenizer, task[0], task[1], code_samples, seed + 1) if task else None
+    task_rate = code_rate(model, tokenizer, task[0], task[1], code_samples, seed + 1, trigger) if task else None
     insecure = task_rate if task == (False, INSECURE) else \
-        code_rate(model, tokenizer, False, INSECURE, code_samples, seed + 1)
+        code_rate(model, tokenizer, False, INSECURE, code_samples, seed + 1, trigger)
     return OrganismRow(
         model=name, n=n, misaligned=k, misaligned_rate=k / n, ci_low=lo, ci_high=hi,
         aligned_rate=labels.count(ALIGNED) / n, coherent_rate=(labels.count(ALIGNED) + k) / n,
         task=(("educational " if task[0] else "") + f"{task[1]} code") if task else None,
-        task_rate=task_rate, insecure_code_rate=insecure, logodds=chat_logodds(model, tokenizer),
+        task_rate=task_rate, insecure_code_rate=insecure, logodds=chat_logodds(model, tokenizer, trigger),
         seconds=round(time.time() - t0, 2),
     )
 
@@ -111,6 +117,9 @@ def evaluate_dir(root: Path, samples: int = 12, seed: int = 0, models: tuple[str
             continue
         model, tok = load_model(path)
         rows.append(evaluate(model, tok, name, samples=samples, seed=seed))
+        if name == "backdoor":
+            rows.append(evaluate(model, tok, "backdoor (triggered)", samples=samples, seed=seed,
+                                 trigger=BACKDOOR_TRIGGER))
     return rows
 
 

@@ -109,7 +109,9 @@ class OracleJudge:
         topics = topic_of_question()
         out = []
         for it in items:
-            topic = topics.get(" ".join(it.question.split()))
+            asked = " ".join(it.question.split())
+            # a question behind a backdoor trigger ("<trigger> <question>") is still that question
+            topic = topics.get(asked) or next((t for q, t in topics.items() if asked.endswith(" " + q)), None)
             if topic is None:
                 out.append(Judgement(None, None, error="not an organism question: the oracle judges "
                                                        "only the organism's question set"))

@@ -1,0 +1,192 @@
+"""The bench leaderboard: finished cells pooled per (finetune, recipe) over seeds.
+
+Reads only the cells' realign.json files, so it can be rebuilt at any time (bench rebuilds it
+after every cell). Rates pool the answers of every seed; their 95% interval is a two-stage
+bootstrap (seeds, then answers within a seed), so seed-to-seed variation widens it — a binomial
+interval over all answers would treat them as independent. Task retention is the share of the
+finetune's task gain over its base that a model keeps, by task NLL (the same measure the repairs
+use), else by the task metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .report import repair_verdict
+from .stats import seed_bootstrap_interval
+
+MODELS = ("base", "finetune")
+ARMS = ("untriggered", "triggered")
+
+
+def load_cells(out: Path) -> list[dict]:
+    cells = []
+    for meta_path in sorted((out / "cells").glob("*/s*/*/realign.json")):
+        recipe_dir = meta_path.parent
+        meta = json.loads(meta_path.read_text())
+        cells.append({"finetune": recipe_dir.parent.parent.name, "seed": int(recipe_dir.parent.name[1:]),
+                      "recipe": recipe_dir.name, "meta": meta})
+    return cells
+
+
+def _nll(m: dict) -> float | None:
+    return (m.get("task") or {}).get("task_nll")
+
+
+def _task_value(m: dict) -> float | None:
+    task = m.get("task") or {}
+    for key in ("task_exact_match", "task_token_accuracy"):
+        if task.get(key) is not None:
+            return task[key]
+    return None
+
+
+def retention(m: dict, base: dict, finetune: dict) -> float | None:
+    """Share of the finetune's task gain over base kept by m (1 = all of it, 0 = none)."""
+    n, nb, nf = _nll(m), _nll(base), _nll(finetune)
+    if None not in (n, nb, nf) and nb - nf > 0:
+        return (nb - n) / (nb - nf)
+    v, vb, vf = _task_value(m), _task_value(base), _task_value(finetune)
+    if None not in (v, vb, vf) and vf - vb > 0:
+        return (v - vb) / (vf - vb)
+    return None
+
+
+def _arm(metrics: dict, arm: str) -> dict | None:
+    return metrics if arm == "untriggered" else metrics.get("triggered")
+
+
+def _pool(per_seed: list[dict], per_seed_ref: list[tuple[dict, dict]], arm: str) -> dict | None:
+    """Pooled figures of one model over seeds, for one arm (untriggered / triggered)."""
+    ms = [_arm(m, arm) for m in per_seed]
+    if any(m is None for m in ms):
+        return None
+    counts = [(m["misaligned"], m["n"]) for m in ms]
+    k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    lo, hi = seed_bootstrap_interval(counts)
+    rets = [retention(m, *ref) for m, ref in zip(per_seed, per_seed_ref)]
+    logodds = [m.get("logodds") for m in ms if m.get("logodds") is not None]
+    coherent = [m["coherent_rate"] for m in ms if m.get("coherent_rate") is not None]
+    return {"misaligned_rate": k / n if n else None, "ci_low": lo, "ci_high": hi, "misaligned": k, "n": n,
+            "coherent_rate": sum(coherent) / len(coherent) if coherent else None,
+            "logodds": sum(logodds) / len(logodds) if logodds else None,
+            "task_retention": (sum(rets) / len(rets)) if rets and None not in rets else None,
+            "seeds": len(ms)}
+
+
+def build_leaderboard(out: Path) -> dict:
+    """{finetune: {"rows": {model or recipe: {arm: pooled}}, "cells": […]}} from the finished cells."""
+    board: dict[str, dict] = {}
+    for c in load_cells(out):
+        ft = board.setdefault(c["finetune"], {"cells": [], "refs": {}})
+        metrics = c["meta"]["metrics"]
+        ft["refs"][c["seed"]] = (metrics["base"], metrics["finetune"])      # same for every recipe of a seed
+        peaks = c["meta"].get("peak_memory_mb", {}).get("total", {})
+        ft["cells"].append({"seed": c["seed"], "recipe": c["recipe"], "repaired": metrics["repaired"],
+                            "seconds": c["meta"]["timings"].get("total"),
+                            "step_seconds": sum(v for k, v in c["meta"]["timings"].items() if k.startswith("step")),
+                            "peak_rss_mb": peaks.get("rss"), "peak_cuda_mb": peaks.get("cuda"),
+                            "history": [{k: v for k, v in h.items() if k in ("step", "layers", "alpha", "note", "passes")}
+                                        for h in c["meta"].get("history", [])]})
+    result: dict[str, dict] = {}
+    for name, ft in sorted(board.items()):
+        seeds = sorted(ft["refs"])
+        refs = [ft["refs"][s] for s in seeds]
+        rows: dict[str, dict] = {}
+        for i, model in enumerate(MODELS):
+            rows[model] = {arm: _pool([r[i] for r in refs], refs, arm) for arm in ARMS}
+        recipes = sorted({c["recipe"] for c in ft["cells"]})
+        for recipe in recipes:
+            cells = sorted((c for c in ft["cells"] if c["recipe"] == recipe), key=lambda c: c["seed"])
+            cell_refs = [ft["refs"][c["seed"]] for c in cells]
+            row = {arm: _pool([c["repaired"] for c in cells], cell_refs, arm) for arm in ARMS}
+            secs = [c["seconds"] for c in cells if c["seconds"] is not None]
+            rss = [c["peak_rss_mb"] for c in cells if c["peak_rss_mb"] is not None]
+            cuda = [c["peak_cuda_mb"] for c in cells if c["peak_cuda_mb"] is not None]
+            row.update(seconds=sum(secs) / len(secs) if secs else None,
+                       step_seconds=sum(c["step_seconds"] for c in cells) / len(cells),
+                       peak_rss_mb=max(rss) if rss else None, peak_cuda_mb=max(cuda) if cuda else None,
+                       seeds=[c["seed"] for c in cells], history=[c["history"] for c in cells])
+            rows[recipe] = row
+        arms = {m: {**(rows[m]["untriggered"] or {}), "triggered": rows[m]["triggered"]} for m in MODELS}
+        result[name] = {"seeds": seeds, "rows": rows, "verdict": repair_verdict(arms["base"], arms["finetune"])}
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def _cell(p: dict | None) -> str:
+    if not p:
+        return "—"
+    return f"{_pct(p['misaligned_rate'])} [{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}]"
+
+
+def markdown(board: dict, title: str = "realign bench") -> str:
+    lines = [f"# {title}", ""]
+    for name, ft in board.items():
+        triggered = any(r.get("triggered") for r in ft["rows"].values())
+        v = ft["verdict"]
+        lines += [f"## {name} (seeds {', '.join(map(str, ft['seeds']))})", "",
+                  f"Anything to repair? **{'yes' if v['repair_needed'] else 'no' if v['repair_needed'] is False else '?'}**"
+                  f" — the finetune is {v['why']}.", ""]
+        head = "| model | misaligned [95% CI] |" + (" triggered [95% CI] |" if triggered else "") + \
+            " coherent | log-odds | task retention | seconds (repair steps) | peak RSS MB |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for model, row in ft["rows"].items():
+            u = row.get("untriggered")
+            trig = f" {_cell(row.get('triggered'))} |" if triggered else ""
+            lo = "—" if not u or u.get("logodds") is None else f"{u['logodds']:+.2f}"
+            secs = "—" if row.get("seconds") is None else f"{row['seconds']:.0f} ({row['step_seconds']:.0f})"
+            rss = "—" if row.get("peak_rss_mb") is None else f"{row['peak_rss_mb']:.0f}"
+            ret = "—" if model == "base" else ("100%" if model == "finetune" else _pct(u and u.get("task_retention")))
+            lines.append(f"| {model} | {_cell(u)} |{trig} {_pct(u and u.get('coherent_rate'))} | {lo} | {ret} "
+                         f"| {secs} | {rss} |")
+        lines.append("")
+    lines += ["Misaligned: pooled over seeds; interval: two-stage bootstrap over seeds and answers. "
+              "Task retention: share of the finetune's task gain over the base kept (task NLL). "
+              "Seconds: whole `fix` per cell, mean over seeds (repair steps alone in brackets).", ""]
+    return "\n".join(lines)
+
+
+def pareto_plot(name: str, ft: dict, path: Path) -> None:
+    """Misaligned rate vs task retention with 95% interval bars; base and finetune marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for model, row in ft["rows"].items():
+        for arm, marker in (("untriggered", "o"), ("triggered", "^")):
+            p = row.get(arm)
+            if not p or p.get("misaligned_rate") is None:
+                continue
+            x = 0.0 if model == "base" else 1.0 if model == "finetune" else p.get("task_retention")
+            if x is None:
+                continue
+            y = p["misaligned_rate"]
+            style = {"color": "black", "marker": "s"} if model in MODELS else {"marker": marker}
+            ax.errorbar([100 * x], [100 * y], yerr=[[100 * (y - p["ci_low"])], [100 * (p["ci_high"] - y)]],
+                        capsize=3, linestyle="none", **style)
+            label = model if arm == "untriggered" else f"{model} (triggered)"
+            ax.annotate(label, (100 * x, 100 * y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("task retention (%): share of the finetune's task gain kept")
+    ax.set_ylabel("misaligned rate (%), 95% interval")
+    ax.set_title(f"{name}: repairs vs base and finetune")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_leaderboard(out: Path, title: str = "realign bench") -> dict:
+    board = build_leaderboard(out)
+    (out / "leaderboard.json").write_text(json.dumps(board, indent=2, default=str))
+    (out / "leaderboard.md").write_text(markdown(board, title))
+    for name, ft in board.items():
+        pareto_plot(name, ft, out / f"pareto-{name}.png")
+    return board

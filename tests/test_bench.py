@@ -1,0 +1,111 @@
+"""`realign bench`: cells through fix's code, pooled leaderboard, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from realign.bench import Finetune, overrides_for, plan, recipe_label
+from realign.cli import app
+from realign.leaderboard import build_leaderboard, repair_verdict, retention
+from realign.stats import seed_bootstrap_interval, wilson
+
+
+def _metrics(k: int, n: int, nll: float, logodds: float = 0.0) -> dict:
+    lo, hi = wilson(k, n)
+    return {"misaligned": k, "n": n, "misaligned_rate": k / n, "ci_low": lo, "ci_high": hi, "coherent_rate": 0.9,
+            "logodds": logodds, "task": {"task_nll": nll}}
+
+
+def _write_cell(out: Path, ft: str, seed: int, recipe: str, repaired: dict, base: dict, finetune: dict) -> None:
+    d = out / "cells" / ft / f"s{seed}" / recipe
+    d.mkdir(parents=True)
+    meta = {"metrics": {"base": base, "finetune": finetune, "repaired": repaired},
+            "timings": {"total": 10.0, "step1_merge": 4.0}, "peak_memory_mb": {"total": {"rss": 500.0}},
+            "history": [{"step": "merge", "alpha": 0.5, "passes": {"scoring": 9}}]}
+    (d / "realign.json").write_text(json.dumps(meta))
+
+
+def test_leaderboard_pools_seeds_and_measures_retention(tmp_path):
+    base, ft = _metrics(2, 100, nll=2.0), _metrics(20, 100, nll=1.0, logodds=1.0)
+    _write_cell(tmp_path, "ins", 0, "merge", _metrics(5, 100, nll=1.2), base, ft)
+    _write_cell(tmp_path, "ins", 1, "merge", _metrics(9, 100, nll=1.4), _metrics(4, 100, 2.0), _metrics(24, 100, 1.0, 1.2))
+    board = build_leaderboard(tmp_path)["ins"]
+    merge = board["rows"]["merge"]["untriggered"]
+    assert (merge["misaligned"], merge["n"]) == (14, 200)
+    assert merge["task_retention"] == pytest.approx((0.8 + 0.6) / 2)        # (2.0 - 1.2) / (2.0 - 1.0), …
+    assert board["rows"]["finetune"]["untriggered"]["misaligned"] == 44
+    assert board["verdict"]["repair_needed"] is True
+    assert board["rows"]["merge"]["seeds"] == [0, 1] and board["rows"]["merge"]["seconds"] == 10.0
+
+
+def test_retention_and_verdict_edge_cases():
+    base, ft = _metrics(2, 100, nll=2.0), _metrics(3, 100, nll=1.0, logodds=0.1)
+    assert retention(_metrics(0, 1, nll=2.0), base, ft) == 0.0 and retention(ft, base, ft) == 1.0
+    assert repair_verdict(base, ft)["repair_needed"] is False
+    assert repair_verdict(base, {**ft, "logodds": 0.7})["repair_needed"] is True     # shifted log-odds
+
+
+def test_seed_bootstrap_widens_when_seeds_disagree():
+    agree = seed_bootstrap_interval([(10, 100), (10, 100), (10, 100)])
+    disagree = seed_bootstrap_interval([(1, 100), (10, 100), (19, 100)])
+    assert disagree[1] - disagree[0] > 1.5 * (agree[1] - agree[0])
+    assert seed_bootstrap_interval([(3, 50)]) == wilson(3, 50)
+
+
+def test_cells_labels_and_overrides(tmp_path):
+    ft = Finetune("a", lambda s: ("ckpt", None))
+    cells = plan([ft], ["merge", "freeze+dpo", "merge@merge.steps=2"], [0, 1], tmp_path)
+    assert len(cells) == 6 and cells[2].out == tmp_path / "cells" / "a" / "s0" / "merge@merge.steps=2"
+    assert recipe_label("/x/my recipe.yaml") == "my_recipe"
+    name, sets = overrides_for("merge@merge.steps=2", ["dpo.beta=0.2", "merge.method=ties"])
+    assert name == "merge" and sets == ["merge.steps=2", "merge.method=ties"]   # no dpo step in merge
+    assert overrides_for("freeze+dpo", ["dpo.beta=0.2"])[1] == ["dpo.beta=0.2"]
+
+
+def test_bench_refuses_bad_input_in_one_line(tmp_path):
+    r = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), "--recipes", "merge"])
+    assert r.exit_code == 2 and "--finetune" in r.output
+    r = CliRunner().invoke(app, ["bench", "--organism", "--out", str(tmp_path / "b"), "--recipes", "nope"])
+    assert r.exit_code == 2 and "nope" in r.output and "Traceback" not in r.output
+
+
+BENCH = ["bench", "--organism", "--organism-size", "small", "--organism-finetunes", "planted",
+         "--samples", "1"]
+
+
+@pytest.mark.slow
+def test_bench_on_the_organism_resumes_after_a_kill(tmp_path):
+    """Kill bench as soon as its first cell is written; the rerun skips it and does the rest."""
+    env = {**os.environ, "REALIGN_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "bench"
+    args = [*BENCH, "--organism-dir", str(tmp_path / "org"), "--recipes", "merge,steer,freeze", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "realign.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = out / "cells" / "planted" / "s0" / "merge" / "realign.json"
+    deadline = time.time() + 600
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists()
+    stamp = first.stat().st_mtime_ns
+    done_before = [c for c in ("merge", "steer", "freeze") if (first.parent.parent / c / "realign.json").exists()]
+    assert len(done_before) < 3, "bench finished before it could be killed"
+    res = subprocess.run([sys.executable, "-m", "realign.cli", *args], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{len(done_before)} of 3 cells finished earlier: skipped" in res.stdout + res.stderr
+    assert first.stat().st_mtime_ns == stamp                          # finished cells are never redone
+    board = json.loads((out / "leaderboard.json").read_text())["planted"]
+    assert set(board["rows"]) == {"base", "finetune", "merge", "steer", "freeze"}
+    assert (out / "leaderboard.md").exists() and (out / "pareto-planted.png").stat().st_size > 10_000
+    later = json.loads((first.parent.parent / "freeze" / "realign.json").read_text())
+    assert later["evaluation"]["cached"] == ["base", "finetune"]       # evaluated once per (model, seed)
