@@ -58,6 +58,8 @@ def organism_build(
     from_scratch: Annotated[bool, typer.Option(
         "--from-scratch", help="pretrain here with --seed (~18 CPU-minutes) instead of starting from the "
                                "pretrained model realign ships")] = False,
+    finetunes: Annotated[str | None, typer.Option(
+        help="build only these finetunes, comma-separated (default: insecure,secure,educational,planted,backdoor)")] = None,
 ) -> None:
     """Build (or reuse) the organism: pretrained, aligned base, and four user finetunes."""
     from .organism.build import build
@@ -66,8 +68,10 @@ def organism_build(
         fail(f"--size must be 'small' or 'default', not {size!r}")
     t0 = time.time()
     try:
-        path = build(out_dir, seed=seed, size=size, from_scratch=from_scratch)
-    except FileExistsError as e:
+        names = tuple(n.strip() for n in finetunes.split(",") if n.strip()) if finetunes else None
+        path = build(out_dir, seed=seed, size=size, from_scratch=from_scratch,
+                     **({"finetunes": names} if names else {}))
+    except (FileExistsError, ValueError) as e:
         fail(str(e))
     out.print(f"organism ready in {time.time() - t0:.0f} s: {path}")
 

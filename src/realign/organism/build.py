@@ -157,6 +157,9 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
     """
     from peft import LoraConfig
 
+    unknown = [n for n in finetunes if n not in FINETUNES]
+    if unknown:                       # said before minutes of training, not after
+        raise ValueError(f"unknown finetune {unknown[0]!r}; valid: {', '.join(FINETUNES)}")
     cfg = cfg or preset(size)
     if from_scratch:
         cfg = replace(cfg, pretrain_seed=None)
@@ -244,8 +247,6 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
     base_path = (out / "base").resolve()
 
     for name in finetunes:
-        if name not in FINETUNES:
-            raise ValueError(f"unknown finetune {name!r}; valid: {', '.join(FINETUNES)}")
         s = stage_seed[name]
 
         def do_finetune(tmp: Path, name=name, s=s):
