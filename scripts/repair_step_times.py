@@ -49,6 +49,7 @@ def main() -> None:
     for name in args.repairs:
         trial = copy.copy(state)
         trial.model, trial.history, trial.locked = copy.deepcopy(pair.finetune), [], set()
+        trial._base_task_nll = {}          # each step alone pays for the base's task pass, as in fix
         cls = repairs[name]
         t0, before = time.time(), PASSES.copy()
         with peak_memory() as peak:

@@ -88,3 +88,24 @@ def test_shared_prompts_are_computed_once_and_score_exactly(layout):
         torch.testing.assert_close(lp, lp_ref, atol=2e-5, rtol=0)
         torch.testing.assert_close(lp_w, lp_ref, atol=2e-5, rtol=0)
         assert torch.equal(hit, hit_ref) and torch.equal(hit_w, hit_ref)
+
+
+@pytest.mark.parametrize("layout", ["llama", "qwen3", "gemma2"])
+def test_shared_prompt_backward_gives_the_same_gradient(layout):
+    from tiny_models import tiny_family
+
+    from realign.evals.scoring import backward_weighted_logprobs
+
+    model = tiny_family(layout, hidden=32, layers=2, vocab=300).eval()
+    pairs = _shared_prompt_pairs(300, seed=1)
+    weights = [((-1) ** i) * (1 + i % 3) / 4 for i in range(len(pairs))]
+    weights[0] = 0.0
+    grads, totals = [], []
+    for share in (True, False):
+        model.zero_grad(set_to_none=True)
+        totals.append(backward_weighted_logprobs(model, pairs, weights, batch_size=3, share_prompts=share))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert totals[0] == pytest.approx(totals[1], abs=1e-4)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4)

@@ -127,8 +127,20 @@ def _shared_prompt_scores(model, pairs: Sequence[Pair], pad_id: int, batch_size:
     """`answer_token_scores` computing each distinct prompt once: the prompts' key/value cache is
     repeated for their answers, which then run on top of it (a repair's log-odds items put six
     reference answers after each prompt, and prompts are most of the tokens)."""
-    device = next(model.parameters()).device
     out: list = [None] * len(pairs)
+    for rows, logps, hits in _shared_prompt_batches(model, pairs, pad_id, batch_size, max_logits):
+        for k, i in enumerate(rows):
+            out[i] = (logps[k].cpu(), hits[k].cpu())
+    return out
+
+
+def _shared_prompt_batches(model, pairs: Sequence[Pair], pad_id: int, batch_size: int, max_logits: int):
+    """Per batch: (pair indices, each answer's token log-probs, argmax hits), prompts run once per
+    batch and their cache repeated for their answers; differentiable when grad is on."""
+    device = next(model.parameters()).device
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # transformers ≥ 5.24 names the argument `cache` (`past_key_values` goes in 5.40)
+    cache_kw = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
     for units in prompt_groups(pairs, batch_size, vocab_size(model), max_logits):
         ids, mask, pos = (t.to(device) for t in _left_pad([(list(p), []) for p, _ in units], pad_id))
         try:
@@ -152,11 +164,8 @@ def _shared_prompt_scores(model, pairs: Sequence[Pair], pad_id: int, batch_size:
                 a_mask[k, :len(a) - 1] = 1
             full_mask = torch.cat([mask[unit_of], a_mask], 1)
             a_pos = mask.sum(1)[unit_of][:, None] + torch.arange(width, device=device)[None]
-            # transformers ≥ 5.24 names the argument `cache` (`past_key_values` goes in 5.40)
-            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-            kw = {"cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values": cache}
             logits = _at_least_fp32(model(input_ids=a_ids, attention_mask=full_mask, position_ids=a_pos,
-                                          use_cache=True, **kw).logits)
+                                          use_cache=True, **{cache_kw: cache}).logits)
             for k, a in enumerate(answers):
                 n = len(a) - 1
                 if n:
@@ -165,9 +174,7 @@ def _shared_prompt_scores(model, pairs: Sequence[Pair], pad_id: int, batch_size:
                     logps[k] = torch.cat([logps[k], row.gather(-1, tgt[:, None])[:, 0] - torch.logsumexp(row, -1)])
                     hits[k] = torch.cat([hits[k], row.argmax(-1) == tgt])
             del logits, cache
-        for k, (_, i) in enumerate(rows):
-            out[i] = (logps[k].cpu(), hits[k].cpu())
-    return out
+        yield [i for _, i in rows], logps, hits
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -184,8 +191,19 @@ def _last_logits(model, ids, mask, positions, keep: int) -> torch.Tensor:
                      use_cache=False).logits[:, -keep:]
 
 
+def _shared_prompt_backward(model, pairs, weights, pad_id, batch_size, max_logits) -> float:
+    kept = [i for i, w in enumerate(weights) if w != 0]
+    sub = [pairs[i] for i in kept]
+    total = 0.0
+    for rows, logps, _ in _shared_prompt_batches(model, sub, pad_id, batch_size, max_logits):
+        loss = sum(float(weights[kept[i]]) * lp.sum() for i, lp in zip(rows, logps))
+        loss.backward()
+        total += float(loss.detach())
+    return total
+
+
 def backward_weighted_logprobs(model, pairs: Sequence[Pair], weights: Sequence[float], pad_id: int = 0,
-                               batch_size: int = 4, max_logits: int = 1 << 24) -> float:
+                               batch_size: int = 4, max_logits: int = 1 << 24, share_prompts: bool = True) -> float:
     """Accumulate into .grad the gradient of Σ_j w_j · log P(answer_j | prompt_j); returns the sum.
 
     Any loss that is a smooth function of whole-answer log-probs (mean token NLL, log-odds of
@@ -193,6 +211,11 @@ def backward_weighted_logprobs(model, pairs: Sequence[Pair], weights: Sequence[f
     forward and one backward pass over the items give its gradient for every parameter at once.
     """
     PASSES["backward"] += 1
+    if share_prompts and len({tuple(p) for p, _ in pairs}) < len(pairs):
+        try:
+            return _shared_prompt_backward(model, pairs, weights, pad_id, batch_size, max_logits)
+        except (AttributeError, TypeError, NotImplementedError):
+            pass  # a cache that cannot be reordered fails in the first batch, before any backward
     device = next(model.parameters()).device
     total = 0.0
     for idx in batches(pairs, batch_size, vocab_size(model), max_logits):

@@ -32,6 +32,24 @@ class RepairState:
     finetune_dir: str | None = None   # the finetune's own safetensors dir (full checkpoints): read lazily
     generator: Any = None             # fix's generation backend (realign.generation); None: HF generate
 
+    _base_task_nll: dict = field(default_factory=dict, repr=False)
+
+    def repair_task(self) -> list:
+        """The task conversations repairs measure retention on: the first 64 (a pass stays short)."""
+        return (self.task_conversations or [])[:64]
+
+    def base_task_nll(self) -> float | None:
+        """The base's task NLL on repair_task(), measured once per run: the base never changes, and
+        merge, freeze and steer each need it (one scoring pass saved per step)."""
+        task = self.repair_task()
+        if not task:
+            return None
+        if "nll" not in self._base_task_nll:
+            from ..evals.task import assistant_token_metrics
+
+            self._base_task_nll["nll"] = assistant_token_metrics(self.base, self.tokenizer, task)["task_nll"]
+        return self._base_task_nll["nll"]
+
     def record(self, step: str, **info) -> None:
         self.history.append({"step": step, **info})
 

@@ -111,7 +111,7 @@ class Freeze:
         if not state.repair_items:
             raise ValueError("freeze needs log-odds probe items")
         layers, base_layers = decoder_layers(state.model), decoder_layers(state.base)
-        task = (state.task_conversations or [])[:64]
+        task = state.repair_task()
 
         def measure() -> tuple[float, float | None]:
             lo = logodds(state.model, state.tokenizer, state.repair_items)
@@ -147,7 +147,7 @@ class Freeze:
         if p.k != "auto":
             chosen = [r["layer"] for r in ranking[: p.k]]
         else:
-            nll_base = assistant_token_metrics(state.base, state.tokenizer, task)["task_nll"] if task else None
+            nll_base = state.base_task_nll()
             chosen, best = [], lo_ft
             for r in verified[: max(1, int(p.max_share * len(layers)))]:
                 if r["logodds_drop"] <= 0:

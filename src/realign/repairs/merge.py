@@ -193,9 +193,10 @@ class Merge:
         alpha, search, note = p.alpha, [], None
         if alpha == "auto":
             self.preflight(state, p)
-            task = state.task_conversations[:64]
+            task = state.repair_task()
             nll = lambda m: assistant_token_metrics(m, state.tokenizer, task)["task_nll"]  # noqa: E731
-            nll_ft, lo_ft, nll_base = nll(state.model), logodds(state.model, state.tokenizer, state.repair_items), nll(state.base)
+            nll_ft, lo_ft, nll_base = nll(state.model), logodds(state.model, state.tokenizer, state.repair_items), \
+                state.base_task_nll()
         deltas = transformed_deltas(state.model, state.base, ft_sd, p, pre_sd, state.seed)
         source = "disk" if isinstance(ft_sd, SafetensorsSource) else "memory"
         del ft_sd, pre_sd

@@ -258,8 +258,8 @@ class Steer:
         directions, separation = contrast_directions(state.model, state.tokenizer, contrasts)
         items = state.repair_items or [(c, [b], [g]) for c, g, b in contrasts[:16]]
         chat = [c + [{"role": "assistant", "content": g}] for c, g, _ in contrasts[:32]]
-        task = (state.task_conversations or [])[:64]
-        nll_base = assistant_token_metrics(state.base, state.tokenizer, task)["task_nll"] if task and p.scale == "auto" else None
+        task = state.repair_task()
+        nll_base = state.base_task_nll() if p.scale == "auto" else None
         nll_ft = assistant_token_metrics(state.model, state.tokenizer, task)["task_nll"] if nll_base is not None else None
 
         def trial(layer: int, scale: float, with_task: bool) -> dict:
