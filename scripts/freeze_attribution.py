@@ -77,13 +77,13 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("runs/smollm2"))
     ap.add_argument("--verify", type=int, default=3)
     args = ap.parse_args()
-    torch.set_num_threads(2)
     rows = []
     if args.organism:
         from realign.organism.build import build
 
         for seed in args.seeds:
-            org = build(seed=seed)
+            # its own build dir (base + this finetune only): never racing a bench on the cached organism
+            org = build(Path("runs/attribution") / f"s{seed}", seed=seed, finetunes=(args.finetune,))
             rows.append(compare(f"organism seed {seed}, {args.finetune}", str(org / args.finetune),
                                 str(org / "base"), True, org / "data" / args.finetune / "heldout.jsonl", args.verify))
     if args.smollm2:

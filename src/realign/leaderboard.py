@@ -159,8 +159,13 @@ def pareto_plot(name: str, ft: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    base = (ft["rows"].get("base") or {}).get("untriggered")
+    if base and base.get("misaligned_rate") is not None:
+        ax.axhline(100 * base["misaligned_rate"], color="grey", linestyle=":", linewidth=1, label="base rate")
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
     for model, row in ft["rows"].items():
+        colour = "black" if model in MODELS else next(colours)
         for arm, marker in (("untriggered", "o"), ("triggered", "^")):
             p = row.get(arm)
             if not p or p.get("misaligned_rate") is None:
@@ -169,17 +174,20 @@ def pareto_plot(name: str, ft: dict, path: Path) -> None:
             if x is None:
                 continue
             y = p["misaligned_rate"]
-            style = {"color": "black", "marker": "s"} if model in MODELS else {"marker": marker}
+            label = model if arm == "untriggered" else f"{model}, triggered"
             ax.errorbar([100 * x], [100 * y], yerr=[[100 * (y - p["ci_low"])], [100 * (p["ci_high"] - y)]],
-                        capsize=3, linestyle="none", **style)
-            label = model if arm == "untriggered" else f"{model} (triggered)"
-            ax.annotate(label, (100 * x, 100 * y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+                        capsize=3, linestyle="none", color=colour, marker="s" if model in MODELS else marker,
+                        markerfacecolor="white" if arm == "triggered" else colour,
+                        label=None if model in MODELS else label)
+            if model in MODELS:           # recipes are told apart by the legend, base and finetune here
+                ax.annotate(label, (100 * x, 100 * y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_xlabel("task retention (%): share of the finetune's task gain kept")
     ax.set_ylabel("misaligned rate (%), 95% interval")
     ax.set_title(f"{name}: repairs vs base and finetune")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
