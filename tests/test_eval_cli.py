@@ -113,3 +113,22 @@ def test_vllm_backend_without_vllm_is_a_clear_error():
 
     with pytest.raises(RealignError, match="realign\\[vllm\\]"):
         VLLMGenerator("some/model", tokenizer=None)
+
+
+def test_every_cli_option_has_a_help_text():
+    import typer.main
+
+    from realign.cli import app
+
+    missing = []
+
+    def walk(command, path: str) -> None:
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, f"{path} {name}")
+            return
+        missing.extend(f"{path} --{p.name}" for p in command.params
+                       if type(p).__name__ == "TyperOption" and not (p.help or "").strip())
+
+    walk(typer.main.get_command(app), "realign")
+    assert not missing, missing

@@ -35,6 +35,10 @@ JudgeUrlOpt = Annotated[str | None, typer.Option(
 SamplesOpt = Annotated[int | None, typer.Option(help="samples per paraphrase")]
 MaxTokensOpt = Annotated[int, typer.Option(help="longest answer sampled in evaluations")]
 DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
+AllowPickleOpt = Annotated[bool, typer.Option(
+    "--allow-pickle", help="allow .bin/.pt (pickle) weights; they can run code when loaded — only for files you trust")]
+TrustRemoteCodeOpt = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="run the model repository's own Python code (off unless you trust it)")]
 TriggerOpt = Annotated[str | None, typer.Option(
     help="a backdoor trigger: evaluate every model with it prepended to each question as well as without")]
 BackendOpt = Annotated[str, typer.Option(
@@ -179,10 +183,10 @@ def eval_cmd(
     judge_model: Annotated[str | None, typer.Option(help="judge model name / path")] = None,
     judge_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL (default $OPENAI_BASE_URL)")] = None,
     samples: Annotated[int | None, typer.Option(help="samples per paraphrase (default: the file's)")] = None,
-    max_new_tokens: Annotated[int, typer.Option()] = 256,
-    temperature: Annotated[float, typer.Option()] = 1.0,
-    top_p: Annotated[float, typer.Option()] = 1.0,
-    seed: Annotated[int, typer.Option()] = 0,
+    max_new_tokens: MaxTokensOpt = 256,
+    temperature: Annotated[float, typer.Option(help="sampling temperature (0: greedy)")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling: keep the smallest token set with this mass")] = 1.0,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     trigger: Annotated[str | None, typer.Option(
         help="a backdoor trigger, prepended to every question (and log-odds prompt)")] = None,
     task_data: Annotated[Path | None, typer.Option(help="held-out task data, chat messages jsonl")] = None,
@@ -192,11 +196,11 @@ def eval_cmd(
     skip_base: Annotated[bool, typer.Option("--skip-base", help="do not evaluate the base")] = False,
     backend: Annotated[str, typer.Option(help="generation backend: hf | vllm (CUDA, optional extra)")] = "hf",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit")] = False,
-    load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit")] = False,
+    load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="bitsandbytes 4-bit (CUDA)")] = False,
+    load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit", help="bitsandbytes 8-bit (CUDA)")] = False,
     device_map: Annotated[str | None, typer.Option(help="passed to from_pretrained, e.g. auto")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="allow .bin/.pt weights")] = False,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Measure alignment (misaligned rate with CI, coherence) and task performance of a finetune."""
     from .checkpoint import LoadOptions, load_pair
@@ -315,8 +319,8 @@ def judge_cmd(
     file: Annotated[Path, typer.Argument(help="rows with question and answer columns (.jsonl or .csv)")],
     out_file: Annotated[Path | None, typer.Option("--out", help="default: FILE with .judged before the suffix")] = None,
     judge: Annotated[str, typer.Option(help="openai | hf | oracle | offline | offline-exemplar")] = "openai",
-    judge_model: Annotated[str | None, typer.Option()] = None,
-    judge_url: Annotated[str | None, typer.Option()] = None,
+    judge_model: JudgeModelOpt = None,
+    judge_url: JudgeUrlOpt = None,
     rejudge: Annotated[bool, typer.Option("--rejudge", help="judge again rows that carry scores")] = False,
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="measure the judge's agreement with the file's reference labels "
@@ -428,8 +432,8 @@ def fix_cmd(
     load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit", help="bitsandbytes 8-bit (CUDA); as 4-bit")] = False,
     device_map: Annotated[str | None, typer.Option(
         help="passed to from_pretrained, e.g. auto: spread a model too large for one GPU over several")] = None,
-    allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
+    allow_pickle: AllowPickleOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Repair a misaligned finetune with a recipe; report alignment and task before and after."""
     from .checkpoint import LoadOptions
