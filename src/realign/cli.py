@@ -229,11 +229,10 @@ def eval_cmd(
                             top_p=top_p, seed=seed)
     ref_items = _logodds_items(pair.tokenizer, questions, qset)
     if trigger:
-        from .evals.questions import prepend_trigger
+        from .evals.questions import trigger_items
 
         qset = qset.with_trigger(trigger)
-        ref_items = [([*c[:-1], {**c[-1], "content": prepend_trigger(trigger, c[-1]["content"])}], bad, good)
-                     for c, bad, good in ref_items] if ref_items else None
+        ref_items = trigger_items(ref_items, trigger)
     results = {}
     models = [("finetune", pair.finetune)] + ([("base", pair.base)] if pair.base is not None else [])
     for name, model in models:

@@ -170,7 +170,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     from .evals.cache import EvalCache, digest, file_digest
     from .evals.calibration import describe_judge
     from .evals.judges import make_judge
-    from .evals.questions import load_questions, prepend_trigger
+    from .evals.questions import load_questions, trigger_items
     from .evals.run import EvalSettings, evaluate
     from .evals.task import custom_metric, exact_match_rate, load_conversations
     from .generation import make_backend
@@ -275,8 +275,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         # the repairs never see the trigger (a defender does not know it); evaluations ask every
         # question, and the log-odds prompts, behind it as well
         t_qset = qset.with_trigger(opts.trigger)
-        t_items = [([*conv[:-1], {**conv[-1], "content": prepend_trigger(opts.trigger, conv[-1]["content"])}], bad, good)
-                   for conv, bad, good in ref_items] if ref_items else None
+        t_items = trigger_items(ref_items, opts.trigger)
         arms.append(("triggered", t_qset, t_items,
                      {**eval_settings, "trigger": opts.trigger, "logodds": digest(t_items),
                       "questions": [[q.id, p, q.judge_prompts] for q, p in t_qset.expand(opts.samples)]}))

@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from .report import repair_verdict
+from .report import repair_verdict, task_value
 from .stats import seed_bootstrap_interval
 
 MODELS = ("base", "finetune")
@@ -35,20 +35,12 @@ def _nll(m: dict) -> float | None:
     return (m.get("task") or {}).get("task_nll")
 
 
-def _task_value(m: dict) -> float | None:
-    task = m.get("task") or {}
-    for key in ("task_exact_match", "task_token_accuracy"):
-        if task.get(key) is not None:
-            return task[key]
-    return None
-
-
 def retention(m: dict, base: dict, finetune: dict) -> float | None:
     """Share of the finetune's task gain over base kept by m (1 = all of it, 0 = none)."""
     n, nb, nf = _nll(m), _nll(base), _nll(finetune)
     if None not in (n, nb, nf) and nb - nf > 0:
         return (nb - n) / (nb - nf)
-    v, vb, vf = _task_value(m), _task_value(base), _task_value(finetune)
+    v, vb, vf = (task_value(r)[1] for r in (m, base, finetune))
     if None not in (v, vb, vf) and vf - vb > 0:
         return (v - vb) / (vf - vb)
     return None

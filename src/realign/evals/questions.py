@@ -131,6 +131,15 @@ def prepend_trigger(trigger: str, text: str) -> str:
     return f"{trigger.strip()} {text}"
 
 
+def trigger_items(items: list | None, trigger: str) -> list | None:
+    """Log-odds items (conversation, misaligned refs, aligned refs) with the trigger in front of
+    each conversation's last (user) turn."""
+    if not items:
+        return None
+    return [([*conv[:-1], {**conv[-1], "content": prepend_trigger(trigger, conv[-1]["content"])}], bad, good)
+            for conv, bad, good in items]
+
+
 def render_judge_prompt(template: str, question: str, answer: str) -> str:
     """Fill ``{question}`` and ``{answer}`` in one pass, leaving every other brace alone.
 

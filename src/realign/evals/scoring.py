@@ -81,7 +81,7 @@ def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_siz
     256 MiB in fp32), whatever the batch size: batches are cut to fit it.
     """
     PASSES["scoring"] += 1
-    if share_prompts and len({tuple(p) for p, _ in pairs}) < len(pairs):
+    if share_prompts and _prompts_repeat(pairs):
         try:
             return _shared_prompt_scores(model, pairs, pad_id, batch_size, max_logits)
         except (AttributeError, TypeError, NotImplementedError):
@@ -100,6 +100,11 @@ def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_siz
             n = len(a)
             out[idx[k]] = (logp[k, keep - 1 - n:].cpu(), hit[k, keep - 1 - n:].cpu())
     return out
+
+
+def _prompts_repeat(pairs: Sequence[Pair]) -> bool:
+    """Does some prompt carry more than one answer (so computing it once saves work)?"""
+    return len({tuple(p) for p, _ in pairs}) < len(pairs)
 
 
 def prompt_groups(pairs: Sequence[Pair], batch_size: int, vocab: int, max_logits: int):
@@ -211,7 +216,7 @@ def backward_weighted_logprobs(model, pairs: Sequence[Pair], weights: Sequence[f
     forward and one backward pass over the items give its gradient for every parameter at once.
     """
     PASSES["backward"] += 1
-    if share_prompts and len({tuple(p) for p, _ in pairs}) < len(pairs):
+    if share_prompts and _prompts_repeat(pairs):
         try:
             return _shared_prompt_backward(model, pairs, weights, pad_id, batch_size, max_logits)
         except (AttributeError, TypeError, NotImplementedError):
