@@ -76,6 +76,10 @@ def test_bench_refuses_bad_input_in_one_line(tmp_path):
     assert r.exit_code == 2 and "--finetune" in r.output
     r = CliRunner().invoke(app, ["bench", "--organism", "--out", str(tmp_path / "b"), "--recipes", "nope"])
     assert r.exit_code == 2 and "nope" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["bench", "--finetune", str(tmp_path / "missing"), "--out", str(tmp_path / "b"),
+                                 "--recipes", "merge"])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    assert not (tmp_path / "b").exists()            # bad input leaves nothing behind
 
 
 BENCH = ["bench", "--organism", "--organism-size", "small", "--organism-finetunes", "planted",

@@ -49,6 +49,10 @@ def recipe_label(recipe: str) -> str:
 
 
 def user_finetunes(checkpoints: list[str], base: str | None) -> list[Finetune]:
+    from .checkpoint import check_ref
+
+    for ref in checkpoints:           # a wrong path fails now, before any cell or output dir
+        check_ref(ref, "checkpoint")
     names: list[str] = []
     for ref in checkpoints:
         stem = Path(ref.rstrip("/")).name or "finetune"
@@ -100,6 +104,7 @@ def run_bench(cells: list[Cell], global_sets: list[str], opts: FixOptions, out: 
 
     for c in cells:                       # bad recipes or overrides fail now, not after hours
         overrides_for(c.recipe, global_sets)
+    out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not c.done]
     counts = {"skipped": len(cells) - len(todo), "run": 0}
     if counts["skipped"]:

@@ -513,7 +513,6 @@ def bench_cmd(
     opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
                       task_metric=task_metric, backend=backend, trigger=trigger, load=LoadOptions(dtype=dtype))
-    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         fts = organism_fts([n.strip() for n in organism_finetunes.split(",") if n.strip()], organism_dir,
                            organism_size) \
