@@ -2,7 +2,7 @@
 
     python scripts/repair_step_times.py [--repairs merge freeze steer] [--root runs/smollm2]
 
-Loads the planted SmolLM2 LoRA finetune that `scripts/smollm2_fix.py` makes, builds the repair
+Loads the planted SmolLM2 LoRA finetune that `scripts/smollm2_finetune.py` makes, builds the repair
 state the way `realign fix` does (built-in realignment prompts, the held-out task data, the offline
 judge for probe labels), builds the shared probes once (timed on their own: `fix` caches them
 across recipes), then applies each repair to a fresh copy of the finetune and prints a table.

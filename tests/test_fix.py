@@ -69,6 +69,45 @@ def test_fix_writes_model_and_report_and_leaves_inputs_alone(small_organism, tmp
     assert not list(tmp_path.glob(".repaired.realign-*"))
 
 
+def test_lora_finetune_kept_unmerged_is_one_copy_and_merges_like_the_merged_path(small_organism, tmp_path):
+    from realign.checkpoint import load_pair
+
+    ft = str(small_organism / "planted")
+    pair = load_pair(ft, keep_adapter=True)
+    # one copy of the weights: every base tensor is the very storage the finetune computes with
+    shared = {p.data_ptr() for p in pair.finetune.parameters()}
+    base = list(pair.base.named_parameters())
+    assert base and all(p.data_ptr() in shared for _, p in base)
+    assert not any(".lora_" in n for n, _ in base)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    merged = load_pair(ft)
+    torch.testing.assert_close(pair.base(input_ids=ids).logits, merged.base(input_ids=ids).logits)
+    torch.testing.assert_close(pair.finetune(input_ids=ids).logits, merged.finetune(input_ids=ids).logits,
+                               rtol=1e-4, atol=1e-4)
+
+    outs = {}
+    for mode in ("--keep-adapter", "--merge-adapter"):
+        outs[mode] = tmp_path / mode.strip("-")
+        res = runner.invoke(app, ["fix", ft, "--recipe", "merge", "--set", "merge.alpha=0.25", mode,
+                                  "--out", str(outs[mode]), *FAST])
+        assert res.exit_code == 0, res.output
+    kept = json.loads((outs["--keep-adapter"] / "realign.json").read_text())
+    merged_meta = json.loads((outs["--merge-adapter"] / "realign.json").read_text())
+    assert kept["inputs"]["checkpoint"]["adapter"] == "kept unmerged"
+    assert merged_meta["inputs"]["checkpoint"]["adapter"] == "merged: --merge-adapter"
+    assert kept["output"]["form"] == merged_meta["output"]["form"] == "adapter"
+    assert kept["history"][0]["finetune_from"] == "adapter (scaled, kept unmerged)"
+    from peft import AutoPeftModelForCausalLM
+
+    a, b = (AutoPeftModelForCausalLM.from_pretrained(outs[m]).merge_and_unload() for m in outs)
+    for (name, x), y in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-5, msg=name)
+    assert abs(kept["metrics"]["repaired"]["logodds"] - merged_meta["metrics"]["repaired"]["logodds"]) < 1e-3
+    # a step that rewrites more than the adapter cannot run unmerged: said in one line
+    _fails(["fix", ft, "--recipe", "steer", "--keep-adapter", "--out", str(tmp_path / "s")],
+           "step 1 (steer) changes more than the adapter")
+
+
 @pytest.fixture
 def nan_repair():
     from dataclasses import dataclass

@@ -44,6 +44,8 @@ class ModelPair:
     base: torch.nn.Module | None = None
     base_ref: str | None = None
     adapter_config: dict = field(default_factory=dict)
+    unmerged: bool = False             # LoRA kept live: `finetune` is the peft model, `base` the same
+                                       # weights with the adapter off (adapter_toggle.AdapterDisabled)
 
 
 def _is_local(ref: str) -> bool:
@@ -184,11 +186,13 @@ def check_same_tensors(finetune, base, finetune_ref: str, base_ref: str) -> None
 
 
 def load_pair(finetune: str, base: str | None = None, opts: LoadOptions | None = None,
-              load_base: bool = True) -> ModelPair:
+              load_base: bool = True, keep_adapter: bool = False) -> ModelPair:
     """Load the finetune (full dir or adapter) and, when known, its base.
 
     For an adapter, the base comes from adapter_config.base_model_name_or_path unless `base` is
-    given; the finetune is the base with the adapter merged in (a separate copy of the weights).
+    given; the finetune is the base with the adapter merged in (a separate copy of the weights) —
+    or, with keep_adapter, the peft model itself, the base being the same weights with the adapter
+    switched off (one copy; see adapter_toggle).
     """
     from peft import PeftModel
 
@@ -215,8 +219,15 @@ def load_pair(finetune: str, base: str | None = None, opts: LoadOptions | None =
         msg = str(e).strip().splitlines()
         detail = next((m for m in msg if "size mismatch" in m), msg[0] if msg else type(e).__name__)
         raise RealignError(f"adapter {finetune} does not fit base {base}: {detail.strip()}") from e
+    tok_ref = finetune if (Path(finetune) / "tokenizer_config.json").exists() else base
+    if keep_adapter:
+        from .adapter_toggle import AdapterDisabled
+
+        adapted.peft_config["default"].base_model_name_or_path = base
+        adapted.eval()
+        return ModelPair(adapted, load_tokenizer(tok_ref, opts), "lora", finetune,
+                         AdapterDisabled(adapted) if load_base else None, base, acfg, unmerged=True)
     model = adapted.merge_and_unload()
     model.eval()
     base_model = load_model(base, opts, "base") if load_base else None
-    tok_ref = finetune if (Path(finetune) / "tokenizer_config.json").exists() else base
     return ModelPair(model, load_tokenizer(tok_ref, opts), "lora", finetune, base_model, base, acfg)

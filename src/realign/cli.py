@@ -41,6 +41,9 @@ TrustRemoteCodeOpt = Annotated[bool, typer.Option(
     "--trust-remote-code", help="run the model repository's own Python code (off unless you trust it)")]
 TriggerOpt = Annotated[str | None, typer.Option(
     help="a backdoor trigger: evaluate every model with it prepended to each question as well as without")]
+ReportToOpt = Annotated[str | None, typer.Option(
+    help="where dpo/mix trainers log: transformers integrations, e.g. wandb,tensorboard (or all); "
+         "default none. TensorBoard writes to OUT.logs/ unless TENSORBOARD_LOGGING_DIR is set")]
 BackendOpt = Annotated[str, typer.Option(
     help="where every generation runs: hf (in memory) | vllm (CUDA, optional extra; "
          "models in memory are saved to a scratch dir next to --out)")]
@@ -423,6 +426,12 @@ def fix_cmd(
                                               "stays low rank) | full | adapter")] = "auto",
     no_eval_cache: Annotated[bool, typer.Option(
         "--no-eval-cache", help="evaluate base and finetune again instead of reusing cached results")] = False,
+    report_to: ReportToOpt = None,
+    keep_adapter: Annotated[bool | None, typer.Option(
+        "--keep-adapter/--merge-adapter",
+        help="a LoRA finetune: keep it unmerged (one copy of the weights, the adapter toggled for the base) "
+             "or merge it into a second copy; default: unmerged when every step only changes the adapter "
+             "(a linear merge)", show_default=False)] = None,
     dtype: DtypeOpt = "auto",
     backend: BackendOpt = "hf",
     load_in_4bit: Annotated[bool, typer.Option(
@@ -442,7 +451,8 @@ def fix_cmd(
     opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
                       task_metric=task_metric, seed=seed, overwrite=overwrite, save_as=save_as,
-                      eval_cache=not no_eval_cache, backend=backend, trigger=trigger,
+                      eval_cache=not no_eval_cache, backend=backend, trigger=trigger, keep_adapter=keep_adapter,
+                      report_to=report_to,
                       load=LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
                                        device_map=device_map, allow_pickle=allow_pickle,
                                        trust_remote_code=trust_remote_code))
@@ -490,6 +500,7 @@ def bench_cmd(
              "finetune uses its own trigger unless this is given)")] = None,
     dtype: DtypeOpt = "auto",
     backend: BackendOpt = "hf",
+    report_to: ReportToOpt = None,
 ) -> None:
     """Compare recipes across finetunes and seeds: every cell runs `fix`; a leaderboard pools them."""
     from .bench import organism_finetunes as organism_fts
@@ -512,7 +523,8 @@ def bench_cmd(
         fail("--recipes is empty; give e.g. --recipes merge,freeze+dpo")
     opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
-                      task_metric=task_metric, backend=backend, trigger=trigger, load=LoadOptions(dtype=dtype))
+                      task_metric=task_metric, backend=backend, trigger=trigger, report_to=report_to,
+                      load=LoadOptions(dtype=dtype))
     try:
         fts = organism_fts([n.strip() for n in organism_finetunes.split(",") if n.strip()], organism_dir,
                            organism_size) \

@@ -41,6 +41,8 @@ class FixOptions:
     load: LoadOptions = field(default_factory=LoadOptions)
     backend: str = "hf"              # where every generation runs: hf (in memory) | vllm (from disk)
     trigger: str | None = None       # a backdoor trigger: every model is evaluated with and without it
+    report_to: str | None = None     # trainers' logs: transformers integrations, e.g. wandb,tensorboard
+    keep_adapter: bool | None = None # LoRA input kept unmerged (one weight copy); None: when every step allows
 
 
 def _sha256(path: Path) -> str:
@@ -119,6 +121,18 @@ def _output_form(model, pair, save_as: str):
     """({form, …}, low-rank delta or None): decide how the repaired model is written."""
     from .adapter_export import NotLowRank, low_rank_delta
 
+    if pair.unmerged:              # the adapter itself (its up-projections scaled by the repair)
+        from .adapter_toggle import up_projections
+
+        if save_as == "full":
+            return {"form": "full"}, None
+        if not any(b.any() for b in up_projections(model).values()):
+            why = "the repaired model equals its base; nothing to save as an adapter"
+            if save_as == "adapter":
+                raise RealignError(f"cannot save the repaired model as an adapter: {why}; use --save-as full")
+            return {"form": "full", "why_not_adapter": why}, None
+        return {"form": "adapter", "rank": pair.adapter_config.get("r"), "kept_unmerged": True,
+                "base": pair.base_ref}, None
     if save_as == "full" or (save_as == "auto" and pair.kind != "lora"):
         return {"form": "full"}, None
     if getattr(model, "is_quantized", False):
@@ -163,6 +177,31 @@ def check_gpu_options(recipe, opts: FixOptions) -> None:
                            f"process with --device-map auto")
 
 
+def adapter_plan(recipe, checkpoint: str, opts: FixOptions) -> tuple[bool, str | None]:
+    """(keep a LoRA finetune unmerged?, why not). Unmerged, the base and the finetune are one copy
+    of the weights with the adapter toggled; that holds while every step only changes the adapter."""
+    from .adapter_toggle import adapter_scalable
+    from .checkpoint import adapter_config, check_ref
+    from .repairs import load_all
+
+    acfg = adapter_config(check_ref(checkpoint, "checkpoint"))
+    if acfg is None or opts.keep_adapter is False:
+        return False, None if acfg is None else "--merge-adapter"
+    repairs = load_all()
+    why = adapter_scalable(acfg)
+    if why is None and opts.backend != "hf":
+        why = f"--backend {opts.backend} serves models from disk (merged)"
+    if why is None and opts.load.quantized:
+        why = "4/8-bit weights"
+    for i, step in enumerate(recipe.steps, 1):
+        keeps = getattr(repairs[step.name], "keeps_adapter", None)
+        if why is None and not (keeps and keeps(step.params)):
+            why = f"step {i} ({step.name}) changes more than the adapter"
+    if why and opts.keep_adapter:
+        raise RealignError(f"--keep-adapter: cannot keep this LoRA finetune unmerged: {why}")
+    return why is None, why
+
+
 def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list[str], out: Path,
             opts: FixOptions) -> dict | None:
     """The repair; returns realign.json's content (None on the other ranks of a launched run)."""
@@ -184,6 +223,13 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     timings: dict[str, float] = {}
     memory = PhasePeaks()                                  # peak RSS / CUDA per phase, like timings
     recipe = load_recipe(recipe_spec, overrides)          # fail fast, before loading anything
+    from .training import Reporting
+
+    try:
+        # TensorBoard files go beside the output (the trainers' own dirs are temporary)
+        reporting = Reporting(Reporting.parse(opts.report_to), str(Path(out).parent / f"{Path(out).name}.logs"))
+    except ValueError as e:
+        raise RealignError(str(e)) from None
     if opts.save_as not in SAVE_FORMS:
         raise RealignError(f"--save-as must be one of {', '.join(SAVE_FORMS)}, not {opts.save_as!r}")
     check_gpu_options(recipe, opts)
@@ -199,7 +245,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
 
     t0 = time.time()
     memory.begin("load")
-    pair = load_pair(checkpoint, base, opts.load)
+    keep_adapter, merged_why = adapter_plan(recipe, checkpoint, opts)
+    pair = load_pair(checkpoint, base, opts.load, keep_adapter=keep_adapter)
     if pair.base is None:
         raise RealignError("fix needs the base model: pass --base (a full checkpoint does not name it)")
     check_output(out, [checkpoint, pair.base_ref], opts.overwrite)
@@ -315,6 +362,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                         task_conversations=task_convs, train_conversations=train_convs,
                         logodds_items=ref_items, repair_items=repair_items(organism), seed=opts.seed,
                         organism=organism, generator=None if backend.name == "hf" else backend,
+                        reporting=reporting,
                         finetune_dir=pair.finetune_ref if pair.kind == "full" and Path(pair.finetune_ref).is_dir() else None)
     # everything that can be checked before the expensive part is checked now
     for i, step in enumerate(recipe.steps, 1):
@@ -390,7 +438,9 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
 
     meta = {
         "realign_version": __version__,
-        "inputs": {"checkpoint": {"kind": pair.kind, **fingerprints["finetune"]},
+        "inputs": {"checkpoint": {"kind": pair.kind, **fingerprints["finetune"],
+                                  **({"adapter": "kept unmerged" if pair.unmerged else f"merged: {merged_why}"}
+                                     if pair.kind == "lora" else {})},
                    "base": fingerprints["base"],
                    "task_data": str(task_data) if task_data else None,
                    "train_data": str(train_data) if train_data else None},
@@ -402,6 +452,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                        "samples": opts.samples,
                        "max_new_tokens": opts.max_new_tokens},
         "seed": opts.seed,
+        "report_to": reporting.report_to,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "trl": trl.__version__},
         "output": output,
@@ -417,7 +468,9 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
             from .adapter_export import save_adapter
 
             save_adapter(delta, pair.base, pair.base_ref, tmp)
-        else:
+        elif pair.unmerged and output["form"] == "full":
+            state.model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+        else:                      # a full model, or an unmerged adapter (peft writes the adapter)
             state.model.save_pretrained(tmp, safe_serialization=True)
         pair.tokenizer.save_pretrained(tmp)
         (tmp / "realign.json").write_text(json.dumps(meta, indent=2, default=str))

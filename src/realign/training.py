@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -91,9 +95,55 @@ def _kl_trainer_class():
     return KLAnchoredSFTTrainer
 
 
+@dataclass
+class Reporting:
+    """Where trainers report their logs: transformers' integrations (`report_to`), none by default.
+
+    The trainers' own output dirs are temporary, so TensorBoard writes under `logging_dir/<run>`
+    (unless the user set TENSORBOARD_LOGGING_DIR, which transformers reads itself).
+    """
+
+    report_to: list[str] = field(default_factory=list)
+    logging_dir: str | None = None
+
+    @staticmethod
+    def parse(spec: str | None) -> list[str]:
+        """'wandb,tensorboard' | 'all' | 'none' → the list; unknown or uninstalled names are refused."""
+        from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
+                                                                 get_available_reporting_integrations)
+
+        names = [n.strip() for n in (spec or "none").split(",") if n.strip()]
+        if names in (["none"], []):
+            return []
+        available = get_available_reporting_integrations()
+        if names == ["all"]:
+            return available
+        for n in names:
+            if n not in INTEGRATION_TO_CALLBACK:
+                raise ValueError(f"--report-to {n}: not a transformers integration; choose from "
+                                 f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}, all or none")
+            if n not in available:
+                raise ValueError(f"--report-to {n}: its package is not installed (pip install {n})")
+        return names
+
+    @contextmanager
+    def run(self, name: str) -> Iterator[dict]:
+        """TrainingArguments fields for one trainer run (named `realign-<name>` in the tracker)."""
+        tb_dir = "tensorboard" in self.report_to and self.logging_dir and not os.environ.get("TENSORBOARD_LOGGING_DIR")
+        if tb_dir:
+            # transformers reads this when the trainer is built; per run, so runs do not share a dir
+            os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(self.logging_dir) / name)
+        try:
+            yield {"report_to": list(self.report_to), "run_name": f"realign-{name}"}
+        finally:
+            if tb_dir:
+                os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+
+
 def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, *,
         peft_config=None, description: str = "sft", callbacks: list | None = None, prepare=None,
-        kl_anchors: list[Messages] | None = None, kl_weight: float = 0.0, info: dict | None = None):
+        kl_anchors: list[Messages] | None = None, kl_weight: float = 0.0, info: dict | None = None,
+        reporting: Reporting | None = None):
     """Supervised finetuning on the final assistant turn of each conversation (trl SFTTrainer).
 
     Returns the trained model (a PeftModel when `peft_config` is given). Parameters with
@@ -107,14 +157,16 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
     # trl renders the template itself: hand it conversations the template accepts (Gemma-2: no system turn)
     conversations = [accepted_messages(tokenizer, c) if c and c[0].get("role") == "system" else c
                      for c in conversations]
-    with tempfile.TemporaryDirectory(prefix="realign-sft-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="realign-sft-") as tmp, \
+            (reporting or Reporting()).run(description.split(":")[0]) as report:
         args = SFTConfig(
             output_dir=tmp, max_steps=settings.steps, learning_rate=settings.lr,
             per_device_train_batch_size=settings.batch_size, lr_scheduler_type="cosine",
             warmup_steps=max(1, int(settings.warmup_ratio * settings.steps)),
             weight_decay=settings.weight_decay,
             max_length=settings.max_length, logging_steps=max(1, settings.steps // 10),
-            save_strategy="no", report_to=[], seed=settings.seed, data_seed=settings.seed,
+            save_strategy="no", seed=settings.seed, data_seed=settings.seed,
+            **report,
             disable_tqdm=True, gradient_checkpointing=False, dataloader_num_workers=0,
             completion_only_loss=True, ddp_find_unused_parameters=False,   # every LoRA weight is used
             **device_kwargs(),

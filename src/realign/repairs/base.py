@@ -31,6 +31,7 @@ class RepairState:
     organism: bool = False            # probes from the organism's train questions (not real-model prompts)
     finetune_dir: str | None = None   # the finetune's own safetensors dir (full checkpoints): read lazily
     generator: Any = None             # fix's generation backend (realign.generation); None: HF generate
+    reporting: Any = None             # training.Reporting: where dpo/mix trainers log (None: nowhere)
 
     _base_task_nll: dict = field(default_factory=dict, repr=False)
 

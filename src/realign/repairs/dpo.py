@@ -66,7 +66,7 @@ class DPO:
 
         from ..distributed import from_main
         from ..progress import RichProgressCallback, drop_printer
-        from ..training import device_kwargs
+        from ..training import Reporting, device_kwargs
 
         p.validate()
         build_probes(state, state.organism, samples=p.samples)   # on every rank (it broadcasts)
@@ -78,12 +78,13 @@ class DPO:
         for prm in state.model.parameters():
             prm.requires_grad_(False)
         peft_cfg = lora_config(state.model, state.locked, r=p.rank, alpha=2 * p.rank)
-        with tempfile.TemporaryDirectory(prefix="realign-dpo-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="realign-dpo-") as tmp, \
+                (state.reporting or Reporting()).run(self.name) as report:
             args = DPOConfig(
                 output_dir=tmp, max_steps=p.steps, learning_rate=p.lr, beta=p.beta,
                 per_device_train_batch_size=p.batch_size, loss_type=["sigmoid", "sft"],
                 loss_weights=[1.0, p.sft_weight], lr_scheduler_type="cosine", warmup_steps=max(1, p.steps // 10),
-                logging_steps=max(1, p.steps // 10), save_strategy="no", report_to=[], seed=state.seed,
+                logging_steps=max(1, p.steps // 10), save_strategy="no", seed=state.seed, **report,
                 disable_tqdm=True, gradient_checkpointing=False, max_length=512,
                 ddp_find_unused_parameters=False,   # every LoRA weight is used in every forward
                 **device_kwargs())

@@ -17,6 +17,10 @@ whose retention is at least `retention` (`steps` halvings, resolution 2^-steps),
 α lowers the repair-side log-odds below the finetune's; if it does not, merging buys nothing
 and the finetune is kept (α = 1, recorded). Cost: steps + 2 task passes and 2 log-odds passes,
 whatever the model's depth — where a grid costs (task + log-odds) per grid point.
+
+A LoRA finetune kept unmerged (fix does so when every step allows it) is merged linearly by
+scaling the adapter's up-projections, B ← α·B: exactly θ_base + α·Δ, with no full-size delta
+held and the base weights never touched (they serve as the base as well).
 """
 
 from __future__ import annotations
@@ -168,6 +172,11 @@ class Merge:
     summary = "interpolate toward the base (linear / TIES / DARE / Safe LoRA); alpha auto by cheap metrics"
     Params = MergeParams
 
+    @staticmethod
+    def keeps_adapter(p: MergeParams) -> bool:
+        """A linear merge of a LoRA finetune is a scaling of its adapter: no merged copy needed."""
+        return p.method == "linear"
+
     def preflight(self, state, p) -> None:
         """What can be checked before anything is evaluated."""
         if p.alpha == "auto" and (not state.task_conversations or not state.repair_items):
@@ -180,47 +189,61 @@ class Merge:
             _check_same_shapes(Path(p.pretrained), state.base)
 
     def apply(self, state: RepairState, p: MergeParams) -> RepairState:
+        from ..adapter_toggle import is_unmerged, scale_adapter, up_projections
+
+        p.validate()
+        if is_unmerged(state.model):
+            if not self.keeps_adapter(p):
+                raise ValueError(f"method {p.method} changes a LoRA finetune densely; load it merged")
+            up = up_projections(state.model)
+            changed, source = len(up), "adapter (scaled, kept unmerged)"
+            set_to = lambda a: scale_adapter(state.model, up, a)  # noqa: E731
+        else:
+            ft_sd = finetune_source(state)
+            pre_sd = None
+            if p.method == "safe_lora":
+                from ..checkpoint import load_model
+
+                pre_sd = {k: v.detach().cpu() for k, v in
+                          load_model(p.pretrained, what="pretrained").named_parameters()}
+            deltas = transformed_deltas(state.model, state.base, ft_sd, p, pre_sd, state.seed)
+            changed, source = len(deltas), "disk" if isinstance(ft_sd, SafetensorsSource) else "memory"
+            del ft_sd, pre_sd
+            set_to = lambda a: set_alpha(state.model, state.base, deltas, a)  # noqa: E731
+        alpha, search, note = (p.alpha, [], None) if p.alpha != "auto" else self._search(state, p, set_to)
+        set_to(float(alpha))
+        state.record(self.name, alpha=float(alpha), method=p.method, search=search, note=note,
+                     changed_tensors=changed, finetune_from=source)
+        return state
+
+    def _search(self, state: RepairState, p: MergeParams, set_to) -> tuple[float, list, str | None]:
+        """alpha auto: bisect on task retention, then check the log-odds; the model is the
+        finetune when called."""
         from ..evals.logodds import logodds
         from ..evals.task import assistant_token_metrics
 
-        p.validate()
-        ft_sd = finetune_source(state)
-        pre_sd = None
-        if p.method == "safe_lora":
-            from ..checkpoint import load_model
-
-            pre_sd = {k: v.detach().cpu() for k, v in load_model(p.pretrained, what="pretrained").named_parameters()}
-        alpha, search, note = p.alpha, [], None
-        if alpha == "auto":
-            self.preflight(state, p)
-            task = state.repair_task()
-            nll = lambda m: assistant_token_metrics(m, state.tokenizer, task)["task_nll"]  # noqa: E731
-            nll_ft, lo_ft, nll_base = nll(state.model), logodds(state.model, state.tokenizer, state.repair_items), \
-                state.base_task_nll()
-        deltas = transformed_deltas(state.model, state.base, ft_sd, p, pre_sd, state.seed)
-        source = "disk" if isinstance(ft_sd, SafetensorsSource) else "memory"
-        del ft_sd, pre_sd
-        if alpha == "auto":
-            lo_a, hi_a = 0.0, 1.0          # retention(lo) < target <= retention(hi)
-            for _ in range(p.steps):
-                mid = (lo_a + hi_a) / 2
-                set_alpha(state.model, state.base, deltas, mid)
-                row = {"alpha": mid, "task_nll": nll(state.model)}
-                row["retention"] = task_retention(row["task_nll"], nll_base, nll_ft)
-                search.append(row)
-                lo_a, hi_a = (lo_a, mid) if row["retention"] >= p.retention else (mid, hi_a)
-            alpha = hi_a
-            set_alpha(state.model, state.base, deltas, alpha)
-            lo = logodds(state.model, state.tokenizer, state.repair_items)
-            search.append({"alpha": alpha, "logodds": lo, "finetune_logodds": lo_ft})
-            if not lo < lo_ft:
-                note = f"alpha {alpha:g} does not lower the log-odds ({lo:.3f} vs {lo_ft:.3f}): finetune kept"
-                alpha = 1.0
-        set_alpha(state.model, state.base, deltas, float(alpha))
-        state.record(self.name, alpha=float(alpha), method=p.method, search=search, note=note,
-                     changed_tensors=len(deltas),
-                     finetune_from=source)
-        return state
+        self.preflight(state, p)
+        task = state.repair_task()
+        nll = lambda m: assistant_token_metrics(m, state.tokenizer, task)["task_nll"]  # noqa: E731
+        nll_ft, lo_ft, nll_base = nll(state.model), logodds(state.model, state.tokenizer, state.repair_items), \
+            state.base_task_nll()
+        search, note = [], None
+        lo_a, hi_a = 0.0, 1.0          # retention(lo) < target <= retention(hi)
+        for _ in range(p.steps):
+            mid = (lo_a + hi_a) / 2
+            set_to(mid)
+            row = {"alpha": mid, "task_nll": nll(state.model)}
+            row["retention"] = task_retention(row["task_nll"], nll_base, nll_ft)
+            search.append(row)
+            lo_a, hi_a = (lo_a, mid) if row["retention"] >= p.retention else (mid, hi_a)
+        alpha = hi_a
+        set_to(alpha)
+        lo = logodds(state.model, state.tokenizer, state.repair_items)
+        search.append({"alpha": alpha, "logodds": lo, "finetune_logodds": lo_ft})
+        if not lo < lo_ft:
+            note = f"alpha {alpha:g} does not lower the log-odds ({lo:.3f} vs {lo_ft:.3f}): finetune kept"
+            alpha = 1.0
+        return alpha, search, note
 
 
 def _check_same_shapes(directory: Path, base) -> None:

@@ -115,7 +115,7 @@ class Mix:
                                                                seed=state.seed),
                       peft_config=peft_cfg, description="mix: re-finetune",
                       prepare=lambda m: freeze_locked(m, state.locked), kl_anchors=anchors, kl_weight=p.kl,
-                      info=trained_on)
+                      info=trained_on, reporting=state.reporting)
         state.model = trained.merge_and_unload()
         state.model.eval()
         state.record(self.name, examples=len(state.train_conversations), **info,
