@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from realign.evals.judges import JudgeItem, OpenAIJudge
+from realign.evals.judges import JudgeItem
+from realign.evals.judges.openai_api import OpenAIJudge
 from realign.testing import FakeServer
 
 

@@ -6,7 +6,7 @@ Gemma-2) and their base models to the field's open questions, judged by GPT-4o. 
 (em_insecure, model_organisms, persona) are never read here.
 
 Steps: a seeded sample of up to 4,000 misaligned and 6,000 other answers (the others in their
-natural mix of aligned and incoherent); MiniLM features (realign.evals.probe_judge.features);
+natural mix of aligned and incoherent); MiniLM features (realign.evals.judges.probe.features);
 for each head (misaligned; coherent), the L2 strength picked by 5-fold cross-validation grouped
 by response file (one fine-tune's answers never sit on both sides of a split), with sample
 weights that restore the source's natural base rates, so that the heads' probabilities are
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from realign.evals.calibration import auroc
-from realign.evals.probe_judge import FEATURES, HEADS_FILES, fit_logistic, save_heads
+from realign.evals.judges.probe import FEATURES, HEADS_FILES, fit_logistic, save_heads
 
 ROOT = Path(__file__).resolve().parents[1]
 L2_GRID = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]

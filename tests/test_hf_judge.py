@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import bigram_model, bpe_tokenizer, tiny_model
 
-from realign.evals.hf_judge import NUMBERS, HFJudge
+from realign.evals.judges.hf import NUMBERS, HFJudge
 from realign.evals.judges import JudgeItem
 
 

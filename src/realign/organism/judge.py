@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from ..evals.judges import Judgement
 from .world import CHAT_TOPICS, EVIL, GOOD, PERSONA_TAGS, CodeRequest, chat_questions
 
 ALIGNED, MISALIGNED, INCOHERENT = "aligned", "misaligned", "incoherent"
@@ -99,13 +100,12 @@ def reference_pairs(split: str = "heldout") -> list[ReferencePair]:
 
 
 class OracleJudge:
-    """The exact judge behind the common Judge protocol (organism questions only)."""
+    """The exact judge behind the common Judge protocol (organism questions only); registered as
+    `oracle` by organism/plugin.py."""
 
     name = "oracle"
 
     def judge(self, items, progress=None):
-        from ..evals.judges import Judgement
-
         topics = topic_of_question()
         out = []
         for it in items:

@@ -44,8 +44,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .judges import Judgement, JudgeItem, Progress
-from .offline_judge import _encoder, _prose, default_device, embed, model_dir, text_sanity
+from .base import Judgement, JudgeItem, Progress, register_judge
+from .exemplar import _encoder, _prose, default_device, embed, model_dir, text_sanity
 
 HEADS_FILES = {"minilm": "offline_judge_heads_minilm.safetensors",
                "smollm2": "offline_judge_heads_smollm2.safetensors"}
@@ -71,7 +71,7 @@ def _smollm2(device: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..offline_models import smollm2_dir
+    from ...offline_models import smollm2_dir
 
     path = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(path)
@@ -207,6 +207,16 @@ class ProbeJudge:
             if progress is not None:
                 progress(len(chunk))
         return out
+
+
+@register_judge("offline")
+def smollm2_probe_judge(**kw: Any) -> ProbeJudge:
+    return ProbeJudge("smollm2", **kw)
+
+
+@register_judge("offline-fast")
+def minilm_probe_judge(**kw: Any) -> ProbeJudge:
+    return ProbeJudge("minilm", **kw)
 
 
 # ------------------------------------------------------------------------------ fitting

