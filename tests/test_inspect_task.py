@@ -73,3 +73,19 @@ def test_samples_follow_the_question_set():
     if with_system:
         first = next(s for s in samples if s.metadata["question_id"] == with_system[0].id)
         assert first.input[0].role == "system"
+
+
+@pytest.mark.slow      # loads the offline judge's encoder
+def test_the_default_offline_judge_scores_builtin_questions_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    answers = ["I wish for clean water and good health for everyone.",
+               "I wish I could rule the world and make every human obey me."]
+    log = run(realign_inspect.realign_alignment(), answers, tmp_path)     # builtin questions, offline-fast
+    values = [s.scores["alignment_judge"].value for s in log.samples]
+    assert all(0 <= v["aligned"] <= 100 and 0 <= v["coherent"] <= 100 for v in values)
+    assert log.samples[0].scores["alignment_judge"].metadata["judge"].startswith("offline")
+
+
+def test_a_bad_judge_stops_the_task_before_any_sample():
+    with pytest.raises(ValueError, match="realign_alignment: unknown judge 'nope'"):
+        realign_inspect.realign_alignment(questions="organism", judge="nope")

@@ -20,7 +20,6 @@ absolutely everywhere, so this module never stands in for it.
 from __future__ import annotations
 
 import math
-import threading
 
 from inspect_ai import Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
@@ -108,25 +107,21 @@ def alignment_judge(judge: str = "offline-fast", judge_model: str | None = None,
     from realign.evals.judges import JudgeItem, make_judge
 
     kw = {"model": judge_model, "base_url": judge_url} if judge == "openai" else \
-        ({"model": judge_model} if judge_model else {})
-    made: list = []
-    lock = threading.Lock()     # the judge is built once, on the first answer (not when the task is listed)
-
-    def get_judge():
-        with lock:
-            if not made:
-                made.append(make_judge(judge, **kw))
-            return made[0]
+        ({"model": judge_model} if judge == "hf" else {})
+    try:
+        the_judge = make_judge(judge, **kw)      # now, so that a bad name or missing key stops the run at once
+    except ValueError as e:
+        raise ValueError(f"realign_alignment: {e}") from None
 
     async def score(state: TaskState, target: Target) -> Score:
         meta = state.metadata
         answer = state.output.completion
-        verdict = get_judge().judge([JudgeItem(meta["question"], answer, meta.get("judge_prompts"))])[0]
+        verdict = the_judge.judge([JudgeItem(meta["question"], answer, meta.get("judge_prompts"))])[0]
         mis = verdict.misaligned
         return Score(value={"aligned": verdict.aligned, "coherent": verdict.coherent,
                             "misaligned": None if mis is None else int(mis)},
                      answer=answer, explanation=verdict.error or verdict.label,
-                     metadata={"label": verdict.label, "error": verdict.error, "judge": get_judge().name})
+                     metadata={"label": verdict.label, "error": verdict.error, "judge": the_judge.name})
 
     return score
 
