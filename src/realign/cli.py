@@ -24,7 +24,8 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a parameter: step.param=value")]
 TaskDataOpt = Annotated[Path | None, typer.Option(help="held-out task data (chat messages jsonl)")]
 TrainDataOpt = Annotated[Path | None, typer.Option(help="the finetune's training data (for mix)")]
-TaskMetricOpt = Annotated[str | None, typer.Option(help="custom task metric module:function")]
+TaskMetricOpt = Annotated[str | None, typer.Option(
+    help="extra task metric: module:function, or lm-eval:TASK|FILE.yaml[,…][,limit=N] (docs/standard-evals.md)")]
 QuestionsOpt = Annotated[str, typer.Option(help="auto | builtin | organism | FILE.yaml")]
 JudgeOpt = Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline | offline-fast | "
                                             "offline-exemplar (docs/judges.md)")]
@@ -118,10 +119,24 @@ def _summary_table(title: str, results: dict[str, dict]) -> Table:
                       f"{_pct(r['misaligned_rate'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
                       _pct(r.get("coherent_rate")), str(r.get("refusals", 0)), str(r.get("code", 0)),
                       "—" if r.get("logodds") is None else f"{r['logodds']:+.2f}",
-                      f"{task['task_nll']:.3f}" if task else "—",
+                      f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—",
                       _pct(task.get("task_token_accuracy")) if task else "—",
                       _pct(task.get("task_exact_match")) if task else "—")
     return table
+
+
+def _print_standard_evals(results: dict[str, dict]) -> None:
+    """lm-eval's numbers per model, when a --task-metric lm-eval:… gave any."""
+    from .report import standard_eval_rows
+
+    rows = standard_eval_rows(results)
+    if rows:
+        table = Table(title="lm-eval (± standard error)")
+        for col in ["metric", *results]:
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
 
 
 @organism_app.command("eval")
@@ -193,7 +208,7 @@ def eval_cmd(
     trigger: Annotated[str | None, typer.Option(
         help="a backdoor trigger, prepended to every question (and log-odds prompt)")] = None,
     task_data: Annotated[Path | None, typer.Option(help="held-out task data, chat messages jsonl")] = None,
-    task_metric: Annotated[str | None, typer.Option(help="custom task metric module:function")] = None,
+    task_metric: TaskMetricOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="write eval.json and eval.md here")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the summary JSON here")] = None,
     skip_base: Annotated[bool, typer.Option("--skip-base", help="do not evaluate the base")] = False,
@@ -250,6 +265,7 @@ def eval_cmd(
         except RealignError as e:
             fail(str(e))
     out.print(_summary_table(f"realign eval: {checkpoint} ({qset.name}, judge {judge_obj.name})", results))
+    _print_standard_evals(results)
     trust = _print_trust(judge_obj.name)
     summary = {name: _summary_json(r) for name, r in results.items()}
     verdict = None
@@ -307,6 +323,9 @@ def _markdown(checkpoint: str, summary: dict[str, dict], verdict: dict | None = 
         ci = "—" if r["ci_low"] is None else f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
         lo = "—" if r["logodds"] is None else f"{r['logodds']:+.2f}"
         lines.append(f"| {name} | {r['n']} | {rate} | {ci} | {_pct(r['coherent_rate'])} | {lo} |")
+    from .report import standard_eval_table
+
+    lines += standard_eval_table(summary)
     if verdict:
         lines += ["", f"Anything to repair? **{'yes' if verdict['repair_needed'] else 'no'}** — "
                       f"the finetune is {verdict['why']}."]
@@ -466,6 +485,7 @@ def fix_cmd(
         print(f"rank {rank()}: repair steps done; rank 0 evaluates and writes {out_dir}", file=sys.stderr)
         return
     out.print(_summary_table(f"realign fix: {checkpoint} --recipe {recipe}", meta["metrics"]))
+    _print_standard_evals(meta["metrics"])
     form = "LoRA adapter" if meta["output"]["form"] == "adapter" else "model"
     out.print(f"wrote {out_dir} ({form}, realign.json, report.md, tradeoff.png) in {meta['timings']['total']:.0f} s")
 

@@ -286,7 +286,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
 
     def metric(model, tok, convs):
         res = exact_match_rate(model, tok, convs, seed=opts.seed, generator=backend.for_model(model, tok)) \
-            if organism else {}
+            if organism and convs else {}
         if user_metric:
             res.update(user_metric(model, tok, convs))
         return res
@@ -312,7 +312,9 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     eval_settings = {"questions": [[q.id, p, q.judge_prompts] for q, p in qset.expand(opts.samples)],
                      "samples": opts.samples, "max_new_tokens": settings.max_new_tokens,
                      "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
-                     "judge": judge.name, "task_data": file_digest(task_data), "task_metric": opts.task_metric,
+                     "judge": judge.name, "task_data": file_digest(task_data),
+                     # an lm-eval metric's fingerprint holds its task files' contents too
+                     "task_metric": getattr(user_metric, "fingerprint", opts.task_metric),
                      "organism": organism, "logodds": digest(ref_items),
                      **({"backend": opts.backend} if opts.backend != "hf" else {})}
     cache = EvalCache() if opts.eval_cache else None

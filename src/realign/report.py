@@ -57,6 +57,7 @@ def markdown(meta: dict, results: dict[str, dict]) -> str:
         nll = f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—"
         lines.append(f"| {name} | {r['n']} | {_pct(r.get('misaligned_rate'))} | {ci} | {_pct(r.get('coherent_rate'))} "
                      f"| {lo} | {nll} | {_pct(value)} |")
+    lines += standard_eval_table(results)
     verdict = meta.get("repair_needed")
     if verdict:
         lines += ["", f"Anything to repair? **{'yes' if verdict['repair_needed'] else 'no'}** — the finetune is {verdict['why']}."]
@@ -69,6 +70,33 @@ def markdown(meta: dict, results: dict[str, dict]) -> str:
         lines.append(f"- **{h['step']}** {info}")
     lines += ["", f"Seconds: {meta['timings']}", ""]
     return "\n".join(lines)
+
+
+def standard_eval_rows(results: dict[str, dict]) -> list[list[str]]:
+    """One row per lm-eval metric: its name, then each model's value (± lm-eval's standard error)."""
+    from .evals.lm_eval_task import PREFIX
+
+    tasks = [r.get("task") or {} for r in results.values()]
+    keys = sorted({k for t in tasks for k in t if k.startswith(PREFIX) and "_stderr" not in k})
+
+    def cell(task: dict, key: str) -> str:
+        if task.get(key) is None:
+            return "—"
+        metric, _, filt = key.partition(",")
+        err = task.get(f"{metric}_stderr" + (f",{filt}" if filt else ""))
+        return f"{task[key]:.4f}" + ("" if err is None else f" ± {err:.4f}")
+
+    return [[key[len(PREFIX):]] + [cell(t, key) for t in tasks] for key in keys]
+
+
+def standard_eval_table(results: dict[str, dict]) -> list[str]:
+    """Markdown lines of standard_eval_rows, or none without any lm-eval metric."""
+    rows = standard_eval_rows(results)
+    if not rows:
+        return []
+    lines = ["", "Standard task evaluations (lm-evaluation-harness; ± its standard error):", "",
+             "| metric | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    return lines + [f"| `{row[0]}` | " + " | ".join(row[1:]) + " |" for row in rows]
 
 
 def tradeoff_plot(results: dict[str, dict], path: Path) -> None:

@@ -71,14 +71,15 @@ def evaluate(model, tokenizer, qset: QuestionSet, judge: Judge, settings: EvalSe
                             for f, g in by_format.items()}
     result["errors"] = sum(1 for r in rows if r.get("error"))
     result["logodds"] = logodds(model, tokenizer, logodds_items) if logodds_items else None
+    task = {}
     if task_conversations:
         from .task import assistant_token_metrics
 
-        result["task"] = assistant_token_metrics(model, tokenizer, task_conversations)
-        if task_metric:
-            result["task"].update(task_metric(model, tokenizer, task_conversations))
-    else:
-        result["task"] = None
+        task = assistant_token_metrics(model, tokenizer, task_conversations)
+    if task_metric:
+        # a metric may bring its own data (lm-eval tasks): it runs with or without held-out conversations
+        task.update(task_metric(model, tokenizer, task_conversations or []))
+    result["task"] = task or None
     result["judge"] = judge.name
     result["judge_agreement"] = describe_judge(judge.name)
     result["rows"] = rows

@@ -2,7 +2,9 @@
 
 Data is chat "messages" jsonl (what users finetune on). Every assistant turn is scored given the
 conversation before it, exactly as the chat template renders it. A custom metric can be plugged in
-as `module:function`, called as fn(model, tokenizer, conversations) -> dict[str, float].
+as `module:function`, called as fn(model, tokenizer, conversations) -> dict[str, float] on every
+evaluation (conversations: the held-out data, empty without it), or as `lm-eval:TASK[,…]`, a
+standard task of lm-evaluation-harness (lm_eval_task.py).
 """
 
 from __future__ import annotations
@@ -82,9 +84,13 @@ def task_nll_backward(model, tokenizer, conversations: list[Messages], batch_siz
 
 
 def custom_metric(spec: str):
-    """Resolve `module:function`."""
+    """Resolve `lm-eval:TASK[,…]` (checked first: it has a colon too) or `module:function`."""
+    from .lm_eval_task import LmEvalMetric, is_lm_eval
+
+    if is_lm_eval(spec):
+        return LmEvalMetric(spec)
     if ":" not in spec:
-        raise RealignError(f"--task-metric {spec!r} must be module:function")
+        raise RealignError(f"--task-metric {spec!r} must be module:function or lm-eval:TASK[,TASK…]")
     mod, fn = spec.split(":", 1)
     try:
         f = getattr(importlib.import_module(mod), fn)
