@@ -48,7 +48,7 @@ def push_output(out: Path, repo_id: str, private: bool | None = None, token: str
     from huggingface_hub import HfApi
     # HTTPError: the base of the HTTP client's errors (connection refused, DNS, TLS, timeouts) that
     # huggingface_hub's own errors build on; it re-exports it whichever client it uses
-    from huggingface_hub.errors import HfHubHTTPError, HTTPError, XetError
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError
 
     check_repo_id(repo_id)
     out = Path(out)
@@ -71,8 +71,6 @@ def push_output(out: Path, repo_id: str, private: bool | None = None, token: str
         raise RealignError(f"push to {repo_id} refused: {_first_line(e)}") from None
     except (HTTPError, OSError) as e:
         raise RealignError(f"push to {repo_id} failed: could not reach {api.endpoint} ({e})") from None
-    except XetError as e:       # large files go to the Hub's storage service, not to the endpoint itself
-        raise RealignError(f"push to {repo_id} failed while uploading large files: {_first_line(e)}") from None
     return commit.commit_url
 
 
