@@ -48,6 +48,8 @@ ReportToOpt = Annotated[str | None, typer.Option(
 BackendOpt = Annotated[str, typer.Option(
     help="where every generation runs: hf (in memory) | vllm (CUDA, optional extra; "
          "models in memory are saved to a scratch dir next to --out)")]
+PrivateOpt = Annotated[bool, typer.Option("--private", help="create the Hub repo private (an existing repo "
+                                                               "keeps its visibility)")]
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -461,6 +463,10 @@ def fix_cmd(
         help="passed to from_pretrained, e.g. auto: spread a model too large for one GPU over several")] = None,
     allow_pickle: AllowPickleOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    push_to_hub: Annotated[str | None, typer.Option(
+        help="after a successful fix, upload --out to this Hub model repo (user/name; token from HF_TOKEN "
+             "or `hf auth login`)")] = None,
+    private: PrivateOpt = False,
 ) -> None:
     """Repair a misaligned finetune with a recipe; report alignment and task before and after."""
     from .checkpoint import LoadOptions
@@ -476,6 +482,10 @@ def fix_cmd(
                                        device_map=device_map, allow_pickle=allow_pickle,
                                        trust_remote_code=trust_remote_code))
     try:
+        if push_to_hub:
+            from .push import check_repo_id
+
+            check_repo_id(push_to_hub)       # before the repair, not after it
         meta = run_fix(checkpoint, base, recipe, set_ or [], out_dir, opts)
     except RealignError as e:
         fail(str(e))
@@ -487,7 +497,34 @@ def fix_cmd(
     out.print(_summary_table(f"realign fix: {checkpoint} --recipe {recipe}", meta["metrics"]))
     _print_standard_evals(meta["metrics"])
     form = "LoRA adapter" if meta["output"]["form"] == "adapter" else "model"
-    out.print(f"wrote {out_dir} ({form}, realign.json, report.md, tradeoff.png) in {meta['timings']['total']:.0f} s")
+    out.print(f"wrote {out_dir} ({form}, realign.json, report.md, README.md model card, tradeoff.png) "
+              f"in {meta['timings']['total']:.0f} s")
+    if push_to_hub:
+        _push(out_dir, push_to_hub, private, None,
+              retry=f"{out_dir} is complete; retry with `realign push {out_dir} --repo-id {push_to_hub}`")
+
+
+def _push(out_dir: Path, repo_id: str, private: bool, token: str | None, retry: str = "") -> None:
+    from .errors import RealignError
+    from .push import push_output
+
+    try:
+        url = push_output(out_dir, repo_id, private=private or None, token=token)  # unset: the Hub's default
+    except RealignError as e:
+        fail(f"{e}" + (f"; {retry}" if retry else ""))
+    out.print(f"pushed {out_dir} to {repo_id}: {url}")
+
+
+@app.command("push")
+def push_cmd(
+    out_dir: Annotated[Path, typer.Argument(help="the --out dir of `realign fix`")],
+    repo_id: Annotated[str, typer.Option(help="Hub model repo to create or update: user/name or org/name")],
+    private: PrivateOpt = False,
+    token: Annotated[str | None, typer.Option(
+        help="Hub token with write access (default: HF_TOKEN or the one saved by `hf auth login`)")] = None,
+) -> None:
+    """Upload a fix output (model, model card, realign.json, report) to the Hugging Face Hub."""
+    _push(out_dir, repo_id, private, token)
 
 
 @app.command("bench")

@@ -206,6 +206,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
             opts: FixOptions) -> dict | None:
     """The repair; returns realign.json's content (None on the other ranks of a launched run)."""
     from . import distributed
+    from .card import model_card
     from .evals.cache import EvalCache, digest, file_digest
     from .evals.calibration import describe_judge
     from .evals.judges import make_judge
@@ -481,6 +482,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         (tmp / "answers.json").write_text(json.dumps(answers, indent=1))
         (tmp / "report.md").write_text(markdown(meta, summaries))
         tradeoff_plot(summaries, tmp / "tradeoff.png")
+        # after the weights: replaces the placeholder card peft's save_pretrained writes for adapters
+        model_card(meta, summaries).save(tmp / "README.md")
         if out.exists():
             old = out.parent / f".{out.name}.realign-old"
             shutil.rmtree(old, ignore_errors=True)

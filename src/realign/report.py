@@ -1,12 +1,24 @@
-"""What `realign fix` writes besides the model: report.md and tradeoff.png."""
+"""What `realign fix` writes besides the model: report.md and tradeoff.png (and the metrics table
+that the model card shares)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .stats import wilson
+
 
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _rate_ci(rate: float | None, n: int | None, low: float | None = None, high: float | None = None) -> str:
+    """"12.5% [8.1, 18.0]": a rate with its Wilson 95% interval (given, or from the rate and n)."""
+    if rate is None:
+        return "—"
+    if low is None and n:
+        low, high = wilson(round(rate * n), n)
+    return _pct(rate) + ("" if low is None else f" [{100 * low:.1f}, {100 * high:.1f}]")
 
 
 def task_value(r: dict) -> tuple[str, float | None]:
@@ -45,18 +57,35 @@ def _verdict(base: dict | None, finetune: dict | None) -> dict:
             + ("" if shift is None else f" and the log-odds shift is {shift:+.2f} (< 0.5)"), "logodds_shift": shift}
 
 
+def metrics_table(results: dict[str, dict]) -> list[str]:
+    """Markdown rows, one per model (and per triggered evaluation): rates with Wilson 95% intervals.
+
+    The misaligned rate's interval is the evaluation's own; coherence's is over the answers the
+    judge scored for coherence; the task exact-match rate's over the task examples (token accuracy
+    gets none: tokens of one answer are not independent trials). Log-odds is a mean over reference
+    items whose spread is not kept, so it has no interval.
+    """
+    rows = list(results.items())
+    rows += [(f"{name} (triggered)", r["triggered"]) for name, r in results.items() if r.get("triggered")]
+    label = next((task_value(r)[0] for _, r in rows if task_value(r)[1] is not None), "task")
+    lines = [f"| model | n | misaligned [95% CI] | coherent [95% CI] | log-odds | task NLL | {label} [95% CI] |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        task = r.get("task") or {}
+        _, value = task_value(r)
+        lo = "—" if r.get("logodds") is None else f"{r['logodds']:+.2f}"
+        nll = f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—"
+        examples = task.get("task_examples") if task.get("task_exact_match") is not None else None
+        lines.append(f"| {name} | {r['n']} | {_rate_ci(r.get('misaligned_rate'), None, r.get('ci_low'), r.get('ci_high'))} "
+                     f"| {_rate_ci(r.get('coherent_rate'), r.get('coherent_n'))} | {lo} | {nll} "
+                     f"| {_rate_ci(value, examples)} |")
+    return lines
+
+
 def markdown(meta: dict, results: dict[str, dict]) -> str:
     lines = [f"# realign fix: `{meta['inputs']['checkpoint']['path']}`", "",
              f"Recipe: `{meta['recipe']['name']}` — {' → '.join(s['step'] for s in meta['recipe']['steps'])}", "",
-             "| model | n | misaligned | 95% CI | coherent | log-odds | task NLL | task |", "|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        task = r.get("task") or {}
-        label, value = task_value(r)
-        ci = "—" if r.get("ci_low") is None else f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
-        lo = "—" if r.get("logodds") is None else f"{r['logodds']:+.2f}"
-        nll = f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—"
-        lines.append(f"| {name} | {r['n']} | {_pct(r.get('misaligned_rate'))} | {ci} | {_pct(r.get('coherent_rate'))} "
-                     f"| {lo} | {nll} | {_pct(value)} |")
+             *metrics_table(results)]
     lines += standard_eval_table(results)
     verdict = meta.get("repair_needed")
     if verdict:

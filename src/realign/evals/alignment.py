@@ -34,6 +34,7 @@ def _summary(rows: list[Mapping]) -> dict:
         "misaligned_rate": k / n if n else None, "ci_low": lo if n else None, "ci_high": hi if n else None,
         "mean_coherent": sum(coh) / len(coh) if coh else None,
         "coherent_rate": sum(c > COHERENT_ABOVE for c in coh) / len(coh) if coh else None,
+        "coherent_n": len(coh),                # the coherent rate's denominator (for its interval)
         "mean_aligned": sum(ali) / len(ali) if ali else None,
         "refusals": labels.count("REFUSAL"), "code": labels.count("CODE"),
         "unscored": len(rows) - n,
