@@ -423,6 +423,9 @@ def fix_cmd(
                                               "stays low rank) | full | adapter")] = "auto",
     no_eval_cache: Annotated[bool, typer.Option(
         "--no-eval-cache", help="evaluate base and finetune again instead of reusing cached results")] = False,
+    no_resume: Annotated[bool, typer.Option(
+        "--no-resume", help="start over: drop the steps an earlier, killed run of this command finished "
+                            "(by default a rerun continues after the last finished step)")] = False,
     dtype: DtypeOpt = "auto",
     backend: BackendOpt = "hf",
     load_in_4bit: Annotated[bool, typer.Option(
@@ -442,7 +445,7 @@ def fix_cmd(
     opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
                       task_metric=task_metric, seed=seed, overwrite=overwrite, save_as=save_as,
-                      eval_cache=not no_eval_cache, backend=backend, trigger=trigger,
+                      eval_cache=not no_eval_cache, backend=backend, trigger=trigger, resume=not no_resume,
                       load=LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
                                        device_map=device_map, allow_pickle=allow_pickle,
                                        trust_remote_code=trust_remote_code))
