@@ -453,6 +453,9 @@ def fix_cmd(
         help="a LoRA finetune: keep it unmerged (one copy of the weights, the adapter toggled for the base) "
              "or merge it into a second copy; default: unmerged when every step only changes the adapter "
              "(a linear merge)", show_default=False)] = None,
+    no_resume: Annotated[bool, typer.Option(
+        "--no-resume", help="start over: drop the steps an earlier, killed run of this command finished "
+                            "(by default a rerun continues after the last finished step)")] = False,
     dtype: DtypeOpt = "auto",
     backend: BackendOpt = "hf",
     load_in_4bit: Annotated[bool, typer.Option(
@@ -477,7 +480,7 @@ def fix_cmd(
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
                       task_metric=task_metric, seed=seed, overwrite=overwrite, save_as=save_as,
                       eval_cache=not no_eval_cache, backend=backend, trigger=trigger, keep_adapter=keep_adapter,
-                      report_to=report_to,
+                      report_to=report_to, resume=not no_resume,
                       load=LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
                                        device_map=device_map, allow_pickle=allow_pickle,
                                        trust_remote_code=trust_remote_code))

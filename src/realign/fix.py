@@ -1,8 +1,9 @@
 """`realign fix`: load → evaluate base and finetune → repair steps → evaluate → save + report.
 
 The user's files are never written: the output is built in a hidden temporary sibling of --out and
-renamed into place only when complete, so an interrupted run leaves no half-written output (a
-rerun clears the stale temporary dir and starts over).
+renamed into place only when complete, so an interrupted run leaves no half-written output. The
+state after each finished repair step is kept in that sibling too (realign.resume), so rerunning
+the same command after a kill continues after the last finished step.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from . import __version__
 from .checkpoint import LoadOptions, load_pair
 from .errors import RealignError
 from .progress import console
+from .resume import discard_output, progress_for
 
 
 @dataclass
@@ -43,6 +45,7 @@ class FixOptions:
     trigger: str | None = None       # a backdoor trigger: every model is evaluated with and without it
     report_to: str | None = None     # trainers' logs: transformers integrations, e.g. wandb,tensorboard
     keep_adapter: bool | None = None # LoRA input kept unmerged (one weight copy); None: when every step allows
+    resume: bool = True              # continue after the last finished step of a killed run (realign.resume)
 
 
 def _sha256(path: Path) -> str:
@@ -238,8 +241,9 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     out = Path(out)
     check_output(out, [checkpoint, base], opts.overwrite)
     tmp = out.parent / f".{out.name}.realign-tmp"
+    progress = progress_for(tmp, opts.load.quantized)
     if distributed.is_main():
-        shutil.rmtree(tmp, ignore_errors=True)             # a previous run's leftovers
+        progress.prepare(fresh=not opts.resume)            # a previous run's leftovers, but its finished steps
     backend = make_backend(opts.backend, out.parent / f".{out.name}.realign-vllm", seed=opts.seed,
                            trust_remote_code=opts.load.trust_remote_code, dtype=opts.load.dtype,
                            quantize_on_load=opts.load.load_in_4bit)
@@ -375,6 +379,17 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                 check(state, step.params)
             except ValueError as e:
                 raise RealignError(f"step {i} ({step.name}): {e}") from None
+    # what the steps' results depend on besides their own parameters (see realign.resume)
+    import transformers
+
+    progress.track(pair.finetune, {
+        "realign": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "weights": weights["finetune"], "device_map": opts.load.device_map, "seed": opts.seed,
+        "judge": judge.name, "backend": opts.backend, "organism": organism,
+        "repair_items": digest(state.repair_items), "logodds_items": digest(ref_items),
+        "task_data": file_digest(task_data), "train_data": file_digest(train_data)})
+    resolved = recipe.resolved()
+    saved = progress.find(resolved)
 
     results = {"base": run_eval("base", pair.base), "finetune": run_eval("finetune", pair.finetune)}
     verdict = repair_verdict(results["base"], results["finetune"]) if distributed.is_main() else None
@@ -388,7 +403,15 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
                                                         "organism": organism}, kind="probes"))
     from .evals.scoring import PASSES, passes_since
 
+    done = 0                           # steps finished by an earlier, killed run of this command
+    if saved is not None and (carried := progress.restore(saved, state)) is not None:
+        done = saved.step
+        timings.update(carried[0])
+        memory.carry(carried[1])
+        backend.forget(state.model)    # no longer the finetune's weights on disk
     for i, step in enumerate(recipe.steps, 1):
+        if i <= done:
+            continue
         t = time.time()
         memory.begin(f"step{i}_{step.name}")
         console.print(f"step {i}/{len(recipe.steps)}: {step.name} …")
@@ -419,6 +442,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         bad = _nonfinite(state.model)
         if bad:
             raise RealignError(f"step {step.name} produced non-finite weights ({bad}); nothing was written")
+        progress.save(i, resolved, state, timings, memory.peaks)
     if not distributed.is_main():
         return None                # rank 0 evaluates and writes the repaired model
     for p in state.model.parameters():
@@ -461,11 +485,12 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         "output": output,
         "history": state.history,
         "timings": {k: round(v, 2) for k, v in timings.items()},
+        "resumed_after_step": done or None,   # steps up to this one ran in an earlier, killed run
         "peak_memory_mb": memory.summary(),
         "metrics": summaries,
         "repair_needed": verdict,
     }
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)   # it may hold the resume state
     try:
         if delta is not None:
             from .adapter_export import save_adapter
@@ -484,6 +509,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         tradeoff_plot(summaries, tmp / "tradeoff.png")
         # after the weights: replaces the placeholder card peft's save_pretrained writes for adapters
         model_card(meta, summaries).save(tmp / "README.md")
+        progress.clear()
         if out.exists():
             old = out.parent / f".{out.name}.realign-old"
             shutil.rmtree(old, ignore_errors=True)
@@ -493,6 +519,6 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         else:
             os.replace(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard_output(tmp)                   # the finished steps stay for a rerun
         raise
     return meta

@@ -143,6 +143,11 @@ class PhasePeaks:
     def end(self, name: str) -> None:
         self.peaks[name] = stop(self._phases.pop(name))
 
+    def carry(self, peaks: dict[str, dict]) -> None:
+        """Phases an earlier process finished (a resumed fix), as their summary() entries."""
+        for name, d in peaks.items():
+            self.peaks[name] = Peak(d["rss"], d["cuda"], d["rss_since"])
+
     def summary(self) -> dict[str, dict]:
         """{phase: {rss, cuda, rss_since}, …, "total": …}; ends the run's own tracking."""
         for name in list(self._phases):
