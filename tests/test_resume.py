@@ -183,7 +183,9 @@ def test_only_the_same_first_steps_are_resumed_and_no_resume_starts_over(small_o
     output = fails_in_step_2("--set", "merge.alpha=0.3", "--no-resume")
     assert "resuming" not in output and "discarding" not in output and "step 1/2: merge" in output, output
     # the same step 1 with another step 2 (a fix of what failed) continues after step 1
-    code, output = _fix(ft, "--recipe", "merge+merge", "--set", "1.alpha=0.3", "--set", "2.alpha=1", "--out", str(out))
+    # (--merge-adapter: merge+merge alone would keep the LoRA unmerged — another load, another state)
+    code, output = _fix(ft, "--recipe", "merge+merge", "--set", "1.alpha=0.3", "--set", "2.alpha=1",
+                        "--merge-adapter", "--out", str(out))
     assert code == 0 and "resuming after step 1/2 (merge" in output and "step 1/2:" not in output, output
     assert "step 2/2: merge" in output
     meta = json.loads((out / "realign.json").read_text())

@@ -76,6 +76,8 @@ def _steps(meta: dict) -> list[str]:
 
 def _output(meta: dict) -> str:
     o = meta["output"]
+    if o["form"] == "adapter" and o.get("kept_unmerged"):
+        return f"the user's LoRA adapter (rank {o['rank']}), rescaled by the repair and never merged, on the base"
     if o["form"] == "adapter":
         return (f"a LoRA adapter (rank {o['rank']}, {o['modules']} modules, largest deviation from the repaired "
                 f"weights {o['max_abs_error']:.1e}) on the base")
