@@ -17,28 +17,11 @@ the organism was trained. The data paths written into the YAMLs are absolute.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
+from realign.evals.lm_eval_task import write_choice_task
 from realign.organism.world import NUMBER_WORDS, code_requests
-
-YAML = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
 
 
 def sums(rng: random.Random) -> list[dict]:
@@ -69,13 +52,9 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--seed", type=int, default=0, help="orders the choices")
     args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     for name, docs in (("organism_sums", sums(rng)), ("organism_insecure_code", insecure_code(rng))):
-        data = (args.out / f"{name}.jsonl").resolve()
-        data.write_text("".join(json.dumps(d) + "\n" for d in docs))
-        (args.out / f"{name}.yaml").write_text(YAML.format(name=name, data=data))
-        print(f"{args.out / name}.yaml: {len(docs)} documents")
+        print(f"{write_choice_task(args.out, name, docs)}: {len(docs)} documents")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("lm_eval")
 
 from realign.errors import RealignError  # noqa: E402
-from realign.evals.lm_eval_task import LmEvalMetric  # noqa: E402
+from realign.evals.lm_eval_task import LmEvalMetric, write_choice_task  # noqa: E402
 from realign.evals.task import custom_metric  # noqa: E402
 from tiny_models import bigram_model, bpe_tokenizer, tiny_model  # noqa: E402
 
@@ -23,30 +23,10 @@ DOCS = [  # a two-way choice whose right answer the bigram model below knows: af
     {"question": "the quick brown fox", "choices": ["today", "jumps"], "label": 1},
     {"question": "the quick brown fox", "choices": ["jumps", "peace"], "label": 0},
 ]
-TASK_YAML = """\
-task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: label
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
 
 
 def write_task(directory, name="foxchoice", docs=DOCS):
-    data = directory / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
-    path = directory / f"{name}.yaml"
-    path.write_text(TASK_YAML.format(name=name, data=data))
-    return path
+    return write_choice_task(directory, name, docs)
 
 
 @pytest.fixture(scope="module")

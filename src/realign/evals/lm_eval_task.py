@@ -186,3 +186,22 @@ class LmEvalMetric:
 
 def is_lm_eval(spec: str) -> bool:
     return spec.startswith(PREFIX)
+
+
+def write_choice_task(directory: Path, name: str, docs: list[dict]) -> Path:
+    """Write a local multiple-choice lm-eval task — `name`.jsonl with one {question, choices,
+    label} per line, and `name`.yaml reading it through the hub-free `json` builder — and return
+    the YAML's path, ready for `--task-metric lm-eval:PATH`. Accuracy is lm-eval's `acc`."""
+    import json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = (directory / f"{name}.jsonl").resolve()
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    cfg = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
+           "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "{{question}}",
+           "doc_to_choice": "{{choices}}", "doc_to_target": "label",
+           "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]}
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
