@@ -28,6 +28,9 @@ class NotLowRank(ValueError):
     """The repaired model differs from its base in a way no LoRA adapter expresses exactly."""
 
 
+EQUALS_BASE = "the repaired model equals its base; nothing to save as an adapter"
+
+
 def _factor(delta: torch.Tensor, max_rank: int, tol: float) -> tuple[torch.Tensor, torch.Tensor, float]:
     q = min(max_rank + 8, *delta.shape)
     u, s, v = torch.svd_lowrank(delta, q=q, niter=4)
@@ -62,7 +65,7 @@ def low_rank_delta(model, base, max_rank: int = 64) -> LowRankDelta:
         out.factors[linear[name]] = (fb, fa)
         out.rank, out.max_error = max(out.rank, fb.shape[1]), max(out.max_error, err)
     if not out.factors:
-        raise NotLowRank("the repaired model equals its base; nothing to save as an adapter")
+        raise NotLowRank(EQUALS_BASE)
     return out
 
 

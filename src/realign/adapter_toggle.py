@@ -13,8 +13,6 @@ magnitude vector makes the change non-linear in the adapter's weights).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 
 
@@ -86,13 +84,3 @@ def scale_adapter(model, up: dict[str, torch.Tensor], alpha: float) -> None:
     params = dict(model.named_parameters())
     for name, b in up.items():
         params[name].copy_((alpha * b.float()).to(params[name].dtype))
-
-
-@contextmanager
-def adapter_off(model):
-    """`with adapter_off(m):` m behaves as its base (a no-op for a model without an adapter)."""
-    if is_unmerged(model):
-        with model.disable_adapter():
-            yield
-    else:
-        yield

@@ -122,25 +122,20 @@ SAVE_FORMS = ("auto", "full", "adapter")
 
 def _output_form(model, pair, save_as: str):
     """({form, …}, low-rank delta or None): decide how the repaired model is written."""
-    from .adapter_export import NotLowRank, low_rank_delta
+    from .adapter_export import EQUALS_BASE, NotLowRank, low_rank_delta
 
-    if pair.unmerged:              # the adapter itself (its up-projections scaled by the repair)
-        from .adapter_toggle import up_projections
-
-        if save_as == "full":
-            return {"form": "full"}, None
-        if not any(b.any() for b in up_projections(model).values()):
-            why = "the repaired model equals its base; nothing to save as an adapter"
-            if save_as == "adapter":
-                raise RealignError(f"cannot save the repaired model as an adapter: {why}; use --save-as full")
-            return {"form": "full", "why_not_adapter": why}, None
-        return {"form": "adapter", "rank": pair.adapter_config.get("r"), "kept_unmerged": True,
-                "base": pair.base_ref}, None
     if save_as == "full" or (save_as == "auto" and pair.kind != "lora"):
         return {"form": "full"}, None
     if getattr(model, "is_quantized", False):
         return {"form": "full", "why_not_adapter": "4/8-bit weights: no exact low-rank change to read off"}, None
     try:
+        if pair.unmerged:          # the adapter itself, its up-projections scaled by the repair
+            from .adapter_toggle import up_projections
+
+            if not any(b.any() for b in up_projections(model).values()):
+                raise NotLowRank(EQUALS_BASE)
+            return {"form": "adapter", "rank": pair.adapter_config.get("r"), "kept_unmerged": True,
+                    "base": pair.base_ref}, None
         delta = low_rank_delta(model, pair.base)
     except NotLowRank as e:
         if save_as == "adapter":
@@ -222,13 +217,12 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     from .repairs import load_all
     from .repairs.base import RepairState
     from .report import markdown, repair_verdict, tradeoff_plot
+    from .training import Reporting
 
     t_start = time.time()
     timings: dict[str, float] = {}
     memory = PhasePeaks()                                  # peak RSS / CUDA per phase, like timings
     recipe = load_recipe(recipe_spec, overrides)          # fail fast, before loading anything
-    from .training import Reporting
-
     try:
         # TensorBoard files go beside the output (the trainers' own dirs are temporary)
         reporting = Reporting(Reporting.parse(opts.report_to), str(Path(out).parent / f"{Path(out).name}.logs"))
