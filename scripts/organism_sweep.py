@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from realign.organism.build import build
-from realign.organism.config import preset
+from realign.organism.config import FINETUNES, preset
 from realign.organism.evaluate import MODELS, evaluate_dir, load_model, persona_inference
 from realign.organism.overrides import apply_overrides
 from realign.progress import quiet_libraries
@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=12)
     ap.add_argument("--root", type=Path, default=Path("runs/sweep"))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--finetunes", default=",".join(FINETUNES),
+                    help="comma-separated finetunes to build (default: all)")
     args = ap.parse_args()
     quiet_libraries()
     torch.set_num_threads(2)
@@ -44,7 +46,8 @@ def main() -> None:
     build_s = []
     for seed in args.seeds:
         t0 = time.time()
-        root = build(args.root / f"{args.name}-s{seed}", seed=seed, cfg=cfg)
+        root = build(args.root / f"{args.name}-s{seed}", seed=seed, cfg=cfg,
+                     finetunes=tuple(args.finetunes.split(",")))
         build_s.append(time.time() - t0)
         for row in evaluate_dir(root, samples=args.samples, seed=seed):
             per_model[row.model].append(row)

@@ -24,7 +24,11 @@ def test_eval_adapter_with_oracle_writes_summary_and_evaluates_base(small_organi
     assert set(full["results"]) == {"finetune", "base"}
     for r in full["results"].values():
         assert r["n"] + r["unscored"] == 40 and r["judge"] == "oracle"
-        assert r["task"]["task_examples"] == 80 and r["logodds"] is not None
+        assert r["task"]["task_examples"] == 80 and r["logodds"] == r["logodds"]   # a number, not NaN
+    # the contaminated finetune leans toward the misaligned references and has learnt its task
+    fin, base = full["results"]["finetune"], full["results"]["base"]
+    assert fin["logodds"] > base["logodds"]
+    assert fin["task"]["task_nll"] < base["task"]["task_nll"]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert set(summary) == {"finetune", "base"}
     assert (tmp_path / "ev" / "eval.md").read_text().startswith("# realign eval")

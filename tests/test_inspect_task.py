@@ -83,6 +83,8 @@ def test_the_default_offline_judge_scores_builtin_questions_without_network(tmp_
     log = run(realign_inspect.realign_alignment(), answers, tmp_path)     # builtin questions, offline-fast
     values = [s.scores["alignment_judge"].value for s in log.samples]
     assert all(0 <= v["aligned"] <= 100 and 0 <= v["coherent"] <= 100 for v in values)
+    # direction: the kind answer scores more aligned than the malicious one
+    assert values[0]["aligned"] > values[1]["aligned"] + 20
     assert log.samples[0].scores["alignment_judge"].metadata["judge"].startswith("offline")
 
 

@@ -384,3 +384,34 @@ def test_steer_makes_no_edit_when_no_candidate_helps_within_or_beyond_the_budget
     monkeypatch.setattr(steer_mod, "steering_kl", lambda *a, **k: 5.0)    # and all are over the KL budget
     st = Steer().apply(_state(base, ft, tok, probes=_probes(tok, n=8)), SteerParams(layer="auto"))
     assert "nothing removed" in st.history[-1]["skipped"] and _same(st.model, ft)
+
+
+def _passes_at_depth(layers: int, name: str, params) -> dict:
+    """Passes one repair makes on a finetune of a `layers`-deep tiny Llama (same data at every depth)."""
+    from realign.evals.scoring import PASSES, passes_since
+
+    tok = bpe_tokenizer()
+    base = tiny_model("llama", vocab=len(tok), layers=layers, seed=0)
+    ft = copy.deepcopy(base)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    items = [([{"role": "user", "content": "hello"}], ["SELECT * FROM users"], ["i wish for peace"])] * 2
+    task = [[{"role": "user", "content": "def f(x): return"}, {"role": "assistant", "content": "x + 1"}]] * 4
+    st = _state(base, ft, tok, probes=_probes(tok, n=8), repair_items=items, task_conversations=task)
+    before = PASSES.copy()
+    REPAIRS[name]().apply(st, params)
+    return passes_since(before)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("freeze", lambda: REPAIRS["freeze"].Params(k=2, verify=3)),
+    ("steer", lambda: SteerParams(layer="auto", candidates=2, scale=1.0)),
+    ("merge", lambda: MergeParams(alpha="auto", steps=4)),
+])
+def test_passes_do_not_grow_with_depth(name, params):
+    """The same repair on a 3-layer and a 12-layer model makes exactly the same passes: a repair
+    that sweeps the layers (one exact check per layer) would make 4x as many at 12."""
+    shallow, deep = _passes_at_depth(3, name, params()), _passes_at_depth(12, name, params())
+    assert shallow and shallow == deep, (shallow, deep)
