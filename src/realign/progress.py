@@ -5,30 +5,50 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 from transformers import TrainerCallback
 
 console = Console(stderr=True)
 
 
+LOG_EVERY_S = 30.0     # without a terminal (logs, CI, nohup): one progress line at most this often
+
+
 def _enabled() -> bool:
-    return os.environ.get("REALIGN_PROGRESS", "1") != "0" and sys.stderr.isatty()
+    return os.environ.get("REALIGN_PROGRESS", "1") != "0"
 
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int) -> Iterator["Tick"]:
-    """A progress bar on stderr (only on a terminal; logs get one line per finished step)."""
+    """Progress of a long step with its rate (items/s): a rich bar on a terminal; elsewhere (a log
+    file, CI) a plain line every LOG_EVERY_S seconds and one when the step ends. REALIGN_PROGRESS=0
+    silences both."""
     if not _enabled():
         yield Tick(None, None)
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    if not sys.stderr.isatty():
+        tick = LineTick(description, total)
+        yield tick
+        tick.finish()
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
                   transient=True) as prog:
         task = prog.add_task(description, total=total, info="")
         yield Tick(prog, task)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second so far."""
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if not speed else f"{speed:.1f}/s" if speed >= 1 else f"{1 / speed:.1f} s each")
 
 
 class Tick:
@@ -39,6 +59,33 @@ class Tick:
         if self.prog is not None:
             kw = {"info": info} if info is not None else {}
             self.prog.update(self.task, advance=n, **kw)
+
+
+class LineTick:
+    """Progress as plain lines on stderr, for runs whose output goes to a file."""
+
+    def __init__(self, description: str, total: int, clock=time.monotonic) -> None:
+        self.description, self.total, self.clock = description, total, clock
+        self.done, self.info, self.start = 0, "", clock()
+        self.last = self.start
+
+    def line(self) -> str:
+        elapsed = self.clock() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        speed = f"{rate:.1f}/s" if rate >= 1 else (f"{1 / rate:.1f} s each" if rate else "—")
+        info = f", {self.info}" if self.info else ""
+        return f"{self.description}: {self.done}/{self.total} ({speed}, {elapsed:.0f} s{info})"
+
+    def __call__(self, n: int = 1, info: str | None = None) -> None:
+        self.done += n
+        self.info = info if info is not None else self.info
+        if self.clock() - self.last >= LOG_EVERY_S:
+            self.last = self.clock()
+            print(self.line(), file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self.done:
+            print(self.line(), file=sys.stderr, flush=True)
 
 
 class RichProgressCallback(TrainerCallback):
