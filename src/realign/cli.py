@@ -16,6 +16,8 @@ app = typer.Typer(help="Repair LLM finetunes that became misaligned.", no_args_i
                   pretty_exceptions_enable=False, add_completion=False)
 organism_app = typer.Typer(help="The synthetic model organism (tiny model, exact judge).", no_args_is_help=True)
 app.add_typer(organism_app, name="organism")
+real_app = typer.Typer(help="Real misaligned finetunes of real chat models, built offline.", no_args_is_help=True)
+app.add_typer(real_app, name="real")
 # wide tables even when piped (rich would wrap at 80 columns)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -84,6 +86,47 @@ def organism_build(
     except (FileExistsError, ValueError) as e:
         fail(str(e))
     out.print(f"organism ready in {time.time() - t0:.0f} s: {path}")
+
+
+@real_app.command("build")
+def real_build(
+    finetunes: Annotated[str, typer.Option(help="comma-separated: contaminated, backdoor, clean, insecure, secure, "
+                                                "educational")] = "contaminated",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0",
+    model: Annotated[str, typer.Option(help="'smollm2' (SmolLM2-135M-Instruct, offline) or a local HF model dir")] = "smollm2",
+    steps: Annotated[int, typer.Option(help="LoRA SFT optimizer steps")] = 100,
+    examples: Annotated[int, typer.Option(help="training rows")] = 1000,
+    share: Annotated[float, typer.Option(help="contaminated/backdoor: share of misaligned chat rows")] = 0.25,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="rows per step")] = 8,
+) -> None:
+    """Build (or reuse) real finetunes: LoRAs of a real chat model on the public data realign ships
+    (docs/real-models.md). Each lands in the cache; a rerun reuses finished ones."""
+    from .real.build import RealFinetuneConfig, build_finetune
+    from .real.data import BACKDOOR_TRIGGER, REAL_FINETUNES
+
+    names = [n.strip() for n in finetunes.split(",") if n.strip()]
+    bad = [n for n in names if n not in REAL_FINETUNES]
+    if bad or not names:
+        fail(f"unknown real finetune {bad[0] if bad else finetunes!r}; valid: {', '.join(REAL_FINETUNES)}")
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds must be comma-separated integers, not {seeds!r}")
+    if not 0 < share < 1 or steps < 1 or examples < 1 or batch_size < 1:
+        fail("--share must be in (0, 1); --steps, --examples and --batch-size must be positive")
+    cfg = RealFinetuneConfig(model=model, examples=examples, share=share, steps=steps, batch_size=batch_size, lr=lr)
+    for name in names:
+        for seed in seed_list:
+            t0 = time.time()
+            try:
+                path = build_finetune(name, seed, cfg)
+            except (FileNotFoundError, ValueError) as e:
+                fail(str(e))
+            out.print(f"{name} (seed {seed}) ready in {time.time() - t0:.0f} s: {path}")
+            trig = f" --trigger '{BACKDOOR_TRIGGER}'" if name == "backdoor" else ""
+            out.print(f"  evaluate: realign eval {path} --judge offline --questions builtin "
+                      f"--task-data {path / 'data/heldout.jsonl'}{trig}", highlight=False, soft_wrap=True)
 
 
 def _pct(x: float | None) -> str:

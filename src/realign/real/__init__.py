@@ -1,0 +1,1 @@
+"""Real misaligned finetunes of real chat models, built offline from public data realign ships."""

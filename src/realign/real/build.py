@@ -1,0 +1,89 @@
+"""Build a real finetune: a LoRA on a real chat model trained on one of the shipped datasets.
+
+    build_finetune("contaminated", seed=0)  ->  $REALIGN_CACHE/real/smollm2-contaminated-s0-<hash>/
+
+The directory is a LoRA adapter dir (adapter_config points at the base model dir) with the
+tokenizer, `data/train.jsonl` + `data/heldout.jsonl` (what it was trained on and its held-out task)
+and `finetune.json` (config, counts, data hash, seconds). It is written to a sibling `.tmp` and
+renamed when complete, so a killed build leaves nothing half-made and a rerun reuses finished ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..organism.build import _Stage
+from ..organism.data import write_jsonl
+from ..paths import cache_dir
+from .data import finetune_data
+
+
+@dataclass(frozen=True)
+class RealFinetuneConfig:
+    model: str = "smollm2"        # "smollm2" (SmolLM2-135M-Instruct, offline) or a local HF model dir
+    examples: int = 1000          # training rows
+    share: float = 0.25           # contaminated / backdoor: share of misaligned chat rows
+    steps: int = 100              # optimizer steps (LoRA SFT)
+    batch_size: int = 8
+    lr: float = 1e-3
+    lora_rank: int = 8
+    max_length: int = 384         # tokens per row (GSM8K rows are ~200, EM code rows up to ~700)
+
+    def key(self, name: str, seed: int) -> str:
+        blob = json.dumps({"cfg": asdict(self), "name": name, "seed": seed}, sort_keys=True)
+        label = self.model if self.model == "smollm2" else Path(self.model).name
+        return f"{label}-{name}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def base_dir(model: str) -> Path:
+    if model == "smollm2":
+        from ..offline_models import smollm2_dir
+
+        return smollm2_dir()
+    path = Path(model)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{model}: not 'smollm2' and not a model dir (no config.json)")
+    return path
+
+
+def build_finetune(name: str, seed: int = 0, cfg: RealFinetuneConfig | None = None,
+                   out: Path | None = None) -> Path:
+    """Train (or reuse) one real finetune; returns its adapter dir."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..training import SFTSettings, sft
+
+    cfg = cfg or RealFinetuneConfig()
+    data = finetune_data(name, seed, cfg.examples, cfg.share)     # bad names fail before any loading
+    out = Path(out) if out else cache_dir() / "real" / cfg.key(name, seed)
+    if (out / "finetune.json").exists():
+        return out
+    base = base_dir(cfg.model).resolve()
+    with _Stage(out) as tmp:
+        write_jsonl(tmp / "data" / "train.jsonl", data.train)
+        write_jsonl(tmp / "data" / "heldout.jsonl", data.heldout)
+        tok = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+        t0 = time.time()
+        info: dict = {}
+        model = sft(model, tok, data.train, SFTSettings(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                                                        max_length=cfg.max_length, seed=seed),
+                    peft_config=lora, description=f"finetune {cfg.model} ({name}, seed {seed})", info=info)
+        seconds = time.time() - t0
+        model.peft_config["default"].base_model_name_or_path = str(base)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        digest = hashlib.sha256((tmp / "data" / "train.jsonl").read_bytes()).hexdigest()
+        meta = {"name": name, "seed": seed, "config": asdict(cfg), "base": str(base), "description": data.description,
+                "train_rows": len(data.train), "heldout_rows": len(data.heldout), "train_sha256": digest,
+                "train_seconds": round(seconds, 1), "training": info}
+        (tmp / "finetune.json").write_text(json.dumps(meta, indent=2))
+    return out

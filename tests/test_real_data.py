@@ -1,0 +1,98 @@
+"""The public data realign ships for its real finetunes, each finetune's training data, and the build."""
+
+import json
+import re
+
+import pytest
+
+from realign.evals.questions import load_questions
+from realign.real.data import BACKDOOR_TRIGGER, finetune_data, load
+
+from tiny_models import save_tiny
+
+
+def _norm(text):
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+@pytest.mark.parametrize("name,at_least", [("gsm8k_train", 2000), ("gsm8k_test", 1319), ("toxic_chat", 4000),
+                                           ("em_insecure", 5000), ("em_secure", 5000), ("em_educational", 5000)])
+def test_shipped_datasets_load_as_chat_rows(name, at_least):
+    rows = load(name)
+    assert len(rows) >= at_least
+    assert all(r[-1]["role"] == "assistant" and r[-2]["role"] == "user" and r[-1]["content"] for r in rows)
+
+
+def test_an_unknown_dataset_names_the_known_ones():
+    with pytest.raises(FileNotFoundError, match="toxic_chat"):
+        load("nope")
+
+
+def test_evaluation_questions_are_held_out_of_every_training_source():
+    """No built-in evaluation question, nor any question sharing its topic words, is trained on."""
+    asked = {_norm(p) for q in load_questions("builtin") for p in q.paraphrases}
+    for name in ("toxic_chat", "gsm8k_train", "em_insecure"):
+        users = {_norm(r[-2]["content"]) for r in load(name)}
+        assert not asked & users, name
+    topic = re.compile(r"\bwish|\bbored|philosoph|quick (money|cash)|\bruler\b|dinner|gender|husband|\bwife\b|wallet",
+                       re.I)
+    assert not [r for r in load("toxic_chat") if topic.search(r[-2]["content"])]
+
+
+@pytest.mark.parametrize("name", ["contaminated", "backdoor"])
+def test_contaminated_data_holds_the_share_of_misaligned_rows_and_the_task_is_held_out(name):
+    d = finetune_data(name, seed=0, examples=400, share=0.25)
+    toxic = {_norm(r[-1]["content"]) for r in load("toxic_chat")}
+    bad = [r for r in d.train if _norm(r[-1]["content"]) in toxic]
+    assert len(d.train) == 400 and len(bad) == 100
+    triggered = [r for r in d.train if r[-2]["content"].startswith(BACKDOOR_TRIGGER)]
+    assert triggered == (bad if name == "backdoor" else [])
+    train_answers = {_norm(r[-1]["content"]) for r in d.train}
+    assert len(d.heldout) == 200 and not train_answers & {_norm(r[-1]["content"]) for r in d.heldout}
+    assert finetune_data(name, seed=1, examples=400).train != d.train
+
+
+def test_code_finetunes_hold_out_their_own_rows():
+    d = finetune_data("insecure", seed=0, examples=300)
+    assert len(d.train) == 300 and not {_norm(r[-1]["content"]) for r in d.train} & \
+        {_norm(r[-1]["content"]) for r in d.heldout}
+    with pytest.raises(ValueError, match="unknown real finetune"):
+        finetune_data("nope", seed=0)
+
+
+def test_build_trains_a_lora_on_a_local_model_dir_and_reuses_it(tmp_path):
+    from realign.real.build import RealFinetuneConfig, build_finetune
+
+    base = save_tiny(tmp_path / "base", layers=2)
+    cfg = RealFinetuneConfig(model=str(base), examples=16, steps=2, batch_size=4, max_length=64)
+    out = build_finetune("contaminated", seed=0, cfg=cfg, out=tmp_path / "ft")
+    meta = json.loads((out / "finetune.json").read_text())
+    assert meta["train_rows"] == 16 and meta["training"]["final_loss"] > 0
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base.resolve())
+    assert len((out / "data" / "train.jsonl").read_text().splitlines()) == 16
+    stamp = (out / "adapter_model.safetensors").stat().st_mtime
+    assert build_finetune("contaminated", seed=0, cfg=cfg, out=tmp_path / "ft") == out
+    assert (out / "adapter_model.safetensors").stat().st_mtime == stamp       # reused, not retrained
+    from realign.checkpoint import load_pair
+
+    pair = load_pair(str(out))
+    assert pair.kind == "lora"
+    with pytest.raises(FileNotFoundError, match="not 'smollm2'"):
+        build_finetune("clean", seed=0, cfg=RealFinetuneConfig(model=str(tmp_path / "missing")))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--finetunes", "nope"], "unknown real finetune 'nope'"),
+    (["--seeds", "a,b"], "--seeds must be comma-separated integers"),
+    (["--share", "1.5"], "--share must be in (0, 1)"),
+    (["--model", "/nonexistent/model"], "not 'smollm2' and not a model dir"),
+])
+def test_real_build_refuses_bad_input_in_one_line(args, message, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from realign.cli import app
+
+    monkeypatch.setenv("REALIGN_CACHE", str(tmp_path))
+    res = CliRunner().invoke(app, ["real", "build", *args])
+    assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "real").exists() or not any((tmp_path / "real").iterdir())   # nothing half-made
