@@ -163,16 +163,21 @@ def test_steer_auto_scale_measures_the_grid_and_respects_the_kl_budget(trio, max
     assert [r["scale"] for r in rec["scale_search"]] == [0.25, 0.5, 0.75, 1.0]
     kls = [r["kl"] for r in rec["scale_search"]]
     assert all(k > 0 for k in kls) and kls == sorted(kls)   # more removed, further from the finetune
+    ok = [r for r in rec["scale_search"] if r["kl"] <= max_kl and r["retention"] >= 0.0
+          and r["logodds"] < rec.get("finetune_logodds", float("inf"))]
+    if not ok:   # none admissible: no edit at all (an over-budget edit is not a repair)
+        assert "over the KL budget" in rec["skipped"] and _same(st.model, ft)
+        return
     chosen = next(r for r in rec["scale_search"] if r["scale"] == rec["scale"])
-    ok = [r for r in rec["scale_search"] if r["kl"] <= max_kl and r["retention"] >= 0.0]
-    if ok:  # the lowest log-odds among the admissible scales
-        assert chosen["logodds"] == min(r["logodds"] for r in ok)
-    else:   # none admissible: the gentlest
-        assert rec["scale"] == 0.25
+    assert chosen["logodds"] == min(r["logodds"] for r in ok)    # the lowest log-odds among the admissible
     # the model holds exactly the chosen scale's weights (the search restored each trial)
     ref = copy.deepcopy(ft)
     orthogonalize(ref, st.steer_direction, rec["scale"])
     assert _same(st.model, ref)
+
+
+
+def test_steer_scale_must_be_a_number_or_auto():
     with pytest.raises(ValueError, match="steer.scale must be a number"):
         SteerParams(scale="lots").validate()
 
@@ -386,6 +391,27 @@ def test_steer_makes_no_edit_when_no_candidate_helps_within_or_beyond_the_budget
     assert "nothing removed" in st.history[-1]["skipped"] and _same(st.model, ft)
 
 
+def test_steer_over_the_kl_budget_tries_gentler_scales_and_never_bakes_in_an_over_budget_edit(trio, monkeypatch):
+    import realign.repairs.steer as steer_mod
+
+    base, ft, tok = trio
+    # KL grows with the share removed: only a quarter of the direction fits a 0.1 budget
+    monkeypatch.setattr(steer_mod, "steering_kl", lambda model, tok, chat, d, scale: 0.4 * scale)
+    lowered = iter(range(100))
+    monkeypatch.setattr("realign.evals.logodds.logodds", lambda *a, **k: -float(next(lowered)))  # every trial helps
+    st = Steer().apply(_state(base, ft, tok, probes=_probes(tok, n=8)), SteerParams(layer="auto", candidates=2))
+    rec = st.history[-1]
+    assert [c["scale"] for c in rec["candidates"]] == [1.0, 1.0] and all(c["kl"] > 0.1 for c in rec["candidates"])
+    assert [r["scale"] for r in rec["scale_search"]] == [0.25, 0.5, 0.75] and rec["scale"] == 0.25
+    ref = copy.deepcopy(ft)
+    orthogonalize(ref, st.steer_direction, 0.25)
+    assert _same(st.model, ref)
+    # nothing fits the budget at any scale: the model is left as it was
+    monkeypatch.setattr(steer_mod, "steering_kl", lambda *a, **k: 5.0)
+    st = Steer().apply(_state(base, ft, tok, probes=_probes(tok, n=8)), SteerParams(layer="auto", candidates=2))
+    assert "over the KL budget" in st.history[-1]["skipped"] and _same(st.model, ft)
+
+
 def _passes_at_depth(layers: int, name: str, params) -> dict:
     """Passes one repair makes on a finetune of a `layers`-deep tiny Llama (same data at every depth)."""
     from realign.evals.scoring import PASSES, passes_since
@@ -407,7 +433,7 @@ def _passes_at_depth(layers: int, name: str, params) -> dict:
 
 @pytest.mark.parametrize("name,params", [
     ("freeze", lambda: REPAIRS["freeze"].Params(k=2, verify=3)),
-    ("steer", lambda: SteerParams(layer="auto", candidates=2, scale=1.0)),
+    ("steer", lambda: SteerParams(layer="auto", candidates=2, scale=1.0, max_kl=1e9)),   # no gentler retry
     ("merge", lambda: MergeParams(alpha="auto", steps=4)),
 ])
 def test_passes_do_not_grow_with_depth(name, params):

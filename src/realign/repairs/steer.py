@@ -272,38 +272,48 @@ class Steer:
             row["kl"] = steering_kl(state.model, state.tokenizer, chat, d, scale)
             return row
 
-        def best(rows: list[dict]) -> dict | None:
-            ok = [r for r in rows if r["kl"] <= p.max_kl and r.get("retention", 1.0) >= p.retention]
-            if ok:
-                return min(ok, key=lambda r: r["logodds"])
-            # nothing within the budget: the least disruptive trial that still lowers the log-odds
-            # (on SmolLM2 the least-KL candidate alone raised it); none: no edit is better than one
-            helpful = [r for r in rows if r["logodds"] < lo_ft]
-            return min(helpful, key=lambda r: r["kl"]) if helpful else None
+        def admissible(rows: list[dict]) -> list[dict]:
+            """Trials that lower the log-odds within the KL budget (and keep the task, when measured)."""
+            return [r for r in rows if r["logodds"] < lo_ft and r["kl"] <= p.max_kl
+                    and r.get("retention", 1.0) >= p.retention]
+
+        def skip(why: str) -> RepairState:
+            state.record(self.name, skipped=why, candidates=rounded_rows(candidates), scale_search=rounded_rows(search),
+                         separation=[round(float(x), 3) for x in separation], finetune_logodds=round(lo_ft, 4))
+            return state
 
         first_scale = 1.0 if p.scale == "auto" else p.scale
         candidates: list[dict] = []
+        search: list[dict] = []
         lo_ft = logodds(state.model, state.tokenizer, items)
+        over_budget = False
         if p.layer == "auto":
             ranked = sorted(range(len(separation)), key=lambda i: float(separation[i]), reverse=True)
             candidates = [trial(i, first_scale, False) for i in ranked[:p.candidates]]
-            chosen = best(candidates)
-            if chosen is None:
-                state.record(self.name, skipped=f"no candidate layer lowers the log-odds ({lo_ft:.3f}) at scale "
-                             f"{first_scale:g}: nothing removed", candidates=rounded_rows(candidates),
-                             separation=[round(float(x), 3) for x in separation], finetune_logodds=round(lo_ft, 4))
-                return state
-            layer = chosen["layer"]
+            ok = admissible(candidates)
+            helpful = [r for r in candidates if r["logodds"] < lo_ft]
+            if not helpful:
+                return skip(f"no candidate layer lowers the log-odds ({lo_ft:.3f}) at scale {first_scale:g}: "
+                            "nothing removed")
+            # over the budget at this scale: the least disruptive helpful layer, at gentler scales below
+            chosen = min(ok, key=lambda r: r["logodds"]) if ok else min(helpful, key=lambda r: r["kl"])
+            layer, over_budget = chosen["layer"], not ok
         else:
             layer = p.layer
             if not 0 <= layer < len(directions):
                 raise ValueError(f"steer.layer {layer} out of range (model has {len(directions)} layers)")
-        scale, search = first_scale, []
-        if p.scale == "auto":
-            search = [trial(layer, s, bool(task)) for s in SCALE_GRID]
-            ok = [r for r in search if r["kl"] <= p.max_kl and r.get("retention", 1.0) >= p.retention]
-            # none admissible: the gentlest scale
-            scale = min(ok, key=lambda r: r["logodds"])["scale"] if ok else SCALE_GRID[0]
+        scale = first_scale
+        if p.scale == "auto" or over_budget:
+            # An edit that moves benign chat by more than max_kl is not a repair (on SmolLM2 a full
+            # removal at 2 nats/token left 3% of answers coherent): never bake one in.
+            grid = SCALE_GRID if p.scale == "auto" else tuple(s for s in SCALE_GRID if s < first_scale)
+            search = [trial(layer, s, bool(task) and p.scale == "auto") for s in grid]
+            ok = admissible(search)
+            if not ok:
+                return skip(f"every trial of layer {layer} is over the KL budget ({p.max_kl:g} nats/token on "
+                            f"benign chat){' or loses the task' if p.scale == 'auto' else ''} or does not lower "
+                            "the log-odds: nothing removed")
+            scale = min(ok, key=lambda r: r["logodds"])["scale"]
         orthogonalize(state.model, directions[layer], scale)
         state.steer_direction = directions[layer]
         state.record(self.name, layer=layer, scale=scale, contrasts=len(contrasts), finetune_logodds=round(lo_ft, 4),
