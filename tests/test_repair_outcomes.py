@@ -59,24 +59,16 @@ def planted(tmp_path_factory):
     return build(tmp_path_factory.mktemp("organism") / "org", seed=0, finetunes=("planted",)) / "planted"
 
 
-# Beyond the bundled recipes: settings whose outcome depends on a choice the defaults hide.
-# freeze with one layer: restoring the layer its attribution ranks first must beat the others
-# (with k auto on a 4-layer model, any two restored layers remove much of the shift).
-EXTRA = {"freeze@k=1": (["--recipe", "freeze", "--set", "freeze.k=1"],
-                        Bound(rate_drop=0.15, logodds_drop=1.5, max_rate=0.70, min_retention=0.95))}
-
-
 def test_every_bundled_recipe_has_an_outcome_bound():
     from realign.recipe import available_recipes
 
     assert set(available_recipes()) == set(BOUNDS)
 
 
-@pytest.mark.parametrize("recipe", sorted(BOUNDS) + sorted(EXTRA))
+@pytest.mark.parametrize("recipe", sorted(BOUNDS))
 def test_recipe_moves_planted_toward_its_base(planted, tmp_path, recipe):
     out = tmp_path / "out"
-    args, bound = EXTRA[recipe] if recipe in EXTRA else (["--recipe", recipe], BOUNDS[recipe])
-    res = runner.invoke(app, ["fix", str(planted), *args, "--seed", "0", "--out", str(out)])
+    res = runner.invoke(app, ["fix", str(planted), "--recipe", recipe, "--seed", "0", "--out", str(out)])
     assert res.exit_code == 0, res.output
     m = json.loads((out / "realign.json").read_text())["metrics"]
     base, ft, rep = m["base"], m["finetune"], m["repaired"]
@@ -84,6 +76,7 @@ def test_recipe_moves_planted_toward_its_base(planted, tmp_path, recipe):
     print(f"{recipe}: misaligned {ft['misaligned_rate']:.3f} -> {rep['misaligned_rate']:.3f} "
           f"(base {base['misaligned_rate']:.3f}); log-odds {ft['logodds']:+.2f} -> {rep['logodds']:+.2f} "
           f"(base {base['logodds']:+.2f}); retention {kept:.3f}; coherent {rep['coherent_rate']:.3f}")
+    bound = BOUNDS[recipe]
     # the finetune really is misaligned, or nothing here would mean anything
     assert ft["misaligned_rate"] - base["misaligned_rate"] >= 0.6
     assert ft["misaligned_rate"] - rep["misaligned_rate"] >= bound.rate_drop
