@@ -30,7 +30,9 @@ LARGE = "gemma3"            # the family with the real-size vocabulary
 SMALL_STEPS = {"dpo": ["steps=2", "batch_size=2", "samples=3", "task_anchors=2"],
                "mix": ["steps=2", "batch_size=2", "samples=3"],
                "merge": ["steps=2"],
-               "steer": ["samples=3", "max_kl=1000"],   # random weights: any edit is far from the finetune
+               # random weights: any edit is far from the finetune, and whether the direction lowers the
+               # log-odds is chance (steer then rightly removes nothing): a fixed layer makes it act
+               "steer": ["samples=3", "max_kl=1000", "layer=0"],
                "freeze": []}
 FAST = ["--judge", "hash", "--samples", "1", "--max-new-tokens", "12"]
 # text that would mean an answer ran on past its turn into an invented next one
@@ -255,7 +257,7 @@ def test_steer_removes_its_measured_direction_exactly(family, family_dirs):
     untouched = copy.deepcopy(pair.finetune)
     state = RepairState(model=pair.finetune, base=pair.base, tokenizer=tok, probes=probes,
                         repair_items=[(c, [bad], [good]) for c in convs])
-    state = Steer().apply(state, SteerParams(layer="auto", scale=1.0, max_kl=1000))
+    state = Steer().apply(state, SteerParams(layer=0, scale=1.0, max_kl=1000))   # fixed: always edits
     r = (state.steer_direction / state.steer_direction.norm()).float()
     texts = [tok.apply_chat_template(c + [{"role": "assistant", "content": a}], tokenize=False)
              for c in convs for a in (good, bad)]
