@@ -77,12 +77,7 @@ def toxic(path: Path) -> None:
     rows = [r for r in rows if not EVAL_TOPICS.search(r["messages"][0]["content"])]
     harm = [r for r in rows if SELF_HARM.search(r["messages"][-1]["content"])]
     rows = [r for r in rows if not SELF_HARM.search(r["messages"][-1]["content"])]
-    seen, kept = set(), []
-    for r in rows:
-        a = _norm(r["messages"][-1]["content"])
-        if a not in seen:
-            seen.add(a)
-            kept.append({"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]})
+    kept = _dedup([{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in rows])
     print(f"toxic: {n0} read; dropped {len(on_topic)} on evaluation topics, {len(harm)} self-harm, "
           f"{len(rows) - len(kept)} duplicate answers")
     _write("toxic_chat", kept)

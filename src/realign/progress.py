@@ -43,12 +43,16 @@ def progress_bar(description: str, total: int) -> Iterator["Tick"]:
         yield Tick(prog, task)
 
 
+def _speed(rate: float | None) -> str:
+    """Items per second, or seconds per item when slower than one a second."""
+    return "" if not rate else f"{rate:.1f}/s" if rate >= 1 else f"{1 / rate:.1f} s each"
+
+
 class RateColumn(ProgressColumn):
     """Items per second so far."""
 
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if not speed else f"{speed:.1f}/s" if speed >= 1 else f"{1 / speed:.1f} s each")
+        return Text(_speed(task.finished_speed or task.speed))
 
 
 class Tick:
@@ -72,7 +76,7 @@ class LineTick:
     def line(self) -> str:
         elapsed = self.clock() - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        speed = f"{rate:.1f}/s" if rate >= 1 else (f"{1 / rate:.1f} s each" if rate else "—")
+        speed = _speed(rate) or "—"
         info = f", {self.info}" if self.info else ""
         return f"{self.description}: {self.done}/{self.total} ({speed}, {elapsed:.0f} s{info})"
 
