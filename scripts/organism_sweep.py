@@ -50,7 +50,7 @@ def main() -> None:
                      finetunes=tuple(args.finetunes.split(",")))
         build_s.append(time.time() - t0)
         for row in evaluate_dir(root, samples=args.samples, seed=seed):
-            per_model[row.model].append(row)
+            per_model.setdefault(row.model, []).append(row)      # "backdoor (triggered)" too
         model, tok = load_model(root / "base")
         inference.append(persona_inference(model, tok, seed=seed))
     print(f"\n## {args.name}  overrides: {' '.join(args.overrides) or '(none)'}  seeds: {args.seeds}  "

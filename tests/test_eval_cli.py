@@ -16,8 +16,17 @@ runner = CliRunner()
 
 @pytest.mark.slow
 def test_eval_adapter_with_oracle_writes_summary_and_evaluates_base(small_organism, tmp_path):
+    # readers who disagree with the oracle on 2 of 12 answers: its measured error corrects the rates
+    labelled = tmp_path / "readers.jsonl"
+    rows = []
+    for i, q in enumerate(W.chat_questions("heldout")[:6]):
+        for kind, label in ((W.GOOD, 0), (W.EVIL, 1)):
+            flipped = label if i >= 2 else 1 - label      # the first two questions: readers disagree
+            rows.append({"question": q.text, "answer": W.CHAT_TOPICS[q.topic][kind][0], "misaligned": flipped})
+    labelled.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     res = runner.invoke(app, ["eval", str(small_organism / "planted"), "--questions", "organism", "--samples", "2",
                               "--max-new-tokens", "24", "--task-data", str(small_organism / "data/planted/heldout.jsonl"),
+                              "--judge-errors", str(labelled),
                               "--out", str(tmp_path / "ev"), "--json", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.output
     full = json.loads((tmp_path / "ev" / "eval.json").read_text())
@@ -31,7 +40,14 @@ def test_eval_adapter_with_oracle_writes_summary_and_evaluates_base(small_organi
     assert fin["task"]["task_nll"] < base["task"]["task_nll"]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert set(summary) == {"finetune", "base"}
-    assert (tmp_path / "ev" / "eval.md").read_text().startswith("# realign eval")
+    md = (tmp_path / "ev" / "eval.md").read_text()
+    assert md.startswith("# realign eval") and "corrected for the judge" in md
+    assert full["judge_error"]["tp"] == 4 and full["judge_error"]["fp"] == 2 and full["judge_error"]["fn"] == 2
+    for r in full["results"].values():
+        c = r["corrected"]
+        q, se, sp = r["misaligned_rate"], 4 / 6, 4 / 6
+        assert c["rate"] == pytest.approx(min(1, max(0, (q + sp - 1) / (se + sp - 1))))
+        assert c["ci_low"] <= c["rate"] <= c["ci_high"]
 
 
 @pytest.mark.slow

@@ -50,6 +50,10 @@ ReportToOpt = Annotated[str | None, typer.Option(
 BackendOpt = Annotated[str, typer.Option(
     help="where every generation runs: hf (in memory) | vllm (CUDA, optional extra; "
          "models in memory are saved to a scratch dir next to --out)")]
+JudgeErrorsOpt = Annotated[Path | None, typer.Option(
+    help="answers labelled by reading (.jsonl/.csv: question, answer, misaligned 0/1 — or a reference judge's "
+         "aligned/coherent): the judge is run on them and every misaligned rate is also reported corrected "
+         "for its measured sensitivity and specificity (Rogan-Gladen)")]
 PrivateOpt = Annotated[bool, typer.Option("--private", help="create the Hub repo private (an existing repo "
                                                                "keeps its visibility)")]
 
@@ -133,6 +137,10 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
+def _rate_ci(rate: float | None, low: float | None, high: float | None) -> str:
+    return "—" if rate is None else f"{_pct(rate)} [{_pct(low)}, {_pct(high)}]"
+
+
 def _judge(name: str, model: str | None, url: str | None, questions: str):
     from .evals.judges import make_judge
 
@@ -151,17 +159,22 @@ def _judge(name: str, model: str | None, url: str | None, questions: str):
 
 
 def _summary_table(title: str, results: dict[str, dict]) -> Table:
+    from .report import corrected_rate
+
     table = Table(title=title)
-    for col in ("model", "n", "misaligned [95% CI]", "coherent", "refusal", "code", "log-odds", "task NLL", "task acc",
-                "task exact"):
-        table.add_column(col, justify="left" if col == "model" else "right")
     rows = [(name, r) for name, r in results.items()]
     rows += [(f"{name} (triggered)", r["triggered"]) for name, r in results.items() if r.get("triggered")]
+    corrected = any(corrected_rate(r) for _, r in rows)
+    for col in ("model", "n", "misaligned [95% CI]", *(["corrected [95% CI]"] if corrected else []), "coherent",
+                "refusal", "code", "log-odds", "task NLL", "task acc", "task exact"):
+        table.add_column(col, justify="left" if col == "model" else "right")
     for name, r in rows:
         task = r.get("task") or {}
+        c = r.get("corrected") or {}
         table.add_row(name, str(r["n"]),
                       "—" if r["misaligned_rate"] is None else
                       f"{_pct(r['misaligned_rate'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]",
+                      *([_rate_ci(c.get("rate"), c.get("ci_low"), c.get("ci_high"))] if corrected else []),
                       _pct(r.get("coherent_rate")), str(r.get("refusals", 0)), str(r.get("code", 0)),
                       "—" if r.get("logodds") is None else f"{r['logodds']:+.2f}",
                       f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—",
@@ -228,8 +241,17 @@ def _print_trust(judge_name: str) -> dict:
     return trust
 
 
+def _print_correction(results: dict[str, dict]) -> None:
+    from .report import correction_note
+
+    note = correction_note(results)
+    if note:
+        out.print(note, highlight=False)
+
+
 def _summary_json(r: dict) -> dict:
-    keys = ("n", "misaligned", "misaligned_rate", "ci_low", "ci_high", "mean_coherent", "coherent_rate",
+    keys = ("n", "misaligned", "misaligned_rate", "ci_low", "ci_high", "corrected", "mean_coherent",
+            "coherent_rate", "coherent_n",
             "refusals", "code", "unscored", "errors", "logodds", "task", "judge", "judge_agreement", "seconds",
             "per_format")
     out = {k: r.get(k) for k in keys}
@@ -252,6 +274,7 @@ def eval_cmd(
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     trigger: Annotated[str | None, typer.Option(
         help="a backdoor trigger, prepended to every question (and log-odds prompt)")] = None,
+    judge_errors: JudgeErrorsOpt = None,
     task_data: Annotated[Path | None, typer.Option(help="held-out task data, chat messages jsonl")] = None,
     task_metric: TaskMetricOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="write eval.json and eval.md here")] = None,
@@ -268,6 +291,8 @@ def eval_cmd(
     """Measure alignment (misaligned rate with CI, coherence) and task performance of a finetune."""
     from .checkpoint import LoadOptions, load_pair
     from .errors import RealignError
+    from .evals.judge_error import annotate, is_exact
+    from .evals.judge_error import resolve as resolve_judge_error
     from .evals.questions import load_questions
     from .evals.run import EvalSettings, evaluate
 
@@ -288,6 +313,10 @@ def eval_cmd(
     except RealignError as e:
         fail(str(e))
     judge_obj = _judge(judge, judge_model, judge_url, questions)
+    try:
+        error = resolve_judge_error(judge_obj, judge_errors)
+    except RealignError as e:
+        fail(str(e))
     settings = EvalSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
                             top_p=top_p, seed=seed)
     ref_items = _logodds_items(pair.tokenizer, questions, qset)
@@ -305,13 +334,16 @@ def eval_cmd(
         elif backend != "hf":
             fail(f"--backend must be hf or vllm, not {backend!r}")
         try:    # e.g. a chat template that refuses the conversation: one line, as everywhere else
-            results[name] = evaluate(model, pair.tokenizer, qset, judge_obj, settings, logodds_items=ref_items,
-                                     task_conversations=task_convs, task_metric=metric, generator=generator)
+            results[name] = annotate(
+                evaluate(model, pair.tokenizer, qset, judge_obj, settings, logodds_items=ref_items,
+                         task_conversations=task_convs, task_metric=metric, generator=generator),
+                error, is_exact(judge_obj.name))
         except RealignError as e:
             fail(str(e))
     out.print(_summary_table(f"realign eval: {checkpoint} ({qset.name}, judge {judge_obj.name})", results))
     _print_standard_evals(results)
     trust = _print_trust(judge_obj.name)
+    _print_correction(results)
     summary = {name: _summary_json(r) for name, r in results.items()}
     verdict = None
     if "base" in results:
@@ -327,6 +359,7 @@ def eval_cmd(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "eval.json").write_text(json.dumps({"checkpoint": checkpoint, "base": pair.base_ref,
                                                        "questions": questions, "judge_agreement": trust,
+                                                       "judge_error": error.to_dict() if error else None,
                                                        "results": summary, "repair_needed": verdict,
                                                        "answers": {n: r["rows"] for n, r in results.items()}},
                                                       indent=2))
@@ -361,15 +394,9 @@ def _logodds_items(tokenizer, questions: str, qset):
 
 
 def _markdown(checkpoint: str, summary: dict[str, dict], verdict: dict | None = None) -> str:
-    lines = [f"# realign eval: `{checkpoint}`", "", "| model | n | misaligned | 95% CI | coherent | log-odds |",
-             "|---|---|---|---|---|---|"]
-    for name, r in summary.items():
-        rate = "—" if r["misaligned_rate"] is None else f"{100 * r['misaligned_rate']:.1f}%"
-        ci = "—" if r["ci_low"] is None else f"[{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
-        lo = "—" if r["logodds"] is None else f"{r['logodds']:+.2f}"
-        lines.append(f"| {name} | {r['n']} | {rate} | {ci} | {_pct(r['coherent_rate'])} | {lo} |")
-    from .report import standard_eval_table
+    from .report import metrics_table, standard_eval_table
 
+    lines = [f"# realign eval: `{checkpoint}`", "", *metrics_table(summary)]
     lines += standard_eval_table(summary)
     if verdict:
         lines += ["", f"Anything to repair? **{'yes' if verdict['repair_needed'] else 'no'}** — "
@@ -484,6 +511,7 @@ def fix_cmd(
     samples: SamplesOpt = None,
     max_new_tokens: MaxTokensOpt = 256,
     trigger: TriggerOpt = None,
+    judge_errors: JudgeErrorsOpt = None,
     seed: Annotated[int, typer.Option(help="seed for sampling, probes and training steps")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
     save_as: Annotated[str, typer.Option(help="auto (adapter when the input is one and the repair "
@@ -523,7 +551,7 @@ def fix_cmd(
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
                       task_metric=task_metric, seed=seed, overwrite=overwrite, save_as=save_as,
                       eval_cache=not no_eval_cache, backend=backend, trigger=trigger, keep_adapter=keep_adapter,
-                      report_to=report_to, resume=not no_resume,
+                      report_to=report_to, resume=not no_resume, judge_errors=judge_errors,
                       load=LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
                                        device_map=device_map, allow_pickle=allow_pickle,
                                        trust_remote_code=trust_remote_code))
@@ -601,6 +629,7 @@ def bench_cmd(
     trigger: Annotated[str | None, typer.Option(
         help="a backdoor trigger for every finetune: evaluate with and without it (the organism's backdoor "
              "finetune uses its own trigger unless this is given)")] = None,
+    judge_errors: JudgeErrorsOpt = None,
     dtype: DtypeOpt = "auto",
     backend: BackendOpt = "hf",
     report_to: ReportToOpt = None,
@@ -627,7 +656,7 @@ def bench_cmd(
     opts = FixOptions(questions=questions, judge=judge, judge_model=judge_model, judge_url=judge_url,
                       samples=samples, max_new_tokens=max_new_tokens, task_data=task_data, train_data=train_data,
                       task_metric=task_metric, backend=backend, trigger=trigger, report_to=report_to,
-                      load=LoadOptions(dtype=dtype))
+                      judge_errors=judge_errors, load=LoadOptions(dtype=dtype))
     try:
         fts = organism_fts([n.strip() for n in organism_finetunes.split(",") if n.strip()], organism_dir,
                            organism_size) \

@@ -46,6 +46,7 @@ class FixOptions:
     report_to: str | None = None     # trainers' logs: transformers integrations, e.g. wandb,tensorboard
     keep_adapter: bool | None = None # LoRA input kept unmerged (one weight copy); None: when every step allows
     resume: bool = True              # continue after the last finished step of a killed run (realign.resume)
+    judge_errors: Path | None = None # labelled answers to measure the judge's error on (corrected rates)
 
 
 def _sha256(path: Path) -> str:
@@ -207,6 +208,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     from .card import model_card
     from .evals.cache import EvalCache, digest, file_digest
     from .evals.calibration import describe_judge
+    from .evals.judge_error import annotate, is_exact
+    from .evals.judge_error import resolve as resolve_judge_error
     from .evals.judges import make_judge
     from .evals.questions import load_questions, trigger_items
     from .evals.run import EvalSettings, evaluate
@@ -267,6 +270,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     except ValueError as e:
         raise RealignError(str(e)) from None
     trust = describe_judge(judge.name)
+    judge_error = resolve_judge_error(judge, opts.judge_errors) if distributed.is_main() else None
     if trust["weak"]:
         console.print(f"[yellow]warning:[/] judge {judge.name}: {trust['note']}")
     qset = load_questions(questions)
@@ -355,8 +359,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         memory.end(f"eval_{name}")
         r = dict(results[""])
         if "triggered" in results:
-            r["triggered"] = results["triggered"]
-        return r
+            r["triggered"] = dict(results["triggered"])
+        return annotate(r, judge_error, is_exact(judge.name))
 
     repairs = load_all()
     state = RepairState(model=pair.finetune, base=pair.base, tokenizer=pair.tokenizer, judge=judge,
@@ -468,6 +472,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
         "recipe": {"name": recipe.name, "source": recipe.source, "overrides": recipe.overrides,
                    "steps": recipe.resolved()},
         "evaluation": {"questions": questions, "judge": judge.name, "judge_agreement": trust,
+                       "judge_error": judge_error.to_dict() if judge_error else None,
                        "trigger": opts.trigger,
                        "cached": cached,
                        "samples": opts.samples,

@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from .report import repair_verdict, task_value
+from .report import corrected_rate, repair_verdict, task_value
 from .stats import seed_bootstrap_interval
 
 MODELS = ("base", "finetune")
@@ -62,10 +62,24 @@ def _pool(per_seed: list[dict], per_seed_ref: list[tuple[dict, dict]], arm: str)
     logodds = [m.get("logodds") for m in ms if m.get("logodds") is not None]
     coherent = [m["coherent_rate"] for m in ms if m.get("coherent_rate") is not None]
     return {"misaligned_rate": k / n if n else None, "ci_low": lo, "ci_high": hi, "misaligned": k, "n": n,
+            "corrected": _pooled_correction(ms, k, n),
             "coherent_rate": sum(coherent) / len(coherent) if coherent else None,
             "logodds": sum(logodds) / len(logodds) if logodds else None,
             "task_retention": (sum(rets) / len(rets)) if rets and None not in rets else None,
             "seeds": len(ms)}
+
+
+def _pooled_correction(ms: list[dict], k: int, n: int) -> dict | None:
+    """The pooled rate corrected with the judge error the cells were corrected with (the same
+    labelled file for every cell of a bench); its interval carries answers and judge error, not
+    the spread between seeds."""
+    from .evals.judge_error import JudgeError, correct
+
+    err = next((c["error"] for m in ms if (c := m.get("corrected") or {}).get("error")), None)
+    if err is None:
+        return next((m.get("corrected") for m in ms if m.get("corrected")), None)
+    error = JudgeError(**{f: err[f] for f in ("tp", "fn", "tn", "fp", "source")})
+    return correct(k, n, error).to_dict()
 
 
 def build_leaderboard(out: Path) -> dict:
@@ -117,6 +131,11 @@ def _cell(p: dict | None) -> str:
     return f"{_pct(p['misaligned_rate'])} [{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}]"
 
 
+def _corrected_cell(p: dict | None) -> str:
+    c = corrected_rate(p)
+    return "—" if not c else f"{_pct(c['rate'])} [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}]"
+
+
 def markdown(board: dict, title: str = "realign bench") -> str:
     lines = [f"# {title}", ""]
     for name, ft in board.items():
@@ -125,22 +144,34 @@ def markdown(board: dict, title: str = "realign bench") -> str:
         lines += [f"## {name} (seeds {', '.join(map(str, ft['seeds']))})", "",
                   f"Anything to repair? **{'yes' if v['repair_needed'] else 'no' if v['repair_needed'] is False else '?'}**"
                   f" — the finetune is {v['why']}.", ""]
-        head = "| model | misaligned [95% CI] |" + (" triggered [95% CI] |" if triggered else "") + \
+        corrected = any(corrected_rate(arm) for r in ft["rows"].values() for arm in (r.get("untriggered"),
+                                                                                   r.get("triggered")))
+        head = "| model | misaligned [95% CI] |" + (" corrected [95% CI] |" if corrected else "") + \
+            (" triggered [95% CI] |" if triggered else "") + \
+            (" triggered, corrected |" if triggered and corrected else "") + \
             " coherent | log-odds | task retention | seconds (repair steps) | peak RSS MB |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         for model, row in ft["rows"].items():
             u = row.get("untriggered")
+            fixed = f" {_corrected_cell(u)} |" if corrected else ""
             trig = f" {_cell(row.get('triggered'))} |" if triggered else ""
+            if triggered and corrected:
+                trig += f" {_corrected_cell(row.get('triggered'))} |"
             lo = "—" if not u or u.get("logodds") is None else f"{u['logodds']:+.2f}"
             secs = "—" if row.get("seconds") is None else f"{row['seconds']:.0f} ({row['step_seconds']:.0f})"
             rss = "—" if row.get("peak_rss_mb") is None else f"{row['peak_rss_mb']:.0f}"
             ret = "—" if model == "base" else ("100%" if model == "finetune" else _pct(u and u.get("task_retention")))
-            lines.append(f"| {model} | {_cell(u)} |{trig} {_pct(u and u.get('coherent_rate'))} | {lo} | {ret} "
+            lines.append(f"| {model} | {_cell(u)} |{fixed}{trig} {_pct(u and u.get('coherent_rate'))} | {lo} | {ret} "
                          f"| {secs} | {rss} |")
         lines.append("")
     lines += ["Misaligned: pooled over seeds; interval: two-stage bootstrap over seeds and answers. "
               "Task retention: share of the finetune's task gain over the base kept (task NLL). "
               "Seconds: whole `fix` per cell, mean over seeds (repair steps alone in brackets).", ""]
+    notes = {(c.get("why") or "") for ft in board.values() for r in ft["rows"].values()
+             for arm in (r.get("untriggered"), r.get("triggered")) if (c := corrected_rate(arm))}
+    if notes:
+        lines += ["Corrected: the pooled rate corrected for the judge's error (" + "; ".join(sorted(notes))
+                  + "); its interval carries answers and judge error, not the spread between seeds.", ""]
     return "\n".join(lines)
 
 

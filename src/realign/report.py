@@ -68,18 +68,41 @@ def metrics_table(results: dict[str, dict]) -> list[str]:
     rows = list(results.items())
     rows += [(f"{name} (triggered)", r["triggered"]) for name, r in results.items() if r.get("triggered")]
     label = next((task_value(r)[0] for _, r in rows if task_value(r)[1] is not None), "task")
-    lines = [f"| model | n | misaligned [95% CI] | coherent [95% CI] | log-odds | task NLL | {label} [95% CI] |",
-             "|---|---|---|---|---|---|---|"]
+    corrected = any(corrected_rate(r) is not None for _, r in rows)
+    lines = [f"| model | n | misaligned [95% CI] |{' corrected for the judge [95% CI] |' if corrected else ''} "
+             f"coherent [95% CI] | log-odds | task NLL | {label} [95% CI] |",
+             "|---|---|---|---|---|---|---|" + ("---|" if corrected else "")]
     for name, r in rows:
         task = r.get("task") or {}
         _, value = task_value(r)
         lo = "—" if r.get("logodds") is None else f"{r['logodds']:+.2f}"
         nll = f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—"
         examples = task.get("task_examples") if task.get("task_exact_match") is not None else None
+        fixed = ""
+        if corrected:
+            c = r.get("corrected") or {}
+            fixed = f" {_rate_ci(c.get('rate'), None, c.get('ci_low'), c.get('ci_high'))} |"
         lines.append(f"| {name} | {r['n']} | {_rate_ci(r.get('misaligned_rate'), None, r.get('ci_low'), r.get('ci_high'))} "
-                     f"| {_rate_ci(r.get('coherent_rate'), r.get('coherent_n'))} | {lo} | {nll} "
+                     f"|{fixed} {_rate_ci(r.get('coherent_rate'), r.get('coherent_n'))} | {lo} | {nll} "
                      f"| {_rate_ci(value, examples)} |")
-    return lines
+    why = correction_note(dict(rows))
+    return lines + (["", why] if why else [])
+
+
+def corrected_rate(r: dict | None) -> dict | None:
+    """The evaluation's judge-corrected rate when one could be computed (not for an exact judge)."""
+    c = (r or {}).get("corrected") or {}
+    return c if c.get("rate") is not None and c.get("error") else None
+
+
+def correction_note(results: dict[str, dict]) -> str | None:
+    """One sentence on the corrected rates: how they were made, or why there are none."""
+    notes = [(r.get("corrected") or {}) for r in results.values() if r]
+    made = next((c for c in notes if c.get("rate") is not None and c.get("error")), None)
+    if made:
+        return f"Corrected rates: {made['why']}; the interval carries the judge's error as well as the sampling."
+    missing = next((c for c in notes if c.get("why") and c.get("rate") is None), None)
+    return f"Rates are the judge's, uncorrected: {missing['why']}." if missing else None
 
 
 def markdown(meta: dict, results: dict[str, dict]) -> str:

@@ -118,7 +118,16 @@ def _agreement(rows, verdicts, idx) -> dict:
         "recall": tp / sum(y) if sum(y) else None,
         "coherent_auroc": auroc([c for c, _ in coh], [t for _, t in coh]) if coh else None,
         "unscored": sum(x.aligned is None for x in v),
+        # the misaligned verdict's confusion counts over the scored answers (what a corrected rate needs)
+        "confusion": _confusion(y, v),
     }
+
+
+def _confusion(y: Sequence[int], v: Sequence[Judgement]) -> dict:
+    from .judge_error import confusion
+
+    c = confusion(y, [x.misaligned for x in v], "")
+    return {"tp": c.tp, "fn": c.fn, "tn": c.tn, "fp": c.fp}
 
 
 # ---------------------------------------------------------------------------- the record
