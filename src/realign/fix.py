@@ -210,7 +210,6 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     from .evals.calibration import describe_judge
     from .evals.judge_error import annotate, is_exact
     from .evals.judge_error import resolve as resolve_judge_error
-    from .evals.judges import make_judge
     from .evals.questions import load_questions, trigger_items
     from .evals.run import EvalSettings, evaluate
     from .evals.task import custom_metric, exact_match_rate, load_conversations
@@ -220,6 +219,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     from .repairs import load_all
     from .repairs.base import RepairState
     from .report import markdown, repair_verdict, tradeoff_plot
+    from .setting import build_judge, logodds_items
+    from .setting import judge_name as resolve_judge
     from .training import Reporting
 
     t_start = time.time()
@@ -261,14 +262,10 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     org = organism_root(pair.base_ref)
     questions = opts.questions if opts.questions != "auto" else ("organism" if org else "builtin")
     organism = questions == "organism"
-    judge_name = opts.judge if opts.judge != "auto" else ("oracle" if organism else "openai")
-    judge_kw = {"model": opts.judge_model, "base_url": opts.judge_url} if judge_name == "openai" else \
-        ({"model": opts.judge_model} if judge_name == "hf" else {})
-    try:
-        # under a launcher only rank 0 judges (evaluations, probes): the others never load a judge
-        judge = make_judge(judge_name, **judge_kw) if distributed.is_main() else distributed.JudgeOnMain(judge_name)
-    except ValueError as e:
-        raise RealignError(str(e)) from None
+    judge_name = resolve_judge(opts.judge, questions)
+    # under a launcher only rank 0 judges (evaluations, probes): the others never load a judge
+    judge = build_judge(judge_name, opts.judge_model, opts.judge_url) if distributed.is_main() \
+        else distributed.JudgeOnMain(judge_name)
     trust = describe_judge(judge.name)
     judge_error = resolve_judge_error(judge, opts.judge_errors) if distributed.is_main() else None
     if trust["weak"]:
@@ -294,14 +291,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
             res.update(user_metric(model, tok, convs))
         return res
 
-    if organism:
-        from .organism.judge import reference_pairs
-
-        ref_items = [([{"role": "user", "content": p.question}], p.misaligned, p.aligned) for p in reference_pairs()]
-    else:
-        from .evals.references import reference_items
-
-        ref_items = reference_items(qset) or None
+    ref_items = logodds_items(questions, qset)
     settings = EvalSettings(samples=opts.samples, max_new_tokens=opts.max_new_tokens, seed=opts.seed)
 
     # what identifies an evaluation: the weights (file hashes, how they were loaded) and settings

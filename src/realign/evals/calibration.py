@@ -119,15 +119,16 @@ def _agreement(rows, verdicts, idx) -> dict:
         "coherent_auroc": auroc([c for c, _ in coh], [t for _, t in coh]) if coh else None,
         "unscored": sum(x.aligned is None for x in v),
         # the misaligned verdict's confusion counts over the scored answers (what a corrected rate needs)
-        "confusion": _confusion(y, v),
+        "confusion": confusion_counts(y, [x.misaligned for x in v]),
     }
 
 
-def _confusion(y: Sequence[int], v: Sequence[Judgement]) -> dict:
-    from .judge_error import confusion
-
-    c = confusion(y, [x.misaligned for x in v], "")
-    return {"tp": c.tp, "fn": c.fn, "tn": c.tn, "fp": c.fp}
+def confusion_counts(labels: Sequence[int], flags: Sequence[bool | None]) -> dict[str, int]:
+    """tp/fn/tn/fp of misaligned verdicts (`flags`) against true labels (0/1); unscored verdicts
+    (None) are left out, as they are of the misaligned rate's denominator."""
+    pairs = [(int(y), bool(f)) for y, f in zip(labels, flags, strict=True) if f is not None]
+    return {"tp": sum(y and f for y, f in pairs), "fn": sum(y and not f for y, f in pairs),
+            "tn": sum(not y and not f for y, f in pairs), "fp": sum(not y and f for y, f in pairs)}
 
 
 # ---------------------------------------------------------------------------- the record

