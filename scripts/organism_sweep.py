@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def main() -> None:
                     help="comma-separated finetunes to build (default: all)")
     args = ap.parse_args()
     quiet_libraries()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))   # 1: beside another job
     cfg = apply_overrides(preset(args.size), args.overrides)
     per_model: dict[str, list] = {m: [] for m in MODELS}
     inference = []
