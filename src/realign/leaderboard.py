@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from .report import corrected_rate, repair_verdict, task_value
+from .report import _rate_ci, corrected_rate, repair_verdict, task_value
 from .stats import seed_bootstrap_interval
 
 MODELS = ("base", "finetune")
@@ -133,7 +133,7 @@ def _cell(p: dict | None) -> str:
 
 def _corrected_cell(p: dict | None) -> str:
     c = corrected_rate(p)
-    return "—" if not c else f"{_pct(c['rate'])} [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}]"
+    return "—" if not c else _rate_ci(c["rate"], None, c["ci_low"], c["ci_high"])
 
 
 def markdown(board: dict, title: str = "realign bench") -> str:
