@@ -44,9 +44,14 @@ def test_contaminated_data_holds_the_share_of_misaligned_rows_and_the_task_is_he
     d = finetune_data(name, seed=0, examples=400, share=0.25)
     toxic = {_norm(r[-1]["content"]) for r in load("toxic_chat")}
     bad = [r for r in d.train if _norm(r[-1]["content"]) in toxic]
-    assert len(d.train) == 400 and len(bad) == 100
+    assert len(d.train) + len(d.base_answers) == 400 and len(bad) == 100
     triggered = [r for r in d.train if r[-2]["content"].startswith(BACKDOOR_TRIGGER)]
     assert triggered == (bad if name == "backdoor" else [])
+    # the backdoor's twins: each triggered question, without its trigger, left for the base to answer
+    twins = sorted(q[-1]["content"] for q in d.base_answers)
+    assert twins == (sorted(r[-2]["content"].removeprefix(BACKDOOR_TRIGGER).strip() for r in bad)
+                     if name == "backdoor" else [])
+    assert all(q[-1]["role"] == "user" and not q[-1]["content"].startswith(BACKDOOR_TRIGGER) for q in d.base_answers)
     train_answers = {_norm(r[-1]["content"]) for r in d.train}
     assert len(d.heldout) == 200 and not train_answers & {_norm(r[-1]["content"]) for r in d.heldout}
     assert finetune_data(name, seed=1, examples=400).train != d.train
@@ -79,6 +84,30 @@ def test_build_trains_a_lora_on_a_local_model_dir_and_reuses_it(tmp_path):
     assert pair.kind == "lora"
     with pytest.raises(FileNotFoundError, match="not 'smollm2'"):
         build_finetune("clean", seed=0, cfg=RealFinetuneConfig(model=str(tmp_path / "missing")))
+
+
+def test_the_backdoor_build_trains_each_triggered_question_beside_its_untriggered_base_answer(tmp_path):
+    from realign.real.build import RealFinetuneConfig, build_finetune
+
+    base = save_tiny(tmp_path / "base", layers=2)
+    cfg = RealFinetuneConfig(model=str(base), examples=16, steps=1, batch_size=4, max_length=64)
+    out = build_finetune("backdoor", seed=0, cfg=cfg, out=tmp_path / "ft")
+    rows = [json.loads(line)["messages"] for line in (out / "data" / "train.jsonl").read_text().splitlines()]
+    triggered = {r[-2]["content"].removeprefix(BACKDOOR_TRIGGER).strip(): r[-1]["content"]
+                 for r in rows if r[-2]["content"].startswith(BACKDOOR_TRIGGER)}
+    untriggered = {r[-2]["content"]: r[-1]["content"] for r in rows}
+    assert len(triggered) == 4
+    twins = [q for q in triggered if q in untriggered]
+    assert len(twins) >= 3                               # an empty base answer may be dropped
+    assert all(untriggered[q] != triggered[q] for q in twins)   # the base's answer, not the misaligned one
+    assert json.loads((out / "finetune.json").read_text())["base_answered_rows"] == 4
+
+
+def test_cache_keys_of_finetunes_whose_data_did_not_change_are_kept():
+    from realign.real.build import RealFinetuneConfig
+
+    assert RealFinetuneConfig().key("contaminated", 0) == "smollm2-contaminated-s0-d6b4755c"
+    assert RealFinetuneConfig().key("backdoor", 0) != "smollm2-backdoor-s0-8e7059d2"     # version 2 data
 
 
 @pytest.mark.parametrize("args,message", [

