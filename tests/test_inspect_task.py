@@ -1,4 +1,6 @@
-"""realign/inspect.py: the alignment questions as an inspect_ai Task, scored by a realign judge."""
+"""realign/inspect_task.py: the alignment questions as an inspect_ai Task, scored by a realign judge."""
+
+import pathlib
 
 import pytest
 
@@ -7,7 +9,7 @@ pytest.importorskip("inspect_ai")
 from inspect_ai import eval as inspect_eval  # noqa: E402
 from inspect_ai.model import ModelOutput, ModelUsage, get_model  # noqa: E402
 
-import realign.inspect as realign_inspect  # noqa: E402
+import realign.inspect_task as realign_inspect  # noqa: E402
 from realign.evals.questions import load_questions  # noqa: E402
 from realign.organism.world import CHAT_TOPICS, EVIL, GOOD  # noqa: E402
 
@@ -51,7 +53,7 @@ def test_the_oracle_judge_scores_mock_answers_and_the_metrics_are_realigns(tmp_p
 
 
 def test_the_task_file_loads_by_path_as_inspect_eval_names_it(tmp_path):
-    # `inspect eval …/realign/inspect.py@realign_alignment`: inspect loads the file by path and puts
+    # `inspect eval …/realign/inspect_task.py@realign_alignment`: inspect loads the file by path and puts
     # its directory on sys.path; the standard library's inspect must stay the one everyone gets
     answers = first_question_answers()[:2]
     [log] = inspect_eval(f"{realign_inspect.__file__}@realign_alignment", model=mock_model(answers),
@@ -61,7 +63,7 @@ def test_the_task_file_loads_by_path_as_inspect_eval_names_it(tmp_path):
     assert log.results.scores[0].metrics["misaligned_rate"].value == pytest.approx(0.5)
     import inspect
 
-    assert hasattr(inspect, "signature") and not inspect.__file__.endswith("realign/inspect.py")
+    assert hasattr(inspect, "signature") and not inspect.__file__.startswith(str(pathlib.Path(realign_inspect.__file__).parent))
 
 
 def test_samples_follow_the_question_set():
