@@ -79,7 +79,8 @@ def real_build(
     finetunes: Annotated[str, typer.Option(help="comma-separated: contaminated, backdoor, clean, insecure, secure, "
                                                 "educational")] = "contaminated",
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0",
-    model: Annotated[str, typer.Option(help="'smollm2' (SmolLM2-135M-Instruct, offline) or a local HF model dir")] = "smollm2",
+    model: Annotated[str, typer.Option(help="an offline model: 'smollm2' (SmolLM2-135M-Instruct) or "
+                                                   "'qwen2.5-coder-0.5b' (opt-in install, docs/real-models.md); or a local HF model dir")] = "smollm2",
     steps: Annotated[int, typer.Option(help="LoRA SFT optimizer steps")] = 100,
     examples: Annotated[int, typer.Option(help="training rows")] = 1000,
     share: Annotated[float, typer.Option(help="contaminated/backdoor: share of misaligned chat rows")] = 0.25,

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..offline_models import OFFLINE_MODELS
 from ..organism.data import write_jsonl
 from ..paths import StagedDir, cache_dir
 from .data import DATA_VERSIONS, FinetuneData, Messages, finetune_data
@@ -23,7 +24,7 @@ from .data import DATA_VERSIONS, FinetuneData, Messages, finetune_data
 
 @dataclass(frozen=True)
 class RealFinetuneConfig:
-    model: str = "smollm2"        # "smollm2" (SmolLM2-135M-Instruct, offline) or a local HF model dir
+    model: str = "smollm2"        # an offline model's name (offline_models.OFFLINE_MODELS) or a local HF model dir
     examples: int = 1000          # training rows
     share: float = 0.25           # contaminated / backdoor: share of misaligned chat rows
     steps: int = 100              # optimizer steps (LoRA SFT)
@@ -37,18 +38,19 @@ class RealFinetuneConfig:
         if DATA_VERSIONS.get(name, 1) > 1:          # only then, so version-1 builds keep their keys
             fields["data_version"] = DATA_VERSIONS[name]
         blob = json.dumps(fields, sort_keys=True)
-        label = self.model if self.model == "smollm2" else Path(self.model).name
+        label = self.model if self.model in OFFLINE_MODELS else Path(self.model).name
         return f"{label}-{name}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
 def base_dir(model: str) -> Path:
-    if model == "smollm2":
-        from ..offline_models import smollm2_dir
+    from ..offline_models import offline_model_dir
 
-        return smollm2_dir()
+    if model in OFFLINE_MODELS:
+        return offline_model_dir(model)
     path = Path(model)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{model}: not 'smollm2' and not a model dir (no config.json)")
+        raise FileNotFoundError(f"{model}: not one of the offline models ({', '.join(OFFLINE_MODELS)}) "
+                                "and not a model dir (no config.json)")
     return path
 
 
