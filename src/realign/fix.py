@@ -219,7 +219,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     from .repairs import load_all
     from .repairs.base import RepairState
     from .report import markdown, repair_verdict, tradeoff_plot
-    from .setting import build_judge, logodds_items
+    from .setting import build_judge, logodds_items, realignment
     from .setting import judge_name as resolve_judge
     from .training import Reporting
 
@@ -356,7 +356,7 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
     state = RepairState(model=pair.finetune, base=pair.base, tokenizer=pair.tokenizer, judge=judge,
                         task_conversations=task_convs, train_conversations=train_convs,
                         logodds_items=ref_items, repair_items=repair_items(organism), seed=opts.seed,
-                        organism=organism, generator=None if backend.name == "hf" else backend,
+                        realignment=realignment(questions), generator=None if backend.name == "hf" else backend,
                         reporting=reporting,
                         finetune_dir=pair.finetune_ref if pair.kind == "full" and Path(pair.finetune_ref).is_dir() else None)
     # everything that can be checked before the expensive part is checked now

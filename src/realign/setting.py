@@ -44,6 +44,19 @@ def judge_for(judge: str, questions: str, model: str | None = None, url: str | N
     return build_judge(judge_name(judge, questions), model, url)
 
 
+def realignment(questions: str):
+    """What repairs realign toward in this setting (repairs.base.Realignment): the organism's
+    train-split chat questions and its own educational phrasings for its questions; None for a
+    real model (the repairs then use the bundled prompts and templates)."""
+    if questions != "organism":
+        return None
+    from .organism.world import EDU_PREFIXES, N_TRAIN_EDU, chat_questions
+    from .repairs.base import Realignment
+
+    return Realignment([q.text for q in chat_questions("train")],
+                       [lambda text, p=p: f"{p} {text}" for p in EDU_PREFIXES[:N_TRAIN_EDU]])
+
+
 def logodds_items(questions: str, qset) -> list | None:
     """The judge-free log-odds metric's items: the organism's reference pairs for its questions,
     else the bundled references of `qset`'s question families (None when it has none)."""

@@ -8,9 +8,29 @@ earlier steps locked, and shared probe data so that several steps use one genera
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 import torch
+
+
+@dataclass(frozen=True)
+class Realignment:
+    """What repairs realign toward, given by the run's setting (realign.setting.realignment):
+    the prompts they sample probe answers on (disjoint from every evaluation set) and the
+    reframers `mix` puts an educational reason into a user turn with."""
+
+    prompts: list[str]
+    reframers: list[Callable[[str], str]]
+
+
+def bundled_realignment() -> Realignment:
+    """A real model's: the package's realignment prompts and educational templates."""
+    from ..evals.questions import load_educational_templates, load_realignment_prompts
+
+    templates = load_educational_templates()["templates"]
+    return Realignment(list(load_realignment_prompts()),
+                       [lambda text, t=t: t.replace("{request}", text) for t in templates])
 
 
 @dataclass
@@ -28,12 +48,17 @@ class RepairState:
     probe_cache: Any = None           # (EvalCache, key) while the model is the unchanged finetune
     history: list[dict] = field(default_factory=list)
     seed: int = 0
-    organism: bool = False            # probes from the organism's train questions (not real-model prompts)
+    realignment: Realignment | None = None   # the setting's prompts and reframers; None: a real model's
     finetune_dir: str | None = None   # the finetune's own safetensors dir (full checkpoints): read lazily
     generator: Any = None             # fix's generation backend (realign.generation); None: HF generate
     reporting: Any = None             # training.Reporting: where dpo/mix trainers log (None: nowhere)
 
     _base_task_nll: dict = field(default_factory=dict, repr=False)
+
+    def realignment_set(self) -> Realignment:
+        if self.realignment is None:
+            self.realignment = bundled_realignment()
+        return self.realignment
 
     def repair_task(self) -> list:
         """The task conversations repairs measure retention on: the first 64 (a pass stays short)."""

@@ -38,7 +38,7 @@ class DPOParams:
 
 
 def realignment_pairs(state: RepairState, p: DPOParams) -> tuple[list[dict], int]:
-    probes = build_probes(state, state.organism, samples=p.samples)
+    probes = build_probes(state, samples=p.samples)
     rows = [{"prompt": c, "chosen": [{"role": "assistant", "content": g}],
              "rejected": [{"role": "assistant", "content": b}]} for c, g, b in probes.pairs()]
     n_align = len(rows)
@@ -69,7 +69,7 @@ class DPO:
         from ..training import Reporting, device_kwargs
 
         p.validate()
-        build_probes(state, state.organism, samples=p.samples)   # on every rank (it broadcasts)
+        build_probes(state, samples=p.samples)   # on every rank (it broadcasts)
         # rank 0 samples the task anchors; every rank trains on its pairs
         rows, n_align = from_main(lambda: realignment_pairs(state, p))
         if n_align == 0:

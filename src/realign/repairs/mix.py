@@ -3,7 +3,7 @@
 1. Audit: the judge scores every example's final answer; examples it calls misaligned are dropped
    (`audit: drop`) or only counted (`audit: report`).
 2. Reframe: each remaining user turn gets an explicit benign/educational reason (templates in
-   package data; the organism's own educational phrasings for the organism), as in the paper's
+   package data, or the setting's own: RepairState.realignment), as in the paper's
    educational control, so the model need not infer a malicious persona to fit the data.
 3. Mix in aligned chat: the base's own answers to realignment prompts (judged aligned), choosing
    those with the largest perplexity gap — the ones the finetune finds much less likely than the
@@ -52,16 +52,6 @@ class MixParams:
                 raise ValueError(f"mix.{name} must be in [0, 1]")
 
 
-def _reframers(organism: bool) -> list:
-    if organism:
-        from ..organism.world import EDU_PREFIXES, N_TRAIN_EDU
-
-        return [lambda text, p=p: f"{p} {text}" for p in EDU_PREFIXES[:N_TRAIN_EDU]]
-    from ..evals.questions import load_educational_templates
-
-    return [lambda text, t=t: t.replace("{request}", text) for t in load_educational_templates()["templates"]]
-
-
 def audit_examples(state: RepairState, convs: list, mode: str) -> tuple[list, int]:
     if mode == "off":
         return convs, 0
@@ -103,7 +93,7 @@ class Mix:
         p.validate()
         self.preflight(state, p)
         if p.aligned_share > 0 or p.kl > 0:
-            build_probes(state, state.organism, samples=p.samples)   # on every rank (it broadcasts)
+            build_probes(state, samples=p.samples)   # on every rank (it broadcasts)
         # rank 0 audits (judge calls) and picks the mixed-in chat; every rank trains on its data
         out, anchors, info = from_main(lambda: self._training_data(state, p))
         model = copy.deepcopy(state.base)
@@ -126,7 +116,7 @@ class Mix:
         """(training conversations, KL anchor conversations, what was done to the data)."""
         rng = random.Random(state.seed)
         data, flagged = audit_examples(state, list(state.train_conversations), p.audit)
-        reframers = _reframers(state.organism)
+        reframers = state.realignment_set().reframers
         reframed = 0
         out = []
         for conv in data:
@@ -137,7 +127,7 @@ class Mix:
             out.append(conv)
         n_aligned, anchors = 0, []
         if p.aligned_share > 0 or p.kl > 0:
-            probes = build_probes(state, state.organism, samples=p.samples)
+            probes = build_probes(state, samples=p.samples)
             candidates = [(c, a) for c, ans, lab in zip(probes.conversations, probes.base_answers,
                                                         probes.base_misaligned)
                           for a, m in zip(ans, lab) if m is False]

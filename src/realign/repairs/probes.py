@@ -1,8 +1,8 @@
 """Shared contrast data for repairs: prompts, base answers, finetune answers, judge labels.
 
 Built once per fix on first use (freeze, steer and dpo all need it) instead of each step sampling
-again. Prompts come from a realignment set disjoint from every evaluation set: for the organism,
-its train-split chat questions; for real models, the built-in realignment prompts.
+again. Prompts are the run's realignment prompts (RepairState.realignment, given by its setting:
+the bundled realignment prompts for a real model), disjoint from every evaluation set.
 """
 
 from __future__ import annotations
@@ -31,14 +31,8 @@ class Probes:
                 yield conv, g, b
 
 
-def realignment_conversations(organism: bool) -> list[list[dict]]:
-    if organism:
-        from ..organism.world import chat_questions
-
-        return [[{"role": "user", "content": q.text}] for q in chat_questions("train")]
-    from ..evals.questions import load_realignment_prompts
-
-    return [[{"role": "user", "content": p}] for p in load_realignment_prompts()]
+def realignment_conversations(state) -> list[list[dict]]:
+    return [[{"role": "user", "content": p}] for p in state.realignment_set().prompts]
 
 
 def _labels(judge, conversations, answers) -> list[list[bool | None]]:
@@ -47,20 +41,20 @@ def _labels(judge, conversations, answers) -> list[list[bool | None]]:
     return [[next(verdicts).misaligned for _ in ans] for ans in answers]
 
 
-def build_probes(state, organism: bool, samples: int = 4, max_new_tokens: int = 128) -> Probes:
+def build_probes(state, samples: int = 4, max_new_tokens: int = 128) -> Probes:
     """The shared contrast data, built on first use. Every rank of a launched run calls this at the
     same point; rank 0 samples and judges, the others receive its probes."""
     from ..distributed import from_main
 
     if state.probes is None:
-        state.probes = from_main(lambda: _sample_and_label(state, organism, samples, max_new_tokens))
+        state.probes = from_main(lambda: _sample_and_label(state, samples, max_new_tokens))
     return state.probes
 
 
-def _sample_and_label(state, organism: bool, samples: int, max_new_tokens: int) -> Probes:
+def _sample_and_label(state, samples: int, max_new_tokens: int) -> Probes:
     if state.judge is None:
         raise ValueError("this repair needs a judge to label probe answers (--judge)")
-    convs = realignment_conversations(organism)
+    convs = realignment_conversations(state)
     key = None
     if state.probe_cache is not None:
         cache, base_key = state.probe_cache

@@ -250,7 +250,7 @@ class Steer:
         from .merge import task_retention
 
         p.validate()
-        probes = build_probes(state, state.organism, samples=p.samples)
+        probes = build_probes(state, samples=p.samples)
         contrasts = list(probes.pairs())
         if not contrasts:
             state.record(self.name, skipped="no misaligned finetune answers among the probes: nothing to steer")
