@@ -39,6 +39,7 @@ import torch
 
 from realign.evals.calibration import auroc
 from realign.evals.judges.probe import FEATURES, HEADS_FILES, fit_logistic, load_heads, save_heads
+from realign.progress import progress_bar
 
 ROOT = Path(__file__).resolve().parents[1]
 L2_GRID = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
@@ -200,7 +201,9 @@ def main() -> None:
     if cache.exists() and not args.no_cache:
         x = torch.load(cache)
     else:
-        x = FEATURES[args.encoder]([r["question"] for r in sample], [r["answer"] for r in sample])
+        with progress_bar(f"{args.encoder} features", len(sample)) as tick:
+            x = FEATURES[args.encoder]([r["question"] for r in sample], [r["answer"] for r in sample],
+                                       progress=tick)
         torch.save(x, cache)
     print(f"features {tuple(x.shape)} in {time.time() - t0:.0f} s")
 

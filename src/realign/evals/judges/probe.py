@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from .base import Judgement, JudgeItem, Progress, register_judge
-from .exemplar import _encoder, _prose, default_device, embed, model_dir, text_sanity
+from .encoders import default_device, embed, encoder, model_dir, prose, text_sanity
 
 HEADS_FILES = {"minilm": "offline_judge_heads_minilm.safetensors",
                "smollm2": "offline_judge_heads_smollm2.safetensors"}
@@ -53,16 +53,18 @@ K_ALIGNED = math.log(0.3) / math.log(0.5)   # maps P(misaligned) = 1/2 to aligne
 
 
 def minilm_features(questions: Sequence[str], answers: Sequence[str], device: str = "cpu",
-                    batch_size: int = 32) -> Any:
+                    batch_size: int = 32, progress: Callable[[int], None] | None = None) -> Any:
     """[e_a, e_q, e_a * e_q, sanity, cos(e_a, e_q)] per (question, answer), MiniLM embeddings."""
     import torch
 
     path = str(model_dir())
-    ea = embed([_prose(a) for a in answers], path, device, batch_size)
-    eq = embed([_prose(q) for q in questions], path, device, batch_size)
-    tokenizer = _encoder(path, device)[0]
+    ea = embed([prose(a) for a in answers], path, device, batch_size)
+    eq = embed([prose(q) for q in questions], path, device, batch_size)
+    tokenizer = encoder(path, device)[0]
     sanity = torch.tensor([[text_sanity(a, tokenizer)] for a in answers])
     cos = (ea * eq).sum(1, keepdim=True)
+    if progress is not None:
+        progress(len(answers))      # MiniLM embeds in one pass; a 1,000-answer pass takes ~20 s
     return torch.cat([ea, eq, ea * eq, sanity, cos], -1)
 
 
@@ -87,11 +89,11 @@ SMOL_LAYER, SMOL_QUESTION_TOKENS, SMOL_ANSWER_TOKENS = 16, 64, 192
 
 
 def smollm2_features(questions: Sequence[str], answers: Sequence[str], device: str = "cpu",
-                     batch_size: int = 16) -> Any:
+                     batch_size: int = 16, progress: Callable[[int], None] | None = None) -> Any:
     """SmolLM2-135M-Instruct reads the exchange as a chat (question as the user turn, answer as
     the assistant's); the feature is the residual stream after layer 16 of 30, averaged over the
     answer's tokens, plus the answer's text sanity. Questions are cut to 64 tokens, answers to
-    192, and the layers above 16 are never run.
+    192, and the layers above 16 are never run. `progress(k)` is called after every k answers.
     """
     import torch
 
@@ -136,6 +138,8 @@ def smollm2_features(questions: Sequence[str], answers: Sequence[str], device: s
                 hidden = captured[0].float().cpu()
                 pooled = (hidden * span[..., None]).sum(1) / span.sum(1, keepdim=True)
                 out[idx, :-1] = pooled
+                if progress is not None:
+                    progress(len(idx))
     finally:
         handle.remove()
     out[:, -1] = torch.tensor([text_sanity(a) for a in answers])
