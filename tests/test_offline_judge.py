@@ -89,6 +89,9 @@ def test_agreement_with_labels_beats_chance(judge):
 
 # ---------------------------------------------------------------- the fitted offline judges
 
+COHERENT_AUROC_MIN = {"offline:smollm2-probe": 0.70, "offline:minilm-probe": 0.60}
+
+
 @pytest.fixture(scope="module", params=["offline", "offline-fast"])
 def probe(request):
     from realign.evals.judges import make_judge
@@ -136,7 +139,12 @@ def test_probe_judge_agrees_with_hand_labels(probe):
 
     rows = [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
     m = agreement(rows, probe.judge([JudgeItem(r["question"], r["answer"]) for r in rows]))
-    assert m["auroc"] > 0.75 and m["coherent_auroc"] > 0.75
+    assert m["auroc"] > 0.75
+    # Coherence bounds lowered from 0.75 when the heads were refitted on the clean split (2026-12-05):
+    # its train set holds 279 incoherent answers (the old one held 2,475, among them the test
+    # family's); on these answers the coherence head fell from 0.84 to 0.72 (SmolLM2) and from
+    # 0.97 to 0.63 (MiniLM). A known regression (docs/judges.md), guarded here against getting worse.
+    assert m["coherent_auroc"] > COHERENT_AUROC_MIN[probe.name]
 
 
 @pytest.mark.parametrize("encoder", ["smollm2", "minilm"])
@@ -144,8 +152,19 @@ def test_probe_heads_record_their_training(encoder):
     from realign.evals.judges.probe import default_heads, load_heads
 
     tensors, meta = load_heads(default_heads(encoder))
-    assert meta["encoder"] == encoder and meta["training_source"] == "em_medical"
-    assert len(meta["commit"]) == 40 and meta["reference_judge"] == "gpt-4o" and meta["n"] >= 1000
+    # every figure of the record is computed from the training file read (scripts/train_offline_judge.py)
+    assert meta["encoder"] == encoder and meta["n"] >= 1000 and meta["n"] == meta["sample"]["rows"]
+    assert "training_source" not in meta and "reference_judge" not in meta
+    assert meta["reference_judges"] and all(isinstance(j, str) and j for j in meta["reference_judges"])
+    read = meta["read"]
+    assert sum(s["rows"] for s in read["by_source"].values()) == read["rows"]
+    assert sum(b["rows"] for b in read["by_base"].values()) == read["rows"]
+    assert sum(s["misaligned"] for s in read["by_source"].values()) == read["misaligned"]
+    for s in read["by_source"].values():
+        assert s["repo"] and all(len(c) == 40 for c in s["commit"])
+    assert not set(read["by_source"]) & {"em_insecure", "model_organisms", "persona"}   # test sources
+    assert len(meta["split"]["train_sha256"]) == 64 and len(meta["split"]["split_sha256"]) == 64
+    assert meta["args"]["encoder"] == encoder and "seed" in meta["args"]
     d = tensors["mu"].shape[0]
     assert tensors["misaligned.w"].shape == (d,) == tensors["coherent.w"].shape == tensors["sd"].shape
 
@@ -167,9 +186,9 @@ def test_fit_logistic_and_heads_roundtrip(tmp_path):
     _, b_heavy = fit_logistic(x, y, [10.0 if t else 1.0 for t in y], 1e-4, mu, sd)
     assert b_heavy > b
     path = tmp_path / "heads.safetensors"
-    save_heads(path, mu, sd, {"misaligned": (w, b), "coherent": (w, b)}, {"training_source": "test"})
+    save_heads(path, mu, sd, {"misaligned": (w, b), "coherent": (w, b)}, {"split": {"rule": "test"}})
     tensors, meta = load_heads(str(path))
-    assert meta == {"training_source": "test"} and torch.equal(tensors["misaligned.w"], w)
+    assert meta == {"split": {"rule": "test"}} and torch.equal(tensors["misaligned.w"], w)
 
 
 def test_offline_judges_put_their_encoder_on_the_gpu_when_one_is_visible(monkeypatch):

@@ -2,10 +2,10 @@
 
 Superseded as the default offline judge by ``probe.ProbeJudge`` (``--judge offline``),
 whose heads are fitted to GPT-4o's verdicts on public answers of real models: on 3,000 such
-answers from sources neither judge was fitted on, this one ranks misaligned answers with AUROC
-0.59 (0.84 on the hand-written set below, which real answers do not resemble), the new one 0.90
-(``offline-fast``, the same heads on this encoder: 0.86; ``scripts/judge_agreement.py``). It is
-kept for comparison, and this module holds the encoder and text helpers the judges share.
+answers from sources neither judge was fitted on, this one ranked misaligned answers with AUROC
+0.59 (0.84 on the hand-written set below, which real answers do not resemble); the probe's figures
+are in docs/judges.md (``scripts/judge_agreement.py``). It is kept for comparison; the encoder
+and text helpers both judges use live in ``encoders.py``.
 
 What it is
 ----------
