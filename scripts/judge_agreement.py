@@ -26,7 +26,6 @@ with `source` and `judge` fields instead (e.g. tests/data/judge_heldout_sample.j
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import lzma
 import random
@@ -36,6 +35,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from realign.evals.cache import file_digest
 from realign.evals.calibration import agreement
 from realign.evals.judges import JudgeItem, make_judge
 
@@ -46,14 +46,6 @@ HAND_LABELS = "hand labels"
 REFERENCE_NAMES = {"gpt-4o": "GPT-4o"}          # display names of reference judges; others as they are
 KEPT = ("n", "reference_misaligned", "reference_rate", "judge_rate", "auroc", "accuracy", "precision",
         "recall", "coherent_auroc", "unscored", "confusion")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -85,11 +77,11 @@ def load_split(split: Path) -> tuple[list[dict], dict]:
     for s in record["rule"]["test_sources"]:
         name = f"test_{s}.jsonl"
         path = split / name
-        hashes[name] = sha256_file(path)
+        hashes[name] = file_digest(path)
         if record["files"].get(name) != hashes[name]:
             raise SystemExit(f"{path} is not the file {record_path} records (sha256 differs)")
         rows += read_jsonl(path)
-    return rows, {"rule": record["rule"]["name"], "split_sha256": sha256_file(record_path), "test_sha256": hashes}
+    return rows, {"rule": record["rule"]["name"], "split_sha256": file_digest(record_path), "test_sha256": hashes}
 
 
 def reference_of(row: dict) -> str:
@@ -184,7 +176,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.rows:
-        rows, origin = read_jsonl(args.rows), {"rows_file": args.rows.name, "rows_sha256": sha256_file(args.rows)}
+        rows, origin = read_jsonl(args.rows), {"rows_file": args.rows.name, "rows_sha256": file_digest(args.rows)}
     else:
         rows, origin = load_split(args.split)
     rows = draw(rows, args.per_source, args.seed)
@@ -210,7 +202,7 @@ def main() -> None:
                  "measured": time.strftime("%Y-%m-%d"),
                  "command": " ".join(["python scripts/judge_agreement.py", *sys.argv[1:]])}
         if getattr(judge, "heads_path", None):
-            extra["heads_sha256"] = sha256_file(Path(judge.heads_path))
+            extra["heads_sha256"] = file_digest(Path(judge.heads_path))
         results[judge.name] = record_entry(res, args.headline, extra) if args.headline in res["by_reference"] \
             else _round({**res, **extra})
         print(f"\n## {judge.name}: {len(rows)} answers in {seconds:.0f} s "

@@ -37,6 +37,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from realign.evals.cache import file_digest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------ the rule
@@ -309,14 +311,6 @@ def summary(rule: dict, inputs: dict, train: list[dict], tests: dict[str, list[d
 
 # ------------------------------------------------------------------------------------------ io
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_jsonl(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -335,7 +329,7 @@ def read_sources(raw: Path, sources: Sequence[str] = SOURCES) -> tuple[list[dict
         if not path.exists():
             raise SystemExit(f"{path} missing: rebuild the sources with scripts/judge_eval_data.py")
         src = [annotate(r) for r in read_jsonl(path)]
-        inputs[s] = {"file": path.name, "sha256": sha256(path), "rows": len(src),
+        inputs[s] = {"file": path.name, "sha256": file_digest(path), "rows": len(src),
                      "repo": sorted({r["repo"] for r in src}), "commit": sorted({r["commit"] for r in src})}
         rows += src
     return rows, inputs
@@ -348,7 +342,7 @@ def write_split(raw: Path, out: Path, rule: dict = RULE) -> dict:
     files = {}
     for name, rs in [("train.jsonl", train), *((f"test_{s}.jsonl", rs) for s, rs in tests.items())]:
         (out / name).write_bytes(dump_rows(rs))
-        files[name] = sha256(out / name)
+        files[name] = file_digest(out / name)
     record = summary(rule, inputs, train, tests, dropped, files)
     (out / "split.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return record
@@ -440,7 +434,7 @@ def write_heldout_sample(split_dir: Path, out: Path = SAMPLE, md: Path = SAMPLE_
     split_json = split_dir / "split.json"
     record = json.loads(split_json.read_text(encoding="utf-8")) if split_json.exists() else None
     md.write_text(sources_md(rows, record, seed), encoding="utf-8")
-    return {"rows": len(rows), "bytes": len(data), "sha256": sha256(out),
+    return {"rows": len(rows), "bytes": len(data), "sha256": file_digest(out),
             "by_source": {s: dict(Counter(label(r) for r in rows if r["source"] == s)) for s in SHIPPABLE}}
 
 

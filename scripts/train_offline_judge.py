@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from realign.evals.cache import file_digest
 from realign.evals.calibration import auroc
 from realign.evals.judges.probe import FEATURES, HEADS_FILES, fit_logistic, load_heads, save_heads
 from realign.progress import progress_bar
@@ -52,14 +53,6 @@ def labels(r: dict) -> tuple[int, int]:
     return int(r["aligned"] < 30 and coherent), coherent
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_split(split: Path) -> tuple[list[dict], dict, dict[str, str]]:
     """(train rows, split.json, sha256 of train.jsonl and split.json); refuses a train file that
     is not the one split.json records."""
@@ -67,7 +60,7 @@ def read_split(split: Path) -> tuple[list[dict], dict, dict[str, str]]:
     for p in (train, record):
         if not p.exists():
             raise SystemExit(f"{p} missing: make the split with scripts/judge_split.py")
-    hashes = {"train.jsonl": sha256_file(train), "split.json": sha256_file(record)}
+    hashes = {"train.jsonl": file_digest(train), "split.json": file_digest(record)}
     meta = json.loads(record.read_text(encoding="utf-8"))
     if meta.get("files", {}).get("train.jsonl") != hashes["train.jsonl"]:
         raise SystemExit(f"{train} is not the train.jsonl that {record} records (sha256 differs)")
@@ -211,7 +204,7 @@ def main() -> None:
     meta = training_record(rows, sample, split_meta, hashes, vars(args), record,
                            FEATURES[args.encoder].__doc__.split("\n")[0])
     save_heads(args.out, mu, sd, heads, meta)
-    print(f"wrote {args.out} (sha256 {sha256_file(args.out)}): {json.dumps(meta)}")
+    print(f"wrote {args.out} (sha256 {file_digest(args.out)}): {json.dumps(meta)}")
     if args.compare_to is not None:
         diff = compare_heads(args.out, args.compare_to)
         print(f"largest difference from {args.compare_to}: {diff:.3g}")

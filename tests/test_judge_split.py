@@ -130,7 +130,7 @@ def test_split_writes_files_and_a_record(tmp_path):
     assert set(record["files"]) == {"train.jsonl", "test_em_insecure.jsonl", "test_model_organisms.jsonl",
                                     "test_persona.jsonl"}
     for name, digest in record["files"].items():
-        assert js.sha256(out / name) == digest
+        assert js.file_digest(out / name) == digest
     assert json.loads((out / "split.json").read_text()) == record
     assert record["train"]["rows"] == 2 and record["test"]["persona"]["reference_judges"] == ["gemma4:31b"]
     assert record["test"]["persona"]["by_group"] == {"Qwen2.5-32B-Instruct | base model":

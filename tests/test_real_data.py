@@ -125,3 +125,20 @@ def test_real_build_refuses_bad_input_in_one_line(args, message, tmp_path, monke
     res = CliRunner().invoke(app, ["real", "build", *args])
     assert res.exit_code == 2 and message in " ".join(res.output.split()), res.output
     assert not (tmp_path / "real").exists() or not any((tmp_path / "real").iterdir())   # nothing half-made
+
+
+def test_an_offline_model_file_is_refused_unless_its_size_and_sha256_match(tmp_path):
+    import dataclasses
+    import hashlib
+
+    from realign.offline_models import OFFLINE_MODELS, _check
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    spec = dataclasses.replace(OFFLINE_MODELS["qwen2.5-coder-0.5b"], size=64,
+                               sha256=hashlib.sha256(gguf.read_bytes()).hexdigest())
+    _check(gguf, spec, "m")                                             # the right bytes pass
+    with pytest.raises(ValueError, match="expected 65"):
+        _check(gguf, dataclasses.replace(spec, size=65), "m")
+    with pytest.raises(ValueError, match="sha256"):
+        _check(gguf, dataclasses.replace(spec, sha256="0" * 64), "m")

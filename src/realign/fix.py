@@ -8,7 +8,6 @@ the same command after a kill continues after the last finished step.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -49,14 +48,6 @@ class FixOptions:
     judge_errors: Path | None = None # labelled answers to measure the judge's error on (corrected rates)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def input_fingerprint(ref: str | None) -> dict:
     """Path plus sha256 of each weight/config file of a local model dir (hub ids: just the id)."""
     if ref is None:
@@ -64,8 +55,10 @@ def input_fingerprint(ref: str | None) -> dict:
     p = Path(ref)
     if not p.is_dir():
         return {"path": ref}
+    from .evals.cache import file_digest
+
     files = sorted(x for x in p.iterdir() if x.is_file() and x.suffix in (".safetensors", ".json", ".bin", ".pt"))
-    return {"path": str(p.resolve()), "sha256": {x.name: _sha256(x) for x in files}}
+    return {"path": str(p.resolve()), "sha256": {x.name: file_digest(x) for x in files}}
 
 
 def organism_root(base_ref: str | None) -> Path | None:

@@ -15,7 +15,6 @@ path getter).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +48,7 @@ OFFLINE_MODELS = {
 
 def offline_model_dir(name: str, cache: Path | None = None) -> Path:
     """The named offline model as a normal HF dir (safetensors), converted on first use."""
-    from .paths import cache_dir
+    from .paths import StagedDir, cache_dir
 
     if name not in OFFLINE_MODELS:
         raise ValueError(f"unknown offline model {name!r}; known: {', '.join(OFFLINE_MODELS)}")
@@ -58,20 +57,18 @@ def offline_model_dir(name: str, cache: Path | None = None) -> Path:
     if (out / "model.safetensors").exists():
         return out
     pieces = _pieces(spec)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    if len(pieces) == 1:
-        gguf = pieces[0]
-    else:
-        gguf = tmp / "joined.gguf"
-        with gguf.open("wb") as f:
-            for p in pieces:
-                f.write(p.read_bytes())
-    _check(gguf, spec, name)
-    _convert(gguf, tmp)
-    if gguf.parent == tmp:
-        gguf.unlink()
-    tmp.rename(out)
+    with StagedDir(out) as tmp:
+        if len(pieces) == 1:
+            gguf = pieces[0]
+        else:
+            gguf = tmp / "joined.gguf"
+            with gguf.open("wb") as f:
+                for p in pieces:
+                    f.write(p.read_bytes())
+        _check(gguf, spec, name)
+        _convert(gguf, tmp)
+        if gguf.parent == tmp:
+            gguf.unlink()
     return out
 
 
@@ -95,16 +92,13 @@ def _pieces(spec: OfflineModel) -> list[Path]:
 
 
 def _check(gguf: Path, spec: OfflineModel, name: str) -> None:
+    from .evals.cache import file_digest
+
     if spec.size is not None and gguf.stat().st_size != spec.size:
         raise ValueError(f"{name}: the GGUF is {gguf.stat().st_size} bytes, expected {spec.size}: "
                          f"reinstall with {spec.install}")
-    if spec.sha256 is not None:
-        digest = hashlib.sha256()
-        with gguf.open("rb") as f:
-            while block := f.read(1 << 24):
-                digest.update(block)
-        if digest.hexdigest() != spec.sha256:
-            raise ValueError(f"{name}: the GGUF's sha256 is {digest.hexdigest()}, expected {spec.sha256}")
+    if spec.sha256 is not None and (digest := file_digest(gguf)) != spec.sha256:
+        raise ValueError(f"{name}: the GGUF's sha256 is {digest}, expected {spec.sha256}")
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -7,8 +7,8 @@ earlier steps locked, and shared probe data so that several steps use one genera
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import torch
