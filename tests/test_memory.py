@@ -1,6 +1,7 @@
 """Peak memory per phase (realign.memory): resettable on Linux, nested phases, the fallback."""
 
 import gc
+import mmap
 
 import pytest
 
@@ -11,15 +12,20 @@ linux_hwm = pytest.mark.skipif(memory._hwm_kb() is None or not memory._reset_hwm
 MB = 1 << 20
 
 
-def _touch(mb: int) -> bytes:
-    return b"\x01" * (mb * MB)     # written, so resident (bytes(n) would map zero pages lazily)
+def _touch(mb: int) -> mmap.mmap:
+    # A fresh anonymous mapping, every page written: memory that is surely new to the process.
+    # (A plain bytes object can be carved out of heap the process freed earlier but still holds
+    # resident, which raises no mark — it made these tests fail after a heavy test ran first.)
+    block = mmap.mmap(-1, mb * MB)
+    for offset in range(0, mb * MB, mmap.PAGESIZE):
+        block[offset] = 1
+    return block
 
 
 @linux_hwm
 def test_each_phase_gets_its_own_peak():
     with memory.peak_memory() as big:
-        block = _touch(300)
-        del block
+        _touch(300).close()
     gc.collect()
     with memory.peak_memory() as small:
         pass
@@ -32,8 +38,7 @@ def test_each_phase_gets_its_own_peak():
 def test_an_enclosing_phase_keeps_the_peak_an_inner_phase_reset():
     log = memory.PhasePeaks()
     log.begin("load")
-    block = _touch(300)
-    del block
+    _touch(300).close()
     gc.collect()
     log.end("load")
     log.begin("step1")        # resets the mark: the run's total must still see the load peak
