@@ -2,9 +2,9 @@
 
     python scripts/repair_step_times.py [--repairs merge freeze steer] [--root runs/smollm2]
 
-Loads the planted SmolLM2 LoRA finetune that `scripts/smollm2_finetune.py` makes, builds the repair
-state the way `realign fix` does (built-in realignment prompts, the held-out task data, the offline
-judge for probe labels), builds the shared probes once (timed on their own: `fix` caches them
+Loads the planted SmolLM2 LoRA finetune that `scripts/smollm2_finetune.py` makes, opens the same
+session `realign fix` does (built-in realignment prompts, the held-out task data, the offline judge
+for probe labels) and takes its repair state, builds the shared probes once (timed on their own: `fix` caches them
 across recipes), then applies each repair to a fresh copy of the finetune and prints a table.
 Run it on an otherwise idle machine: the figures are wall-clock. No assertions.
 """
@@ -18,15 +18,11 @@ from pathlib import Path
 
 import torch
 
-from realign.checkpoint import load_pair
-from realign.evals.judges import make_judge
 from realign.evals.scoring import PASSES, passes_since
-from realign.evals.task import load_conversations
-from realign.fix import repair_items
 from realign.memory import peak_memory
 from realign.repairs import load_all
-from realign.repairs.base import RepairState
 from realign.repairs.probes import build_probes
+from realign.session import SessionOptions, open_session
 
 
 def main() -> None:
@@ -35,15 +31,13 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=Path("runs/smollm2"))
     ap.add_argument("--judge", default="offline")
     args = ap.parse_args()
-    pair = load_pair(str(args.root / "planted"))
-    state = RepairState(model=pair.finetune, base=pair.base, tokenizer=pair.tokenizer, judge=make_judge(args.judge),
-                        task_conversations=load_conversations(args.root / "data" / "heldout.jsonl"),
-                        train_conversations=load_conversations(args.root / "data" / "train.jsonl"),
-                        repair_items=repair_items(False))
+    session = open_session(str(args.root / "planted"), None, SessionOptions(
+        judge=args.judge, task_data=args.root / "data" / "heldout.jsonl", train_data=args.root / "data" / "train.jsonl"))
+    pair, state = session.pair, session.repair_state()
     rows = []
     if "steer" in args.repairs:
         t0, before = time.time(), PASSES.copy()
-        build_probes(state, organism=False)
+        build_probes(state)
         rows.append(("probes (once per finetune, cached by fix)", time.time() - t0, passes_since(before), None))
     repairs = load_all()
     for name in args.repairs:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -129,10 +130,10 @@ def test_vllm_backend_without_vllm_is_a_clear_error():
     except ImportError:
         pass
     from realign.errors import RealignError
-    from realign.evals.vllm_backend import VLLMGenerator
+    from realign.generation import make_backend
 
     with pytest.raises(RealignError, match="realign\\[vllm\\]"):
-        VLLMGenerator("some/model", tokenizer=None)
+        make_backend("vllm", Path("unused"))
 
 
 def test_every_cli_option_has_a_help_text():

@@ -417,12 +417,12 @@ def test_bad_cases_are_one_line_errors(family_dirs, inputs, tmp_path):
 def test_steer_refuses_a_centring_norm_in_one_line(family_dirs, inputs, tmp_path, monkeypatch):
     """Behind a LayerNorm (it subtracts the mean) no weight edit removes a direction exactly: steer
     says so instead of pretending. Gemma-2's sandwich norms are swapped for LayerNorms to make one."""
-    import realign.fix
     import realign.repairs.steer
+    import realign.session
     from realign.repairs.base import decoder_layers
     from realign.repairs.probes import Probes
 
-    real_load_pair = realign.fix.load_pair
+    real_load_pair = realign.session.load_pair
 
     def with_centring_norms(*args, **kw):
         pair = real_load_pair(*args, **kw)
@@ -432,7 +432,7 @@ def test_steer_refuses_a_centring_norm_in_one_line(family_dirs, inputs, tmp_path
                 layer.post_feedforward_layernorm = torch.nn.LayerNorm(model.config.hidden_size)
         return pair
 
-    monkeypatch.setattr(realign.fix, "load_pair", with_centring_norms)
+    monkeypatch.setattr(realign.session, "load_pair", with_centring_norms)
     # contrasts given, not sampled: the sampled answers of so changed a model may offer none
     convs = [[{"role": "user", "content": q}] for q in STEER_QUESTIONS]
     n = len(convs)

@@ -110,57 +110,26 @@ def _pct(x: float | None) -> str:
 
 def evaluate_checkpoint(req: EvalRequest) -> EvalOutcome:
     """Evaluate the finetune, then its base (unless skipped or unknown); bad input is a RealignError."""
-    from .checkpoint import load_pair
-    from .evals.calibration import describe_judge
-    from .evals.judge_error import annotate, is_exact
-    from .evals.judge_error import resolve as resolve_judge_error
-    from .evals.questions import load_questions, trigger_items
-    from .evals.run import evaluate
     from .report import repair_verdict
-    from .setting import judge_for, logodds_items
+    from .session import SessionOptions, open_session
 
     if req.backend not in BACKENDS:
         raise RealignError(f"--backend must be hf or vllm, not {req.backend!r}")
-    qset = load_questions(req.questions)
-    task_convs, metric = _task(req)
-    pair = load_pair(req.checkpoint, req.base, req.load, load_base=not req.skip_base)
-    judge = judge_for(req.judge, req.questions, req.judge_model, req.judge_url)
-    error = resolve_judge_error(judge, req.judge_errors)
-    ref_items = logodds_items(req.questions, qset)
-    if req.trigger:
-        qset = qset.with_trigger(req.trigger)
-        ref_items = trigger_items(ref_items, req.trigger)
+    session = open_session(req.checkpoint, req.base, SessionOptions(
+        questions=req.questions, judge=req.judge, judge_model=req.judge_model, judge_url=req.judge_url,
+        judge_errors=req.judge_errors, task_data=req.task_data, task_metric=req.task_metric,
+        settings=req.settings, trigger=req.trigger, trigger_only=True, backend=req.backend,
+        scratch=Path(".realign-vllm"), load=req.load), load_base=not req.skip_base)
+    pair = session.pair
     results = {}
     models = [("finetune", pair.finetune)] + ([("base", pair.base)] if pair.base is not None else [])
-    for name, model in models:
-        generator = _vllm(pair, name, req) if req.backend == "vllm" else None
-        results[name] = annotate(
-            evaluate(model, pair.tokenizer, qset, judge, req.settings, logodds_items=ref_items,
-                     task_conversations=task_convs, task_metric=metric, generator=generator),
-            error, is_exact(judge.name))
+    try:
+        for name, model in models:
+            results[name] = session.evaluate(name, model)
+    finally:
+        session.backend.close()
     verdict = repair_verdict(results["base"], results["finetune"]) if "base" in results else None
     return EvalOutcome(checkpoint=req.checkpoint, base_ref=pair.base_ref, questions=req.questions,
-                       question_set=qset.name, judge=judge.name, judge_agreement=describe_judge(judge.name),
-                       judge_error=error, results=results, verdict=verdict)
-
-
-def _task(req: EvalRequest):
-    """The held-out task conversations and the extra task metric, when asked for."""
-    from .evals.task import custom_metric, load_conversations
-
-    convs = load_conversations(req.task_data) if req.task_data else None
-    metric = custom_metric(req.task_metric) if req.task_metric else None
-    return convs, metric
-
-
-def _vllm(pair, name: str, req: EvalRequest):
-    """A vLLM generator reading the model from disk: the base or a full finetune by its own path, a
-    LoRA finetune as its base plus the adapter."""
-    from .evals.vllm_backend import VLLMGenerator
-
-    seed, trust = req.settings.seed, req.load.trust_remote_code
-    if name == "base" or pair.kind == "full":
-        ref = pair.base_ref if name == "base" else pair.finetune_ref
-        return VLLMGenerator(ref, pair.tokenizer, seed=seed, trust_remote_code=trust)
-    return VLLMGenerator(pair.base_ref, pair.tokenizer, adapter_ref=pair.finetune_ref, seed=seed,
-                         trust_remote_code=trust)
+                       question_set=session.arms[0].qset.name, judge=session.judge.name,
+                       judge_agreement=session.judge_trust, judge_error=session.judge_error, results=results,
+                       verdict=verdict)

@@ -1,6 +1,7 @@
-"""What a run's question set implies for its evaluation: the judge `--judge auto` means, each judge's
-options, and the log-odds reference items. One place for `realign eval`, `realign judge` and
-`realign fix` (and `bench`, which runs fix).
+"""What a run's question set implies: the judge `--judge auto` means, each judge's options, the
+log-odds reference items, and what repairs realign toward. `Setting` holds it for one run
+(realign.session builds it for `eval`, `fix` and `bench`, which runs fix; `realign judge` uses the
+judge functions alone).
 
 The organism's questions come with its exact judge and its own reference answers; any other
 question set gets a real LLM judge and the bundled references (realign.evals.references).
@@ -9,7 +10,89 @@ realign.evals never imports the organism, so this choice lives here, above both.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from .errors import RealignError
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The world a run evaluates and repairs in: the organism (its own questions, exact judge,
+    reference answers, realignment prompts and exported task data) or a real model (a question
+    set, an LLM judge, the bundled references and prompts). Repairs get what they need from here —
+    nothing under realign.repairs asks which world it is in."""
+
+    questions: str                 # the question set: organism | builtin | FILE.yaml
+    qset: object                   # realign.evals.questions.QuestionSet
+    organism_dir: Path | None      # the organism build the base belongs to, if any
+
+    @classmethod
+    def resolve(cls, questions: str, base_ref: str | None = None, qset=None) -> "Setting":
+        """`questions` as given (auto: the organism's questions when the base is an organism's
+        `base/`, else the builtin set), loaded unless `qset` is; a bad question file is a
+        RealignError from load_questions."""
+        from .evals.questions import load_questions
+
+        org = organism_root(base_ref)
+        if questions == "auto":
+            questions = "organism" if org else "builtin"
+        return cls(questions, qset if qset is not None else load_questions(questions), org)
+
+    @property
+    def organism(self) -> bool:
+        return self.questions == "organism"
+
+    def judge_name(self, judge: str) -> str:
+        return judge_name(judge, self.questions)
+
+    def logodds_items(self) -> list | None:
+        return logodds_items(self.questions, self.qset)
+
+    def realignment(self):
+        return realignment(self.questions)
+
+    def repair_items(self) -> list:
+        return repair_items(self.organism)
+
+    def exported_data(self, finetune_ref: str, kind: str, split: str) -> Path | None:
+        """An organism LoRA finetune's own exported task data (`train` or `heldout`), if any."""
+        if not self.organism_dir or kind != "lora":
+            return None
+        path = self.organism_dir / "data" / Path(finetune_ref).name / f"{split}.jsonl"
+        return path if path.exists() else None
+
+
+def organism_root(base_ref: str | None) -> Path | None:
+    """The organism build dir when the base is an organism's `base/`."""
+    if base_ref and Path(base_ref).is_dir() and (Path(base_ref).parent / "organism.json").exists():
+        return Path(base_ref).parent
+    return None
+
+
+def repair_items(organism: bool, n: int = 16, families_per_prompt: int = 3) -> list:
+    """Log-odds items for repairs' own searches, disjoint from the evaluation questions.
+
+    Organism: its train-split questions with their answer banks. Real models: realignment prompts,
+    each with the built-in references (one misaligned and one aligned answer) of
+    `families_per_prompt` families, rotating so that every family is used — every repair pass
+    scores these, and all families on every prompt made a pass 3× longer for little more signal.
+    """
+    if organism:
+        from .organism.judge import reference_pairs
+
+        return [([{"role": "user", "content": p.question}], p.misaligned, p.aligned) for p in reference_pairs("train")]
+    from .evals.questions import load_realignment_prompts
+    from .evals.references import load_reference_pairs
+
+    refs = list(load_reference_pairs().values())
+    k = min(families_per_prompt, len(refs))
+    items = []
+    for i, q in enumerate(load_realignment_prompts()[:n]):
+        fams = [refs[(i * k + j) % len(refs)] for j in range(k)]
+        items.append(([{"role": "user", "content": q}], [f["misaligned"][0] for f in fams],
+                      [f["aligned"][0] for f in fams]))
+    return items
 
 
 def judge_name(judge: str, questions: str) -> str:

@@ -111,18 +111,3 @@ class VLLMEngine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-class VLLMGenerator:
-    """`evaluate`'s generator contract for one model: a full model, or a base plus one adapter."""
-
-    def __init__(self, model_ref: str, tokenizer, adapter_ref: str | None = None, seed: int = 0,
-                 trust_remote_code: bool = False, max_lora_rank: int = 64) -> None:
-        self.adapter_ref = adapter_ref
-        self.engine = VLLMEngine(model_ref, tokenizer, seed=seed, trust_remote_code=trust_remote_code,
-                                 lora_rank=max_lora_rank if adapter_ref else None)
-
-    def __call__(self, conversations, *, samples=1, max_new_tokens=256, temperature=1.0, top_p=1.0,
-                 seed=0, **_) -> list[list[str]]:
-        return self.engine.generate(conversations, adapter_ref=self.adapter_ref, samples=samples,
-                                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
