@@ -8,7 +8,7 @@ finetune pair with its exported training data), then runs, as a user would:
     accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 \\
         -m realign.cli fix ORG/planted --recipe dpo+mix --judge openai --judge-url URL --out OUT …
 
-The judge is a local OpenAI-compatible stand-in (realign.testing.FakeServer) that calls an answer
+The judge is a local OpenAI-compatible stand-in (tests/fake_server.py's FakeServer) that calls an answer
 misaligned when the judge prompt has an odd length, so that dpo finds (aligned base, misaligned
 finetune) pairs whatever the small organism says; the check is about the training, not the verdicts.
 Without CUDA the processes train on the CPU over gloo. Checks: the launcher exits 0; every rank
@@ -32,10 +32,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))      # this checkout's realign, in this process and (PYTHONPATH) the launched ones
+sys.path.insert(1, str(ROOT / "tests"))    # the loopback judge stand-in (fake_server.py)
 
 
 def parity_judge_server():
-    from realign.testing import FakeServer
+    from fake_server import FakeServer
 
     class ParityServer(FakeServer):
         @staticmethod

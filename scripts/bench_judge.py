@@ -2,7 +2,7 @@
 
     python scripts/bench_judge.py [--items 64] [--latency 0.05] [--concurrency 16]
 
-The server (realign.testing.FakeServer) sleeps `latency` seconds per request, standing in for a
+The server (tests/fake_server.py's FakeServer) sleeps `latency` seconds per request, standing in for a
 remote API's round trip. Caching is off so both runs pay for every call. Prints a table; no
 assertions.
 """
@@ -10,11 +10,15 @@ assertions.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 from realign.evals.judges import JudgeItem
 from realign.evals.judges.openai_api import OpenAIJudge
-from realign.testing import FakeServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))   # the loopback stand-in lives with the tests
+from fake_server import FakeServer  # noqa: E402
 
 
 def main() -> None:

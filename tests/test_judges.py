@@ -12,7 +12,7 @@ import pytest
 from realign.evals.judges import (DEFAULT_PROMPTS, JudgeCache, JudgeItem, Judgement, JudgeUnavailable,
                                   load_all, make_judge, render, score_from_top_logprobs)
 from realign.evals.judges.openai_api import NO_KEY, OpenAIJudge
-from realign.testing import FakeServer
+from fake_server import FakeServer
 
 pytest.importorskip("openai")
 
