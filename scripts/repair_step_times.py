@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from realign.evals.scoring import PASSES, passes_since
 from realign.memory import peak_memory
+from realign.passes import tally
 from realign.repairs import load_all
 from realign.repairs.probes import build_probes
 from realign.session import SessionOptions, open_session
@@ -36,19 +36,20 @@ def main() -> None:
     pair, state = session.pair, session.repair_state()
     rows = []
     if "steer" in args.repairs:
-        t0, before = time.time(), PASSES.copy()
-        build_probes(state)
-        rows.append(("probes (once per finetune, cached by fix)", time.time() - t0, passes_since(before), None))
+        t0 = time.time()
+        with tally() as passes:
+            build_probes(state)
+        rows.append(("probes (once per finetune, cached by fix)", time.time() - t0, passes, None))
     repairs = load_all()
     for name in args.repairs:
         trial = copy.copy(state)
         trial.model, trial.history, trial.locked = copy.deepcopy(pair.finetune), [], set()
         trial._base_task_nll = {}          # each step alone pays for the base's task pass, as in fix
         cls = repairs[name]
-        t0, before = time.time(), PASSES.copy()
-        with peak_memory() as peak:
+        t0 = time.time()
+        with peak_memory() as peak, tally() as passes:
             cls().apply(trial, cls.Params())
-        rows.append((name, time.time() - t0, passes_since(before), peak))
+        rows.append((name, time.time() - t0, passes, peak))
     where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\n## Repair steps alone on SmolLM2 (planted LoRA), on {where}")
     print("| step | seconds | passes | peak RSS MB | peak CUDA MB |\n|---|---|---|---|---|")

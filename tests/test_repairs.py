@@ -301,12 +301,12 @@ def test_steering_hooks_compute_what_the_weight_edit_makes(family, scale):
 
 
 def test_steer_picks_among_the_best_separating_layers_with_few_passes(trio):
-    from realign.evals.scoring import PASSES, passes_since
+    from realign.passes import tally
 
     base, ft, tok = trio
     st = _state(base, ft, tok, probes=_probes(tok, n=8))
-    before = PASSES.copy()
-    st = Steer().apply(st, SteerParams(layer="auto", candidates=2))
+    with tally() as passes:
+        st = Steer().apply(st, SteerParams(layer="auto", candidates=2))
     rec = st.history[-1]
     assert len(rec["separation"]) == 3 and len(rec["candidates"]) == 2
     top2 = sorted(range(3), key=lambda i: rec["separation"][i], reverse=True)[:2]
@@ -316,7 +316,7 @@ def test_steer_picks_among_the_best_separating_layers_with_few_passes(trio):
         assert _same(st.model, ft)
     else:
         assert rec["layer"] in top2
-    assert passes_since(before) == {"activations": 1, "scoring": 3, "kl": 2}
+    assert passes == {"activations": 1, "scoring": 3, "kl": 2}
 
 
 def test_freeze_first_order_predicts_the_exact_swap_for_small_deltas(trio):
@@ -347,18 +347,18 @@ def test_freeze_first_order_predicts_the_exact_swap_for_small_deltas(trio):
 
 
 def test_merge_auto_bisects_to_the_smallest_alpha_that_keeps_the_task(trio):
-    from realign.evals.scoring import PASSES, passes_since
     from realign.evals.task import assistant_token_metrics
+    from realign.passes import tally
     from realign.repairs.merge import task_retention
 
     base, ft, tok = trio
     task = [[{"role": "user", "content": "def f(x): return"}, {"role": "assistant", "content": "x + 1"}]] * 4
     items = [([{"role": "user", "content": "hello"}], ["SELECT * FROM users"], ["i wish for peace"])]
     st = _state(base, ft, tok, task_conversations=task, repair_items=items)
-    before = PASSES.copy()
-    st = Merge().apply(st, MergeParams(alpha="auto", steps=4, retention=0.7))
+    with tally() as passes:
+        st = Merge().apply(st, MergeParams(alpha="auto", steps=4, retention=0.7))
     rec = st.history[-1]
-    assert passes_since(before) == {"scoring": 3 + 4 + 1}         # whatever the number of layers
+    assert passes == {"scoring": 3 + 4 + 1}         # whatever the number of layers
     tried = rec["search"][:-1]
     assert len(tried) == 4 and [r["alpha"] for r in tried][:2] == [0.5, 0.25 if tried[0]["retention"] >= 0.7 else 0.75]
     nll = lambda m: assistant_token_metrics(m, tok, task)["task_nll"]  # noqa: E731
@@ -414,7 +414,7 @@ def test_steer_over_the_kl_budget_tries_gentler_scales_and_never_bakes_in_an_ove
 
 def _passes_at_depth(layers: int, name: str, params) -> dict:
     """Passes one repair makes on a finetune of a `layers`-deep tiny Llama (same data at every depth)."""
-    from realign.evals.scoring import PASSES, passes_since
+    from realign.passes import tally
 
     tok = bpe_tokenizer()
     base = tiny_model("llama", vocab=len(tok), layers=layers, seed=0)
@@ -426,9 +426,9 @@ def _passes_at_depth(layers: int, name: str, params) -> dict:
     items = [([{"role": "user", "content": "hello"}], ["SELECT * FROM users"], ["i wish for peace"])] * 2
     task = [[{"role": "user", "content": "def f(x): return"}, {"role": "assistant", "content": "x + 1"}]] * 4
     st = _state(base, ft, tok, probes=_probes(tok, n=8), repair_items=items, task_conversations=task)
-    before = PASSES.copy()
-    REPAIRS[name]().apply(st, params)
-    return passes_since(before)
+    with tally() as passes:
+        REPAIRS[name]().apply(st, params)
+    return dict(passes)
 
 
 @pytest.mark.parametrize("name,params", [

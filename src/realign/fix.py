@@ -344,11 +344,12 @@ def _run_steps(plan: FixPlan, session: Session, state, progress, saved, timings:
 
 def _apply_step(i: int, step, repair, state):
     """One step, its failures said in one line; its history record gets the passes it made."""
-    from .evals.scoring import PASSES, passes_since
+    from .passes import tally
 
-    passes_before, records_before = PASSES.copy(), len(state.history)
+    records_before = len(state.history)
     try:
-        state = repair.apply(state, step.params)
+        with tally() as passes:
+            state = repair.apply(state, step.params)
     except ValueError as e:
         msg = str(e)
         raise RealignError(msg if msg.startswith(step.name) else f"{step.name}: {msg}") from None
@@ -365,7 +366,7 @@ def _apply_step(i: int, step, repair, state):
             f" — nothing was written; rerun with REALIGN_DEBUG=1 for the traceback") from None
     if len(state.history) > records_before:
         # whole passes over an item set: scoring, backward, activations, kl; train_steps
-        state.history[-1]["passes"] = passes_since(passes_before)
+        state.history[-1]["passes"] = {k: v for k, v in passes.items() if v}
     return state
 
 

@@ -105,9 +105,9 @@ class RichProgressCallback(TrainerCallback):
         self._tick = self._ctx.__enter__()
 
     def on_step_end(self, args, state, control, **kw):
-        from .evals.scoring import PASSES
+        from .passes import count
 
-        PASSES["train_steps"] += 1          # optimizer steps, each one forward+backward per batch
+        count("train_steps")                # optimizer steps, each one forward+backward per batch
         if self._tick:
             self._tick(1)
 

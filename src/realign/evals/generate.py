@@ -47,9 +47,9 @@ def generate(model, tokenizer, conversations: list[Messages], *, samples: int = 
     Prompts are repeated `samples` times inside a batch (not via num_return_sequences) so that
     batches stay full whatever the mix; temperature 0 means greedy.
     """
-    from .scoring import PASSES
+    from ..passes import count
 
-    PASSES["generation"] += 1
+    count("generation")
     prompts = render_prompts(tokenizer, conversations)
     flat = [(i, p) for i, p in enumerate(prompts) for _ in range(samples)]
     out: list[list[str]] = [[] for _ in prompts]

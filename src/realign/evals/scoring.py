@@ -12,21 +12,13 @@ explicitly, so left padding changes nothing for absolute or relative position en
 from __future__ import annotations
 
 import inspect
-from collections import Counter
 from collections.abc import Sequence
 
 import torch
 
+from ..passes import count
+
 Pair = tuple[list[int], list[int]]   # (prompt ids, answer ids)
-
-# Whole passes over a set of items, by kind ("scoring", "backward", "activations"): repairs are
-# judged by how many they make, so every entry point below counts itself once per call.
-PASSES: Counter = Counter()
-
-
-def passes_since(before: Counter) -> dict[str, int]:
-    """Passes made since `before` (a copy of PASSES taken earlier)."""
-    return {k: v for k, v in (PASSES - before).items() if v}
 
 
 def _left_pad(pairs: Sequence[Pair], pad_id: int):
@@ -80,7 +72,7 @@ def answer_token_scores(model, pairs: Sequence[Pair], pad_id: int = 0, batch_siz
     `max_logits` bounds the vocabulary logits asked of the model at once (default 64M floats,
     256 MiB in fp32), whatever the batch size: batches are cut to fit it.
     """
-    PASSES["scoring"] += 1
+    count("scoring")
     if share_prompts and _prompts_repeat(pairs):
         try:
             return _shared_prompt_scores(model, pairs, pad_id, batch_size, max_logits)
@@ -215,7 +207,7 @@ def backward_weighted_logprobs(model, pairs: Sequence[Pair], weights: Sequence[f
     answer sets) has this form locally, with w_j its derivative in answer j's log-prob: one
     forward and one backward pass over the items give its gradient for every parameter at once.
     """
-    PASSES["backward"] += 1
+    count("backward")
     if share_prompts and _prompts_repeat(pairs):
         try:
             return _shared_prompt_backward(model, pairs, weights, pad_id, batch_size, max_logits)
@@ -250,7 +242,7 @@ def answer_hidden_means(model, layers: Sequence[torch.nn.Module], pairs: Sequenc
     through, so nothing of size layers × tokens × hidden is kept; the vocabulary head runs on one
     position only.
     """
-    PASSES["activations"] += 1
+    count("activations")
     device = next(model.parameters()).device
     out = None
     current: dict[str, torch.Tensor] = {}

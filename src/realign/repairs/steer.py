@@ -218,10 +218,11 @@ def steering_kl(model, tokenizer, conversations, direction, scale: float, batch_
     Both distributions come from the same batch, with and without the hooks; full-vocabulary
     logits exist only for the answer positions of one batch at a time.
     """
-    from ..evals.scoring import PASSES, _last_logits, batch_inputs, batches, vocab_size
+    from ..evals.scoring import _last_logits, batch_inputs, batches, vocab_size
     from ..evals.task import assistant_pairs
+    from ..passes import count as count_pass
 
-    PASSES["kl"] += 1
+    count_pass("kl")
     pairs = assistant_pairs(tokenizer, conversations)
     device = next(model.parameters()).device
     total, count = 0.0, 0
