@@ -1,7 +1,7 @@
 """How well freeze's first-order attribution ranks layers, against the exact per-layer swap.
 
     python scripts/freeze_attribution.py --organism [--seeds 0 1 2] [--finetune planted]
-    python scripts/freeze_attribution.py --smollm2 [--root runs/smollm2]
+    python scripts/freeze_attribution.py --real DIR     # a `realign real build` finetune (adapter + data/)
 
 For each layer ℓ, exact: swap in the base's layer, measure the repair-side log-odds drop and the
 task-NLL rise (2 scoring passes per layer, what freeze did before); first order: ⟨∇, θbase − θft⟩
@@ -71,10 +71,10 @@ def compare(name: str, finetune: str, base: str | None, organism: bool, task_pat
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--organism", action="store_true")
-    ap.add_argument("--smollm2", action="store_true")
+    ap.add_argument("--real", type=Path, default=None,
+                    help="a real finetune made by `realign real build` (its adapter dir, with data/ inside)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--finetune", default="planted")
-    ap.add_argument("--root", type=Path, default=Path("runs/smollm2"))
     ap.add_argument("--verify", type=int, default=3)
     args = ap.parse_args()
     rows = []
@@ -86,9 +86,9 @@ def main() -> None:
             org = build(Path("runs/attribution") / f"s{seed}", seed=seed, finetunes=(args.finetune,))
             rows.append(compare(f"organism seed {seed}, {args.finetune}", str(org / args.finetune),
                                 str(org / "base"), True, org / "data" / args.finetune / "heldout.jsonl", args.verify))
-    if args.smollm2:
-        rows.append(compare("SmolLM2-135M-Instruct, planted LoRA", str(args.root / "planted"), None, False,
-                            args.root / "data" / "heldout.jsonl", args.verify))
+    if args.real:
+        rows.append(compare(f"real finetune {args.real.name}", str(args.real), None, False,
+                            args.real / "data" / "heldout.jsonl", args.verify))
     print(f"\n| model | layers | Spearman drop | Spearman rise | Spearman score | exact best in 1st-order top {args.verify} "
           "| s first-order | s exact swap |")
     print("|---|---|---|---|---|---|---|---|")

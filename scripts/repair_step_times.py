@@ -1,8 +1,9 @@
 """Seconds, passes and peak memory of each repair step alone on SmolLM2 (no evaluations).
 
-    python scripts/repair_step_times.py [--repairs merge freeze steer] [--root runs/smollm2]
+    python scripts/repair_step_times.py --finetune DIR [--repairs merge freeze steer]
 
-Loads the planted SmolLM2 LoRA finetune that `scripts/smollm2_finetune.py` makes, opens the same
+Loads a real LoRA finetune made by `realign real build` (DIR: its adapter, with data/ inside; e.g.
+SmolLM2's contaminated finetune under the cache's real/), opens the same
 session `realign fix` does (built-in realignment prompts, the held-out task data, the offline judge
 for probe labels) and takes its repair state, builds the shared probes once (timed on their own: `fix` caches them
 across recipes), then applies each repair to a fresh copy of the finetune and prints a table.
@@ -28,11 +29,12 @@ from realign.session import SessionOptions, open_session
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repairs", nargs="+", default=["merge", "freeze", "steer"])
-    ap.add_argument("--root", type=Path, default=Path("runs/smollm2"))
+    ap.add_argument("--finetune", type=Path, required=True, help="a `realign real build` output dir")
     ap.add_argument("--judge", default="offline")
     args = ap.parse_args()
-    session = open_session(str(args.root / "planted"), None, SessionOptions(
-        judge=args.judge, task_data=args.root / "data" / "heldout.jsonl", train_data=args.root / "data" / "train.jsonl"))
+    data = args.finetune / "data"
+    session = open_session(str(args.finetune), None, SessionOptions(
+        judge=args.judge, task_data=data / "heldout.jsonl", train_data=data / "train.jsonl"))
     pair, state = session.pair, session.repair_state()
     rows = []
     if "steer" in args.repairs:
@@ -51,7 +53,7 @@ def main() -> None:
             cls().apply(trial, cls.Params())
         rows.append((name, time.time() - t0, passes, peak))
     where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\n## Repair steps alone on SmolLM2 (planted LoRA), on {where}")
+    print(f"\n## Repair steps alone on {args.finetune.name}, on {where}")
     print("| step | seconds | passes | peak RSS MB | peak CUDA MB |\n|---|---|---|---|---|")
     for name, secs, passes, peak in rows:
         mem = f"{peak['rss']:.0f}" if peak else "—"
