@@ -64,6 +64,34 @@ def test_eval_cli_writes_control_rows(small_organism, tmp_path):
     assert rows[0]["task_rate"] is None and rows[2]["task_rate"] is not None
 
 
+def test_eval_cli_pools_seeds_from_each_seeds_own_table(tmp_path):
+    """--seeds evaluates each seed's cached build: answers and misaligned counts add up, the per-seed
+    rates are each build's own, and the interval spans the pooled rate."""
+    from realign.organism.build import build
+
+    for s in (0, 1):
+        build(None, seed=s, size="small", finetunes=("planted",))
+    run = lambda *a: CliRunner().invoke(app, ["organism", "eval", "--size", "small", "--samples", "2", *a])  # noqa: E731
+    singles = {}
+    for s in (0, 1):
+        res = run("--seed", str(s), "--json", str(tmp_path / f"s{s}.json"))
+        assert res.exit_code == 0, res.output
+        singles[s] = {r["model"]: r for r in json.loads((tmp_path / f"s{s}.json").read_text())}
+    res = run("--seeds", "0,1", "--json", str(tmp_path / "pooled.json"))
+    assert res.exit_code == 0, res.output
+    pooled = {r["model"]: r for r in json.loads((tmp_path / "pooled.json").read_text())}
+    assert set(pooled) == set(singles[0]) == set(singles[1])
+    for model, r in pooled.items():
+        one, two = singles[0][model], singles[1][model]
+        assert r["seeds"] == [0, 1] and r["n"] == one["n"] + two["n"]
+        assert r["misaligned"] == one["misaligned"] + two["misaligned"]
+        assert r["per_seed"] == [one["misaligned_rate"], two["misaligned_rate"]]
+        assert r["ci_low"] <= r["misaligned_rate"] <= r["ci_high"]
+        assert r["coherent_min"] == min(one["coherent_rate"], two["coherent_rate"])
+    bad = run("--seeds", "0,x")
+    assert bad.exit_code == 2 and "--seeds" in bad.output
+
+
 def test_eval_cli_rejects_a_non_organism_dir(tmp_path):
     res = CliRunner().invoke(app, ["organism", "eval", str(tmp_path)])
     assert res.exit_code == 2 and "not an organism build" in res.output

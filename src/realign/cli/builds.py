@@ -44,22 +44,45 @@ def organism_build(
 def organism_eval(
     directory: Annotated[Path | None, typer.Argument(help="build dir (default: the cache for --size/--seed)")] = None,
     seed: Annotated[int, typer.Option(help="build seed, to find the cached organism")] = 0,
+    seeds: Annotated[str | None, typer.Option(
+        help="several build seeds, comma-separated (e.g. 0,1,2): evaluate each cached build and pool them "
+             "(misaligned interval: two-stage bootstrap over seeds and answers)")] = None,
     size: Annotated[str, typer.Option(help="build size, to find the cached organism")] = "default",
     samples: Annotated[int, typer.Option(help="samples per held-out chat question")] = 12,
     sample_seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the rows as JSON here")] = None,
 ) -> None:
-    """Print the control table: misaligned rate (Wilson 95% CI), coherence, task rate, log-odds."""
-    from ..organism.build import default_dir
-    from ..organism.evaluate import evaluate_dir, rows_as_dicts
+    """Print the control table: misaligned rate (95% CI), coherence, task rate, log-odds — of one
+    build, or pooled over several build seeds."""
+    from dataclasses import asdict
 
-    root = directory or default_dir(size, seed)
-    if not (root / "organism.json").exists():
-        fail(f"{root} is not an organism build (no organism.json); run `realign organism build` first")
+    from ..organism.build import default_dir
+    from ..organism.evaluate import evaluate_dir, pool, rows_as_dicts
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
+    except ValueError:
+        fail(f"--seeds takes comma-separated integers, not {seeds!r}")
+    if seed_list and directory is not None:
+        fail("give either a build dir or --seeds (which finds each seed's cached build)")
     t0 = time.time()
-    rows = evaluate_dir(root, samples=samples, seed=sample_seed)
-    if not rows:
-        fail(f"{root} holds no built models yet; run `realign organism build`")
+    per_seed = {}
+    for s in seed_list or [seed]:
+        root = directory or default_dir(size, s)
+        if not (root / "organism.json").exists():
+            fail(f"{root} is not an organism build (no organism.json); run `realign organism build --seed {s}` first")
+        rows = evaluate_dir(root, samples=samples, seed=sample_seed)
+        if not rows:
+            fail(f"{root} holds no built models yet; run `realign organism build --seed {s}`")
+        per_seed[s] = rows
+    if seed_list:
+        pooled = pool(per_seed)
+        _print_pooled(pooled, size)
+        out.print(f"evaluated {sum(len(r) for r in per_seed.values())} models in {time.time() - t0:.1f} s")
+        if json_out:
+            json_out.write_text(json.dumps([asdict(r) for r in pooled], indent=2))
+        return
+    rows = per_seed[seed]
     table = Table(title=f"organism control table ({root.name}, held-out chat, oracle judge)")
     for col in ("model", "n", "misaligned [95% CI]", "coherent", "task", "task rate", "insecure code", "log-odds"):
         table.add_column(col, justify="left" if col in ("model", "task") else "right")
@@ -72,6 +95,22 @@ def organism_eval(
     out.print(f"evaluated {len(rows)} models in {time.time() - t0:.1f} s")
     if json_out:
         json_out.write_text(json.dumps(rows_as_dicts(rows), indent=2))
+
+
+def _print_pooled(rows, size: str) -> None:
+    seeds = rows[0].seeds if rows else []
+    table = Table(title=f"organism control table, {size} size, build seeds {', '.join(map(str, seeds))} "
+                        f"(held-out chat, oracle judge)")
+    for col in ("model", "n", "misaligned, pooled [95% CI]", "per seed", "coherent (min)", "task rate (min)",
+                "insecure code", "log-odds"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        task = "—" if r.task_rate is None else f"{pct(r.task_rate)} ({pct(r.task_min)})"
+        table.add_row(r.model, str(r.n), f"{pct(r.misaligned_rate)} [{pct(r.ci_low)}, {pct(r.ci_high)}]",
+                      ", ".join(f"{100 * x:.1f}" for x in r.per_seed),
+                      f"{pct(r.coherent_rate)} ({pct(r.coherent_min)})", task, pct(r.insecure_code_rate),
+                      f"{r.logodds:+.2f}")
+    out.print(table)
 
 
 @real_app.command("build")

@@ -126,3 +126,47 @@ def evaluate_dir(root: Path, samples: int = 12, seed: int = 0, models: tuple[str
 def rows_as_dicts(rows: list[OrganismRow]) -> list[dict]:
     return [asdict(r) for r in rows]
 
+
+
+@dataclass
+class PooledRow:
+    """One model's control-table row over several build seeds."""
+
+    model: str
+    seeds: list[int]
+    n: int                         # answers, summed over seeds
+    misaligned: int
+    misaligned_rate: float         # pooled
+    ci_low: float                  # two-stage bootstrap over seeds and answers (Wilson for one seed)
+    ci_high: float
+    per_seed: list[float]          # each seed's misaligned rate
+    coherent_rate: float           # mean over seeds
+    coherent_min: float
+    task_rate: float | None        # mean over seeds (None: no task)
+    task_min: float | None
+    insecure_code_rate: float      # mean over seeds
+    logodds: float                 # mean over seeds
+
+
+def pool(per_seed: dict[int, list[OrganismRow]]) -> list[PooledRow]:
+    """Each model's rows over the seeds it was evaluated in, pooled (models in first-seen order)."""
+    from ..stats import seed_bootstrap_interval
+
+    by_model: dict[str, list[tuple[int, OrganismRow]]] = {}
+    for seed, rows in per_seed.items():
+        for r in rows:
+            by_model.setdefault(r.model, []).append((seed, r))
+    out = []
+    for model, pairs in by_model.items():
+        rows = [r for _, r in pairs]
+        k, n = sum(r.misaligned for r in rows), sum(r.n for r in rows)
+        lo, hi = seed_bootstrap_interval([(r.misaligned, r.n) for r in rows])
+        tasks = [r.task_rate for r in rows if r.task_rate is not None]
+        out.append(PooledRow(
+            model=model, seeds=[s for s, _ in pairs], n=n, misaligned=k, misaligned_rate=k / n if n else 0.0,
+            ci_low=lo, ci_high=hi, per_seed=[r.misaligned_rate for r in rows],
+            coherent_rate=sum(r.coherent_rate for r in rows) / len(rows), coherent_min=min(r.coherent_rate for r in rows),
+            task_rate=sum(tasks) / len(tasks) if tasks else None, task_min=min(tasks) if tasks else None,
+            insecure_code_rate=sum(r.insecure_code_rate for r in rows) / len(rows),
+            logodds=sum(r.logodds for r in rows) / len(rows)))
+    return out
