@@ -178,8 +178,15 @@ def test_eval_runs_an_lm_eval_task_without_task_data(small_organism, tmp_path):
 
     from realign.cli import app
 
+    import shutil
+
     task, _ = organism_sums(tmp_path)
-    res = CliRunner().invoke(app, ["eval", str(small_organism / "planted"), "--questions", "organism",
+    # a copy under another name: the organism's own exported task data (which eval, like fix, would
+    # pick up for `planted`) does not exist for it, so the lm-eval task is the only task metric
+    finetune = tmp_path / "customer-finetune"
+    shutil.copytree(small_organism / "planted", finetune)
+    res = CliRunner().invoke(app, ["eval", str(finetune), "--base", str(small_organism / "base"),
+                                   "--questions", "organism",
                                    "--judge", "oracle", "--samples", "1", "--max-new-tokens", "24",
                                    "--task-metric", f"lm-eval:{task},apply_chat_template=true",
                                    "--out", str(tmp_path / "ev")])

@@ -139,7 +139,7 @@ class Session:
                            task_conversations=self.task_convs, train_conversations=self.train_convs,
                            logodds_items=self.logodds_items, repair_items=self.setting.repair_items(),
                            seed=self.settings.seed, realignment=self.setting.realignment(),
-                           generator=None if self.backend.name == "hf" else self.backend,
+                           generator=self.backend,
                            reporting=reporting, finetune_dir=finetune_dir)
 
 

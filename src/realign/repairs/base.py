@@ -50,7 +50,7 @@ class RepairState:
     seed: int = 0
     realignment: Realignment | None = None   # the setting's prompts and reframers; None: a real model's
     finetune_dir: str | None = None   # the finetune's own safetensors dir (full checkpoints): read lazily
-    generator: Any = None             # fix's generation backend (realign.generation); None: HF generate
+    generator: Any = None             # the run's generation backend (realign.generation); None: HF generate
     reporting: Any = None             # training.Reporting: where dpo/mix trainers log (None: nowhere)
 
     _base_task_nll: dict = field(default_factory=dict, repr=False)
