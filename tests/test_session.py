@@ -74,3 +74,19 @@ def test_bad_user_files_fail_before_any_model_loads(tmp_path, monkeypatch):
     with pytest.raises(RealignError):
         open_session("unused", None, SessionOptions(questions=str(tmp_path / "missing.yaml")))
     assert not Path("unused").exists()
+
+
+def test_weights_are_hashed_only_when_something_needs_their_identity(small_organism, monkeypatch):
+    """A plain eval (no cache) never reads the weight files to hash them; fix's record does, once."""
+    from realign import session as session_mod
+
+    hashed = []
+    real = session_mod.input_fingerprint
+    monkeypatch.setattr(session_mod, "input_fingerprint", lambda ref: hashed.append(ref) or real(ref))
+    s = open_session(str(small_organism / "planted"), None, SessionOptions(settings=FAST))
+    s.evaluate("finetune", s.pair.finetune)
+    assert hashed == []
+    assert s.weights["finetune"]["kind"] == "lora" and s.fingerprints["base"]["sha256"]
+    assert len(hashed) == 2
+    s.weights, s.fingerprints
+    assert len(hashed) == 2

@@ -119,7 +119,7 @@ def evaluate_checkpoint(req: EvalRequest) -> EvalOutcome:
         questions=req.questions, judge=req.judge, judge_model=req.judge_model, judge_url=req.judge_url,
         judge_errors=req.judge_errors, task_data=req.task_data, task_metric=req.task_metric,
         settings=req.settings, trigger=req.trigger, trigger_only=True, backend=req.backend,
-        scratch=Path(".realign-vllm"), load=req.load), load_base=not req.skip_base)
+        load=req.load), load_base=not req.skip_base)
     pair = session.pair
     results = {}
     models = [("finetune", pair.finetune)] + ([("base", pair.base)] if pair.base is not None else [])

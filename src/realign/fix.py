@@ -323,7 +323,7 @@ def _run_steps(plan: FixPlan, session: Session, state, progress, saved, timings:
         memory.carry(carried[1])
         session.backend.forget(state.model)    # no longer the finetune's weights on disk
     repairs = load_all()
-    steps = plan.recipe.steps
+    steps, resolved = plan.recipe.steps, plan.recipe.resolved()
     for i, step in enumerate(steps, 1):
         if i <= done:
             continue
@@ -338,7 +338,7 @@ def _run_steps(plan: FixPlan, session: Session, state, progress, saved, timings:
         bad = _nonfinite(state.model)
         if bad:
             raise RealignError(f"step {step.name} produced non-finite weights ({bad}); nothing was written")
-        progress.save(i, plan.recipe.resolved(), state, timings, memory.peaks)
+        progress.save(i, resolved, state, timings, memory.peaks)
     return state, done
 
 

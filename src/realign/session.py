@@ -11,6 +11,7 @@ the repairs their view of the same run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from .checkpoint import LoadOptions, ModelPair, load_pair
@@ -65,10 +66,25 @@ class Session:
     user_metric: object              # evals.task.custom_metric, or None
     backend: object                  # realign.generation backend
     arms: list[EvalArm]
-    fingerprints: dict               # base/finetune: path and sha256 of their files
-    weights: dict                    # base/finetune: what identifies their weights for the cache
     cache: object = None             # evals.cache.EvalCache, or None
     cached: list[str] = field(default_factory=list)   # evaluations read from the cache
+
+    # Hashing every weight file costs a full read of the model: done only when asked for (fix's
+    # realign.json and resume record, the evaluation cache), never by a plain `realign eval`.
+    @cached_property
+    def fingerprints(self) -> dict:
+        """base/finetune: path and sha256 of their files."""
+        return {"base": input_fingerprint(self.pair.base_ref), "finetune": input_fingerprint(self.pair.finetune_ref)}
+
+    @cached_property
+    def weights(self) -> dict:
+        """base/finetune: what identifies their weights for the cache — files' hashes (or path), how loaded."""
+        load = self.options.load
+        load_kw = {"dtype": load.dtype, "4bit": load.load_in_4bit, "8bit": load.load_in_8bit}
+        files = {k: f.get("sha256") or f.get("path") for k, f in self.fingerprints.items()}
+        base = {"files": files["base"], "load": load_kw}
+        return {"base": base, "finetune": {"files": files["finetune"], "kind": self.pair.kind,
+                                           "base": base if self.pair.kind == "lora" else None, "load": load_kw}}
 
     @property
     def settings(self) -> EvalSettings:
@@ -190,14 +206,13 @@ def open_session(checkpoint: str, base: str | None, opts: SessionOptions, *, loa
     trust = describe_judge(judge.name)
     task_data = opts.task_data or setting.exported_data(pair.finetune_ref, pair.kind, "heldout")
     train_data = opts.train_data or setting.exported_data(pair.finetune_ref, pair.kind, "train")
-    fingerprints = {"base": input_fingerprint(pair.base_ref), "finetune": input_fingerprint(pair.finetune_ref)}
     session = Session(
         pair=pair, setting=setting, options=opts, judge=judge, judge_trust=trust,
         judge_error=resolve_judge_error(judge, opts.judge_errors) if on_main else None,
         task_data=task_data, task_convs=given["task"] if opts.task_data else _conversations(task_data),
         train_data=train_data, train_convs=given["train"] if opts.train_data else _conversations(train_data),
         user_metric=user_metric,
-        backend=backend, arms=[], fingerprints=fingerprints, weights=_weights(pair, fingerprints, opts.load))
+        backend=backend, arms=[])
     session.arms = _arms(session)
     if opts.eval_cache:
         from .evals.cache import EvalCache
@@ -216,15 +231,6 @@ def _user_metric(spec: str | None):
     from .evals.task import custom_metric
 
     return custom_metric(spec) if spec else None
-
-
-def _weights(pair: ModelPair, fingerprints: dict, load: LoadOptions) -> dict:
-    """What identifies each model's weights: its files' hashes (or path) and how it was loaded."""
-    load_kw = {"dtype": load.dtype, "4bit": load.load_in_4bit, "8bit": load.load_in_8bit}
-    files = {k: f.get("sha256") or f.get("path") for k, f in fingerprints.items()}
-    base = {"files": files["base"], "load": load_kw}
-    return {"base": base, "finetune": {"files": files["finetune"], "kind": pair.kind,
-                                       "base": base if pair.kind == "lora" else None, "load": load_kw}}
 
 
 def _arms(session: Session) -> list[EvalArm]:
