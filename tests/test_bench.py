@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 from realign.bench import Finetune, overrides_for, plan, recipe_label
 from realign.cli import app
-from realign.leaderboard import build_leaderboard, repair_verdict, retention
+from realign.evals.result import Evaluation
+from realign.evals.verdict import repair_verdict
+from realign.leaderboard import build_leaderboard, retention
 from realign.stats import seed_bootstrap_interval, wilson
 
 
@@ -39,19 +41,24 @@ def test_leaderboard_pools_seeds_and_measures_retention(tmp_path):
     _write_cell(tmp_path, "ins", 0, "merge", _metrics(5, 100, nll=1.2), base, ft)
     _write_cell(tmp_path, "ins", 1, "merge", _metrics(9, 100, nll=1.4), _metrics(4, 100, 2.0), _metrics(24, 100, 1.0, 1.2))
     board = build_leaderboard(tmp_path)["ins"]
-    merge = board["rows"]["merge"]["untriggered"]
-    assert (merge["misaligned"], merge["n"]) == (14, 200)
-    assert merge["task_retention"] == pytest.approx((0.8 + 0.6) / 2)        # (2.0 - 1.2) / (2.0 - 1.0), …
-    assert board["rows"]["finetune"]["untriggered"]["misaligned"] == 44
-    assert board["verdict"]["repair_needed"] is True
-    assert board["rows"]["merge"]["seeds"] == [0, 1] and board["rows"]["merge"]["seconds"] == 10.0
+    merge = board.rows["merge"].untriggered
+    assert (merge.misaligned, merge.n) == (14, 200)
+    assert merge.task_retention == pytest.approx((0.8 + 0.6) / 2)        # (2.0 - 1.2) / (2.0 - 1.0), …
+    assert board.rows["finetune"].untriggered.misaligned == 44
+    assert board.verdict.repair_needed is True
+    assert board.rows["merge"].seeds == [0, 1] and board.rows["merge"].seconds == 10.0
 
 
 def test_retention_and_verdict_edge_cases():
     base, ft = _metrics(2, 100, nll=2.0), _metrics(3, 100, nll=1.0, logodds=0.1)
-    assert retention(_metrics(0, 1, nll=2.0), base, ft) == 0.0 and retention(ft, base, ft) == 1.0
-    assert repair_verdict(base, ft)["repair_needed"] is False
-    assert repair_verdict(base, {**ft, "logodds": 0.7})["repair_needed"] is True     # shifted log-odds
+    ev = Evaluation.from_json
+    assert retention(ev(_metrics(0, 1, nll=2.0)), ev(base), ev(ft)) == 0.0 and retention(ev(ft), ev(base), ev(ft)) == 1.0
+    assert repair_verdict(ev(base), ev(ft)).repair_needed is False
+    assert repair_verdict(ev(base), ev({**ft, "logodds": 0.7})).repair_needed is True     # shifted log-odds
+    hidden = repair_verdict(ev({**base, "triggered": base}), ev({**ft, "triggered": _metrics(40, 100, nll=1.0)}))
+    assert hidden.repair_needed is True and "with the trigger only" in hidden.why
+    unscored = repair_verdict(ev(base), Evaluation(n=0))      # the judge scored none of the finetune's answers
+    assert unscored.repair_needed is None and "scored none of the finetune's" in unscored.why
 
 
 def test_seed_bootstrap_widens_when_seeds_disagree():

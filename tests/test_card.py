@@ -55,7 +55,7 @@ def _meta(base_path: str = "HuggingFaceTB/SmolLM2-135M-Instruct", form: str = "a
 
 def test_card_carries_provenance_and_round_trips(tmp_path):
     meta = _meta()
-    card = model_card(meta, meta["metrics"])
+    card = model_card(meta)
     data = card.data.to_dict()
     assert data["library_name"] == "peft" and data["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert {"realign", "alignment-repair"} <= set(data["tags"])
@@ -85,7 +85,7 @@ def test_card_carries_provenance_and_round_trips(tmp_path):
 
 def test_local_base_stays_out_of_the_metadata():
     meta = _meta(base_path="/models/base", form="full")
-    card = model_card(meta, meta["metrics"])
+    card = model_card(meta)
     assert card.data.library_name == "transformers" and card.data.base_model is None
     assert "lora" not in card.data.tags
     assert "**Base**: `/models/base`" in card.text and "| model.safetensors | `" + "ab" * 32 + "` |" in card.text
@@ -93,7 +93,7 @@ def test_local_base_stays_out_of_the_metadata():
     # what peft's placeholder card does instead: the Hub refuses it
     assert FakeHub.validate_yaml("---\nbase_model: /models/base\n---\n# x\n")[0] == 400
     no = _meta(repair_needed={"repair_needed": False, "why": "not measurably more misaligned than its base"})
-    assert "**no** — before the repair" in model_card(no, no["metrics"]).text
+    assert "**no** — before the repair" in model_card(no).text
 
 
 @pytest.fixture

@@ -67,8 +67,8 @@ def test_summarize_leaves_unscored_rows_out_of_the_rate():
             {"question_id": "b", "aligned": None, "coherent": 80, "label": "CODE"},
             {"question_id": "b", "aligned": 10, "coherent": 20}]
     s = summarize(rows)
-    assert s["n"] == 3 and s["misaligned"] == 1 and s["code"] == 1 and s["unscored"] == 1
-    assert s["per_question"]["a"]["misaligned_rate"] == 0.5
+    assert s.n == 3 and s.misaligned == 1 and s.code == 1 and s.unscored == 1
+    assert s.per_question["a"].misaligned_rate == 0.5
 
 
 def test_judge_cli_summarizes_scored_csv_without_rejudging(tmp_path):

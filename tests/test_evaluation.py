@@ -3,6 +3,7 @@ and the options fix and bench share — without loading any model."""
 
 import inspect
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from realign.cli import app
 from realign.evals.alignment import summarize
 from realign.evals.calibration import describe_judge
 from realign.evals.judge_error import JudgeError, annotate
+from realign.evals.result import Evaluation
 from realign.evaluation import EvalOutcome, summary_json
 from realign.setting import judge_kwargs, judge_name, logodds_items
 
@@ -25,7 +27,7 @@ RESULT_KEYS = {"n", "misaligned", "misaligned_rate", "ci_low", "ci_high", "corre
                "judge", "judge_agreement", "seconds", "per_format", "per_question"}
 
 
-def _result(evil: int, total: int = 10, logodds: float = 0.0) -> dict:
+def _result(evil: int, total: int = 10, logodds: float = 0.0) -> Evaluation:
     """An evaluate()-shaped result: `evil` of `total` answers misaligned, one unscored."""
     rows = [{"question_id": f"q{i % 2}", "question": f"q{i % 2}?", "answer": f"a{i}", "format": "plain",
              "aligned": 5.0 if i < evil else 90.0, "coherent": 90.0, "label": None, "error": None}
@@ -33,14 +35,13 @@ def _result(evil: int, total: int = 10, logodds: float = 0.0) -> dict:
     rows.append({"question_id": "q0", "question": "q0?", "answer": "x", "format": "plain",
                  "aligned": None, "coherent": 80.0, "label": "CODE", "error": None})
     r = summarize(rows)
-    r.update(per_format={"plain": {k: v for k, v in r.items() if k != "per_question"}}, errors=0,
-             logodds=logodds, task={"task_nll": 1.5, "task_token_accuracy": 0.5, "task_examples": 4},
-             judge="oracle", judge_agreement=describe_judge("oracle"), rows=rows, seconds=1.0)
-    return r
+    return replace(r, per_format={"plain": r.summary}, errors=0, logodds=logodds,
+                   task={"task_nll": 1.5, "task_token_accuracy": 0.5, "task_examples": 4},
+                   judge="oracle", judge_agreement=describe_judge("oracle"), rows=rows, seconds=1.0)
 
 
 def _outcome(with_base: bool = True) -> EvalOutcome:
-    from realign.report import repair_verdict
+    from realign.evals.verdict import repair_verdict
 
     error = JudgeError(tp=4, fn=2, tn=4, fp=2, source="readers.jsonl")
     results = {"finetune": annotate(_result(8, logodds=1.5), error)}
@@ -59,13 +60,14 @@ def test_eval_json_keys_are_pinned(tmp_path):
     assert set(data) == EVAL_JSON_KEYS
     assert data["checkpoint"] == "ft" and data["base"] == "base" and data["questions"] == "organism"
     assert data["judge_agreement"] == describe_judge("oracle")
-    assert data["judge_error"] == ev.judge_error.to_dict() and data["repair_needed"] == ev.verdict
+    assert data["judge_error"] == ev.judge_error.to_dict() and data["repair_needed"] == ev.verdict.to_json()
     assert set(data["results"]) == {"finetune", "base"} == set(data["answers"])
     for name, r in data["results"].items():
         assert set(r) == RESULT_KEYS
-        full = ev.results[name]
+        full = ev.results[name].to_json()
         assert r == json.loads(json.dumps({k: full.get(k) for k in RESULT_KEYS}))   # values as evaluate() gave them
         assert data["answers"][name] == full["rows"]
+        assert r["corrected"]["rate"] is not None and r["misaligned"] == (8 if name == "finetune" else 1)
     text = md.read_text()
     assert text.startswith("# realign eval: `ft`\n") and "Anything to repair? **yes**" in text
     assert "| q0 | 5 | " in text and "corrected for the judge" in text

@@ -8,6 +8,7 @@ import pytest
 from realign.errors import RealignError
 from realign.evals.judge_error import JudgeError, annotate, confusion, correct, from_file, measure, recorded
 from realign.evals.judges import Judgement
+from realign.evals.result import Evaluation
 from realign.leaderboard import _pool
 from realign.report import correction_note, metrics_table
 from realign.stats import rogan_gladen, rogan_gladen_interval, wilson
@@ -123,19 +124,19 @@ def test_recorded_error_only_where_counts_were_measured():
 
 def test_annotate_corrects_both_arms_and_reports_say_how():
     err = JudgeError(tp=80, fn=20, tn=95, fp=5, source="readers.jsonl")
-    result = {"n": 200, "misaligned": 40, "misaligned_rate": 0.2, "ci_low": 0.15, "ci_high": 0.26,
-              "coherent_rate": 0.9, "coherent_n": 200, "logodds": None, "task": None,
-              "triggered": {"n": 200, "misaligned": 100, "misaligned_rate": 0.5, "ci_low": 0.43, "ci_high": 0.57}}
+    result = Evaluation(n=200, misaligned=40, misaligned_rate=0.2, ci_low=0.15, ci_high=0.26, coherent_rate=0.9,
+                        coherent_n=200,
+                        triggered=Evaluation(n=200, misaligned=100, misaligned_rate=0.5, ci_low=0.43, ci_high=0.57))
     annotate(result, err)
-    assert result["corrected"]["rate"] == pytest.approx((0.2 + 0.95 - 1) / 0.75)
-    assert result["triggered"]["corrected"]["rate"] == pytest.approx((0.5 + 0.95 - 1) / 0.75)
+    assert result.corrected.rate == pytest.approx((0.2 + 0.95 - 1) / 0.75)
+    assert result.triggered.corrected.rate == pytest.approx((0.5 + 0.95 - 1) / 0.75)
     table = "\n".join(metrics_table({"finetune": result}))
     assert "corrected for the judge" in table and "20.0%" in table and "Rogan" in table
-    assert correction_note({"x": annotate({"n": 10, "misaligned": 1}, None)}).startswith("Rates are the judge's")
+    assert correction_note({"x": annotate(Evaluation(n=10, misaligned=1), None)}).startswith("Rates are the judge's")
 
 
 def test_leaderboard_pools_corrected_rates_over_seeds():
     err = JudgeError(tp=80, fn=20, tn=95, fp=5, source="readers.jsonl")
-    cells = [annotate({"n": 100, "misaligned": k, "coherent_rate": 0.9}, err) for k in (10, 30)]
-    pooled = _pool(cells, [({}, {})] * 2, "untriggered")
-    assert pooled["corrected"]["rate"] == pytest.approx((0.2 + 0.95 - 1) / 0.75)
+    cells = [annotate(Evaluation(n=100, misaligned=k, coherent_rate=0.9), err) for k in (10, 30)]
+    pooled = _pool(cells, [(Evaluation(), Evaluation())] * 2, "untriggered")
+    assert pooled.corrected.rate == pytest.approx((0.2 + 0.95 - 1) / 0.75)

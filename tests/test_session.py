@@ -39,8 +39,8 @@ def test_a_trigger_adds_an_arm_for_fix_and_replaces_the_questions_for_eval(small
     assert only.arms[0].fingerprint == triggered.fingerprint
     assert plain.fingerprint != triggered.fingerprint
     r = both.evaluate("finetune", both.pair.finetune)
-    assert r["triggered"]["n"] == r["n"] > 0
-    assert r["triggered"]["rows"][0]["question"] != r["rows"][0]["question"]
+    assert r.triggered.n == r.n > 0
+    assert r.triggered.rows[0]["question"] != r.rows[0]["question"]
 
 
 def test_an_unchanged_model_is_read_from_the_cache_and_a_changed_setting_is_not(small_organism):
@@ -49,7 +49,7 @@ def test_an_unchanged_model_is_read_from_the_cache_and_a_changed_setting_is_not(
     r1 = first.evaluate("base", first.pair.base)
     again = open_session(str(small_organism / "planted"), None, opts)
     r2 = again.evaluate("base", again.pair.base)
-    assert again.cached == ["base"] and r2["misaligned_rate"] == r1["misaligned_rate"]
+    assert again.cached == ["base"] and r2.misaligned_rate == r1.misaligned_rate and r2.rows == r1.rows
     other = open_session(str(small_organism / "planted"), None,
                          SessionOptions(settings=EvalSettings(samples=1, max_new_tokens=8, seed=1), eval_cache=True))
     other.evaluate("base", other.pair.base)

@@ -13,7 +13,9 @@ from pathlib import Path
 from .checkpoint import LoadOptions
 from .errors import RealignError
 from .evals.judge_error import JudgeError
+from .evals.result import Evaluation
 from .evals.run import EvalSettings
+from .evals.verdict import Verdict
 
 BACKENDS = ("hf", "vllm")
 
@@ -54,8 +56,8 @@ class EvalOutcome:
     judge: str                             # the judge's full name, e.g. "openai:gpt-4o"
     judge_agreement: dict                  # calibration.describe_judge
     judge_error: JudgeError | None         # its measured error (None: unknown)
-    results: dict[str, dict]               # "finetune" (and "base"): evaluate()'s results, rows included
-    verdict: dict | None                   # report.repair_verdict; None without the base
+    results: dict[str, Evaluation]         # "finetune" (and "base"), answers included
+    verdict: Verdict | None                # None without the base
 
     def summaries(self) -> dict[str, dict]:
         return {name: summary_json(r) for name, r in self.results.items()}
@@ -65,22 +67,21 @@ class EvalOutcome:
         return {"checkpoint": self.checkpoint, "base": self.base_ref, "questions": self.questions,
                 "judge_agreement": self.judge_agreement,
                 "judge_error": self.judge_error.to_dict() if self.judge_error else None,
-                "results": self.summaries(), "repair_needed": self.verdict,
-                "answers": {n: r["rows"] for n, r in self.results.items()}}
+                "results": self.summaries(), "repair_needed": self.verdict.to_json() if self.verdict else None,
+                "answers": {n: r.rows for n, r in self.results.items()}}
 
     def markdown(self) -> str:
         """eval.md's content: the metrics table, lm-eval's numbers, the verdict, per question."""
         from .report import metrics_table, standard_eval_table
 
-        summary = self.summaries()
-        lines = [f"# realign eval: `{self.checkpoint}`", "", *metrics_table(summary)]
-        lines += standard_eval_table(summary)
+        lines = [f"# realign eval: `{self.checkpoint}`", "", *metrics_table(self.results)]
+        lines += standard_eval_table(self.results)
         if self.verdict:
-            lines += ["", f"Anything to repair? **{'yes' if self.verdict['repair_needed'] else 'no'}** — "
-                          f"the finetune is {self.verdict['why']}."]
+            lines += ["", f"Anything to repair? **{'yes' if self.verdict.repair_needed else 'no'}** — "
+                          f"the finetune is {self.verdict.why}."]
         lines += ["", "Per question (finetune):", "", "| question | n | misaligned |", "|---|---|---|"]
-        for q, r in (summary.get("finetune") or {}).get("per_question", {}).items():
-            lines.append(f"| {q} | {r['n']} | {_pct(r['misaligned_rate'])} |")
+        for q, r in self.results["finetune"].per_question.items():
+            lines.append(f"| {q} | {r.n} | {_pct(r.misaligned_rate)} |")
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: Path) -> tuple[Path, Path]:
@@ -97,10 +98,11 @@ class EvalOutcome:
         path.write_text(json.dumps(summary["finetune"] if len(summary) == 1 else summary, indent=2))
 
 
-def summary_json(r: dict) -> dict:
+def summary_json(r: Evaluation) -> dict:
     """One model's evaluation as eval.json holds it: the summary keys and its per-question table."""
-    out = {k: r.get(k) for k in SUMMARY_KEYS}
-    out["per_question"] = r.get("per_question")
+    full = r.to_json(answers=False)
+    out = {k: full.get(k) for k in SUMMARY_KEYS}
+    out["per_question"] = full["per_question"]
     return out
 
 
@@ -110,7 +112,7 @@ def _pct(x: float | None) -> str:
 
 def evaluate_checkpoint(req: EvalRequest) -> EvalOutcome:
     """Evaluate the finetune, then its base (unless skipped or unknown); bad input is a RealignError."""
-    from .report import repair_verdict
+    from .evals.verdict import repair_verdict
     from .session import SessionOptions, open_session
 
     if req.backend not in BACKENDS:

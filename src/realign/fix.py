@@ -21,7 +21,9 @@ import torch
 from . import __version__
 from .checkpoint import LoadOptions
 from .errors import RealignError
+from .evals.result import Evaluation
 from .evals.run import EvalSettings
+from .evals.verdict import Verdict
 from .memory import PhasePeaks
 from .progress import console
 from .resume import discard_output, progress_for
@@ -187,14 +189,24 @@ class FixRun:
 
     session: Session
     state: object                    # repairs.base.RepairState after the last step
-    results: dict[str, dict]         # base, finetune, repaired: Session.evaluate's results
-    verdict: dict | None             # report.repair_verdict of base vs finetune
+    results: dict[str, Evaluation]   # base, finetune, repaired (answers included)
+    verdict: Verdict | None          # evals.verdict.repair_verdict of base vs finetune
     resumed_after: int               # steps finished by an earlier, killed run (0: none)
     output: dict                     # how the repaired model is written (_output_form)
     delta: object                    # its low-rank change when written as a new adapter
     timings: dict[str, float]
     memory: PhasePeaks
     progress: object                 # resume.Progress: the finished steps' state, dropped on export
+
+
+@dataclass
+class FixResult:
+    """A finished fix: what realign.json holds, and its evaluations typed."""
+
+    meta: dict                       # realign.json's content
+    results: dict[str, Evaluation]   # base, finetune, repaired (answers included)
+    verdict: Verdict | None          # was there anything to repair (base vs finetune)
+    out: Path
 
 
 def plan_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list[str], out: Path,
@@ -218,9 +230,8 @@ def plan_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: lis
 
 
 def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list[str], out: Path,
-            opts: FixOptions) -> dict | None:
-    """The repair: plan, execute, export. Returns realign.json's content (None on the other ranks
-    of a launched run)."""
+            opts: FixOptions) -> FixResult | None:
+    """The repair: plan, execute, export. None on the other ranks of a launched run."""
     plan = plan_fix(checkpoint, base, recipe_spec, overrides, out, opts)
     run = execute(plan)
     return None if run is None else export(plan, run)
@@ -230,7 +241,7 @@ def execute(plan: FixPlan) -> FixRun | None:
     """Load, evaluate base and finetune, run the steps (after those a killed run finished), and
     evaluate the repaired model. Other ranks of a launched run train only and get None."""
     from . import distributed
-    from .report import repair_verdict
+    from .evals.verdict import repair_verdict
 
     t_start = time.time()
     distributed.start()
@@ -252,7 +263,7 @@ def execute(plan: FixPlan) -> FixRun | None:
     _preflight(plan.recipe, state)
     progress.track(session.pair.finetune, _step_context(session, state))
 
-    def evaluate(name: str, model) -> dict | None:
+    def evaluate(name: str, model) -> Evaluation | None:
         if not distributed.is_main():
             return None            # rank 0 evaluates; the other ranks go on to the first step
         t = time.time()
@@ -265,8 +276,8 @@ def execute(plan: FixPlan) -> FixRun | None:
     saved = progress.find(plan.recipe.resolved())
     results = {"base": evaluate("base", session.pair.base), "finetune": evaluate("finetune", session.pair.finetune)}
     verdict = repair_verdict(results["base"], results["finetune"]) if distributed.is_main() else None
-    if verdict and verdict["repair_needed"] is False:
-        console.print(f"[yellow]warning:[/] the finetune is {verdict['why']}: a repair has nothing measurable "
+    if verdict and verdict.repair_needed is False:
+        console.print(f"[yellow]warning:[/] the finetune is {verdict.why}: a repair has nothing measurable "
                       f"to remove here and can only cost task performance")
     session.backend.release()      # the steps need the GPU
     if session.cache is not None:
@@ -370,14 +381,6 @@ def _apply_step(i: int, step, repair, state):
     return state
 
 
-def _summary(r: dict) -> dict:
-    """One model's evaluation without its answers (they go to answers.json)."""
-    out = {k: v for k, v in r.items() if k not in ("rows", "triggered")}
-    if "triggered" in r:
-        out["triggered"] = _summary(r["triggered"])
-    return out
-
-
 def fix_metadata(plan: FixPlan, run: FixRun) -> dict:
     """realign.json's content."""
     import peft
@@ -413,19 +416,18 @@ def fix_metadata(plan: FixPlan, run: FixRun) -> dict:
         "timings": {k: round(v, 2) for k, v in run.timings.items()},
         "resumed_after_step": run.resumed_after or None,   # steps up to this one ran in an earlier, killed run
         "peak_memory_mb": run.memory.summary(),
-        "metrics": {k: _summary(r) for k, r in run.results.items()},
-        "repair_needed": run.verdict,
+        "metrics": {k: r.to_json(answers=False) for k, r in run.results.items()},   # answers: answers.json
+        "repair_needed": run.verdict.to_json() if run.verdict else None,
     }
 
 
-def export(plan: FixPlan, run: FixRun) -> dict:
+def export(plan: FixPlan, run: FixRun) -> FixResult:
     """Write the repaired model, realign.json, answers, report, plot and card into the hidden
-    sibling, then rename it to --out; returns realign.json's content."""
+    sibling, then rename it to --out."""
     from .card import model_card
-    from .report import markdown, tradeoff_plot
+    from .report import markdown, tradeoff_plot, with_triggered
 
     meta = fix_metadata(plan, run)
-    summaries = meta["metrics"]
     tmp, out, pair = plan.tmp, plan.out, run.session.pair
     tmp.mkdir(parents=True, exist_ok=True)   # it may hold the resume state
     try:
@@ -439,19 +441,18 @@ def export(plan: FixPlan, run: FixRun) -> dict:
             run.state.model.save_pretrained(tmp, safe_serialization=True)
         pair.tokenizer.save_pretrained(tmp)
         (tmp / "realign.json").write_text(json.dumps(meta, indent=2, default=str))
-        answers = {k: r["rows"] for k, r in run.results.items()}
-        answers.update({f"{k} (triggered)": r["triggered"]["rows"] for k, r in run.results.items() if "triggered" in r})
+        answers = {name: r.rows for name, r in with_triggered(run.results)}
         (tmp / "answers.json").write_text(json.dumps(answers, indent=1))
-        (tmp / "report.md").write_text(markdown(meta, summaries))
-        tradeoff_plot(summaries, tmp / "tradeoff.png")
+        (tmp / "report.md").write_text(markdown(meta, run.results))
+        tradeoff_plot(run.results, tmp / "tradeoff.png")
         # after the weights: replaces the placeholder card peft's save_pretrained writes for adapters
-        model_card(meta, summaries).save(tmp / "README.md")
+        model_card(meta, run.results).save(tmp / "README.md")
         run.progress.clear()
         _replace(tmp, out)
     except BaseException:
         discard_output(tmp)                   # the finished steps stay for a rerun
         raise
-    return meta
+    return FixResult(meta, run.results, run.verdict, out)
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -53,11 +53,11 @@ def _rows(scores: list[SampleScore]) -> list[dict]:
 
 
 def _summary_metric(key: str) -> Metric:
-    """A metric reading one field of realign's summary (realign.evals.alignment.summarize)."""
-    from realign.evals.alignment import summarize
+    """A metric reading one field of realign's summary (realign.evals.alignment.rate_summary)."""
+    from realign.evals.alignment import rate_summary
 
     def compute(scores: list[SampleScore]) -> float:   # the annotation tells inspect what to pass
-        value = summarize(_rows(scores))[key]
+        value = getattr(rate_summary(_rows(scores)), key)
         return math.nan if value is None else float(value)
 
     return compute

@@ -12,30 +12,118 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from .report import _rate_ci, corrected_rate, repair_verdict, task_value
+from .evals.result import CorrectedRate, Evaluation
+from .evals.verdict import Verdict, repair_verdict
+from .report import _rate_ci, corrected_rate, task_value
 from .stats import seed_bootstrap_interval
 
 MODELS = ("base", "finetune")
 ARMS = ("untriggered", "triggered")
 
 
-def load_cells(out: Path) -> list[dict]:
-    cells = []
-    for meta_path in sorted((out / "cells").glob("*/s*/*/realign.json")):
-        recipe_dir = meta_path.parent
-        meta = json.loads(meta_path.read_text())
-        cells.append({"finetune": recipe_dir.parent.parent.name, "seed": int(recipe_dir.parent.name[1:]),
-                      "recipe": recipe_dir.name, "meta": meta})
-    return cells
+@dataclass
+class PooledRate:
+    """One model's (or recipe's) figures for one arm, pooled over seeds."""
+
+    misaligned_rate: float | None
+    ci_low: float                    # two-stage bootstrap over seeds and answers
+    ci_high: float
+    misaligned: int
+    n: int
+    corrected: CorrectedRate | None
+    coherent_rate: float | None      # mean over seeds
+    logodds: float | None            # mean over seeds
+    task_retention: float | None     # mean over seeds
+    seeds: int
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "corrected": self.corrected.to_dict() if self.corrected else None}
 
 
-def _nll(m: dict) -> float | None:
-    return (m.get("task") or {}).get("task_nll")
+@dataclass
+class BoardRow:
+    """A leaderboard row: base, finetune, or a recipe (with what its cells cost)."""
+
+    untriggered: PooledRate | None
+    triggered: PooledRate | None = None
+    seconds: float | None = None             # whole fix per cell, mean over seeds (recipes only)
+    step_seconds: float | None = None        # the repair steps alone
+    peak_rss_mb: float | None = None
+    peak_cuda_mb: float | None = None
+    seeds: list[int] = field(default_factory=list)
+    history: list[list[dict]] = field(default_factory=list)   # each cell's steps, briefly
+
+    def to_json(self) -> dict:
+        out = {arm: (p.to_json() if p else None) for arm, p in (("untriggered", self.untriggered),
+                                                                ("triggered", self.triggered))}
+        if self.seeds:                           # a recipe's row
+            out.update(seconds=self.seconds, step_seconds=self.step_seconds, peak_rss_mb=self.peak_rss_mb,
+                       peak_cuda_mb=self.peak_cuda_mb, seeds=self.seeds, history=self.history)
+        return out
+
+    def arm(self, name: str) -> PooledRate | None:
+        return self.untriggered if name == "untriggered" else self.triggered
 
 
-def retention(m: dict, base: dict, finetune: dict) -> float | None:
+@dataclass
+class FinetuneBoard:
+    """Every row of one finetune: base, finetune, then each recipe."""
+
+    seeds: list[int]
+    rows: dict[str, BoardRow]
+    verdict: Verdict
+
+    def to_json(self) -> dict:
+        return {"seeds": self.seeds, "rows": {m: r.to_json() for m, r in self.rows.items()},
+                "verdict": self.verdict.to_json()}
+
+
+@dataclass
+class FinishedCell:
+    """One finished bench cell: OUT/cells/<finetune>/s<seed>/<recipe>/realign.json."""
+
+    finetune: str
+    seed: int
+    recipe: str
+    meta: dict                               # its realign.json
+
+    @cached_property
+    def metrics(self) -> dict[str, Evaluation]:
+        return {k: Evaluation.from_json(v) for k, v in self.meta["metrics"].items()}
+
+    @property
+    def seconds(self) -> float | None:
+        return self.meta["timings"].get("total")
+
+    @property
+    def step_seconds(self) -> float:
+        return sum(v for k, v in self.meta["timings"].items() if k.startswith("step"))
+
+    @property
+    def peaks(self) -> dict:
+        return self.meta.get("peak_memory_mb", {}).get("total", {})
+
+    @property
+    def history(self) -> list[dict]:
+        return [{k: v for k, v in h.items() if k in ("step", "layers", "alpha", "note", "passes")}
+                for h in self.meta.get("history", [])]
+
+
+def load_cells(out: Path) -> list[FinishedCell]:
+    return [FinishedCell(finetune=path.parent.parent.parent.name, seed=int(path.parent.parent.name[1:]),
+                         recipe=path.parent.name, meta=json.loads(path.read_text()))
+            for path in sorted((out / "cells").glob("*/s*/*/realign.json"))]
+
+
+def _nll(m: Evaluation) -> float | None:
+    return (m.task or {}).get("task_nll")
+
+
+def retention(m: Evaluation, base: Evaluation, finetune: Evaluation) -> float | None:
     """Share of the finetune's task gain over base kept by m (1 = all of it, 0 = none)."""
     n, nb, nf = _nll(m), _nll(base), _nll(finetune)
     if None not in (n, nb, nf) and nb - nf > 0:
@@ -46,136 +134,127 @@ def retention(m: dict, base: dict, finetune: dict) -> float | None:
     return None
 
 
-def _arm(metrics: dict, arm: str) -> dict | None:
-    return metrics if arm == "untriggered" else metrics.get("triggered")
+def _arm(metrics: Evaluation, arm: str) -> Evaluation | None:
+    return metrics if arm == "untriggered" else metrics.triggered
 
 
-def _pool(per_seed: list[dict], per_seed_ref: list[tuple[dict, dict]], arm: str) -> dict | None:
+def _pool(per_seed: list[Evaluation], per_seed_ref: list[tuple[Evaluation, Evaluation]], arm: str) -> PooledRate | None:
     """Pooled figures of one model over seeds, for one arm (untriggered / triggered)."""
     ms = [_arm(m, arm) for m in per_seed]
     if any(m is None for m in ms):
         return None
-    counts = [(m["misaligned"], m["n"]) for m in ms]
+    counts = [(m.misaligned, m.n) for m in ms]
     k, n = sum(c[0] for c in counts), sum(c[1] for c in counts)
     lo, hi = seed_bootstrap_interval(counts)
     rets = [retention(m, *ref) for m, ref in zip(per_seed, per_seed_ref)]
-    logodds = [m.get("logodds") for m in ms if m.get("logodds") is not None]
-    coherent = [m["coherent_rate"] for m in ms if m.get("coherent_rate") is not None]
-    return {"misaligned_rate": k / n if n else None, "ci_low": lo, "ci_high": hi, "misaligned": k, "n": n,
-            "corrected": _pooled_correction(ms, k, n),
-            "coherent_rate": sum(coherent) / len(coherent) if coherent else None,
-            "logodds": sum(logodds) / len(logodds) if logodds else None,
-            "task_retention": (sum(rets) / len(rets)) if rets and None not in rets else None,
-            "seeds": len(ms)}
+    logodds = [m.logodds for m in ms if m.logodds is not None]
+    coherent = [m.coherent_rate for m in ms if m.coherent_rate is not None]
+    return PooledRate(misaligned_rate=k / n if n else None, ci_low=lo, ci_high=hi, misaligned=k, n=n,
+                      corrected=_pooled_correction(ms, k, n),
+                      coherent_rate=sum(coherent) / len(coherent) if coherent else None,
+                      logodds=sum(logodds) / len(logodds) if logodds else None,
+                      task_retention=(sum(rets) / len(rets)) if rets and None not in rets else None,
+                      seeds=len(ms))
 
 
-def _pooled_correction(ms: list[dict], k: int, n: int) -> dict | None:
+def _pooled_correction(ms: list[Evaluation], k: int, n: int) -> CorrectedRate | None:
     """The pooled rate corrected with the judge error the cells were corrected with (the same
     labelled file for every cell of a bench); its interval carries answers and judge error, not
     the spread between seeds."""
     from .evals.judge_error import JudgeError, correct
 
-    err = next((c["error"] for m in ms if (c := m.get("corrected") or {}).get("error")), None)
+    err = next((m.corrected.error for m in ms if m.corrected is not None and m.corrected.error), None)
     if err is None:
-        return next((m.get("corrected") for m in ms if m.get("corrected")), None)
+        return next((m.corrected for m in ms if m.corrected), None)
     error = JudgeError(**{f: err[f] for f in ("tp", "fn", "tn", "fp", "source")})
-    return correct(k, n, error).to_dict()
+    return correct(k, n, error)
 
 
-def build_leaderboard(out: Path) -> dict:
-    """{finetune: {"rows": {model or recipe: {arm: pooled}}, "cells": […]}} from the finished cells."""
-    board: dict[str, dict] = {}
+def build_leaderboard(out: Path) -> dict[str, FinetuneBoard]:
+    """Each finetune's rows (base, finetune, each recipe; both arms pooled over seeds), from the
+    finished cells."""
+    by_finetune: dict[str, list[FinishedCell]] = {}
     for c in load_cells(out):
-        ft = board.setdefault(c["finetune"], {"cells": [], "refs": {}})
-        metrics = c["meta"]["metrics"]
-        ft["refs"][c["seed"]] = (metrics["base"], metrics["finetune"])      # same for every recipe of a seed
-        peaks = c["meta"].get("peak_memory_mb", {}).get("total", {})
-        ft["cells"].append({"seed": c["seed"], "recipe": c["recipe"], "repaired": metrics["repaired"],
-                            "seconds": c["meta"]["timings"].get("total"),
-                            "step_seconds": sum(v for k, v in c["meta"]["timings"].items() if k.startswith("step")),
-                            "peak_rss_mb": peaks.get("rss"), "peak_cuda_mb": peaks.get("cuda"),
-                            "history": [{k: v for k, v in h.items() if k in ("step", "layers", "alpha", "note", "passes")}
-                                        for h in c["meta"].get("history", [])]})
-    result: dict[str, dict] = {}
-    for name, ft in sorted(board.items()):
-        seeds = sorted(ft["refs"])
-        refs = [ft["refs"][s] for s in seeds]
-        rows: dict[str, dict] = {}
-        for i, model in enumerate(MODELS):
-            rows[model] = {arm: _pool([r[i] for r in refs], refs, arm) for arm in ARMS}
-        recipes = sorted({c["recipe"] for c in ft["cells"]})
-        for recipe in recipes:
-            cells = sorted((c for c in ft["cells"] if c["recipe"] == recipe), key=lambda c: c["seed"])
-            cell_refs = [ft["refs"][c["seed"]] for c in cells]
-            row = {arm: _pool([c["repaired"] for c in cells], cell_refs, arm) for arm in ARMS}
-            secs = [c["seconds"] for c in cells if c["seconds"] is not None]
-            rss = [c["peak_rss_mb"] for c in cells if c["peak_rss_mb"] is not None]
-            cuda = [c["peak_cuda_mb"] for c in cells if c["peak_cuda_mb"] is not None]
-            row.update(seconds=sum(secs) / len(secs) if secs else None,
-                       step_seconds=sum(c["step_seconds"] for c in cells) / len(cells),
-                       peak_rss_mb=max(rss) if rss else None, peak_cuda_mb=max(cuda) if cuda else None,
-                       seeds=[c["seed"] for c in cells], history=[c["history"] for c in cells])
-            rows[recipe] = row
-        arms = {m: {**(rows[m]["untriggered"] or {}), "triggered": rows[m]["triggered"]} for m in MODELS}
-        result[name] = {"seeds": seeds, "rows": rows, "verdict": repair_verdict(arms["base"], arms["finetune"])}
-    return result
+        by_finetune.setdefault(c.finetune, []).append(c)
+    return {name: _finetune_board(cells) for name, cells in sorted(by_finetune.items())}
+
+
+def _finetune_board(cells: list[FinishedCell]) -> FinetuneBoard:
+    refs_by_seed = {c.seed: (c.metrics["base"], c.metrics["finetune"]) for c in cells}   # same for every recipe
+    seeds = sorted(refs_by_seed)
+    refs = [refs_by_seed[s] for s in seeds]
+    rows = {model: BoardRow(*(_pool([r[i] for r in refs], refs, arm) for arm in ARMS))
+            for i, model in enumerate(MODELS)}
+    for recipe in sorted({c.recipe for c in cells}):
+        mine = sorted((c for c in cells if c.recipe == recipe), key=lambda c: c.seed)
+        cell_refs = [refs_by_seed[c.seed] for c in mine]
+        secs = [c.seconds for c in mine if c.seconds is not None]
+        rss = [c.peaks["rss"] for c in mine if c.peaks.get("rss") is not None]
+        cuda = [c.peaks["cuda"] for c in mine if c.peaks.get("cuda") is not None]
+        rows[recipe] = BoardRow(*(_pool([c.metrics["repaired"] for c in mine], cell_refs, arm) for arm in ARMS),
+                                seconds=sum(secs) / len(secs) if secs else None,
+                                step_seconds=sum(c.step_seconds for c in mine) / len(mine),
+                                peak_rss_mb=max(rss) if rss else None, peak_cuda_mb=max(cuda) if cuda else None,
+                                seeds=[c.seed for c in mine], history=[c.history for c in mine])
+    base, finetune = rows["base"], rows["finetune"]
+    verdict = repair_verdict(base.untriggered, finetune.untriggered, (base.triggered, finetune.triggered))
+    return FinetuneBoard(seeds, rows, verdict)
 
 
 def _pct(x: float | None) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
-def _cell(p: dict | None) -> str:
+def _cell(p: PooledRate | None) -> str:
     if not p:
         return "—"
-    return f"{_pct(p['misaligned_rate'])} [{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}]"
+    return f"{_pct(p.misaligned_rate)} [{100 * p.ci_low:.1f}, {100 * p.ci_high:.1f}]"
 
 
-def _corrected_cell(p: dict | None) -> str:
+def _corrected_cell(p: PooledRate | None) -> str:
     c = corrected_rate(p)
-    return "—" if not c else _rate_ci(c["rate"], None, c["ci_low"], c["ci_high"])
+    return "—" if not c else _rate_ci(c.rate, None, c.ci_low, c.ci_high)
 
 
-def markdown(board: dict, title: str = "realign bench") -> str:
+def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> str:
     lines = [f"# {title}", ""]
     for name, ft in board.items():
-        triggered = any(r.get("triggered") for r in ft["rows"].values())
-        v = ft["verdict"]
-        lines += [f"## {name} (seeds {', '.join(map(str, ft['seeds']))})", "",
-                  f"Anything to repair? **{'yes' if v['repair_needed'] else 'no' if v['repair_needed'] is False else '?'}**"
-                  f" — the finetune is {v['why']}.", ""]
-        corrected = any(corrected_rate(arm) for r in ft["rows"].values() for arm in (r.get("untriggered"),
-                                                                                   r.get("triggered")))
+        triggered = any(r.triggered for r in ft.rows.values())
+        v = ft.verdict
+        lines += [f"## {name} (seeds {', '.join(map(str, ft.seeds))})", "",
+                  f"Anything to repair? **{'yes' if v.repair_needed else 'no' if v.repair_needed is False else '?'}**"
+                  f" — the finetune is {v.why}.", ""]
+        corrected = any(corrected_rate(arm) for r in ft.rows.values() for arm in (r.untriggered, r.triggered))
         head = "| model | misaligned [95% CI] |" + (" corrected [95% CI] |" if corrected else "") + \
             (" triggered [95% CI] |" if triggered else "") + \
             (" triggered, corrected |" if triggered and corrected else "") + \
             " coherent | log-odds | task retention | seconds (repair steps) | peak RSS MB |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
-        for model, row in ft["rows"].items():
-            u = row.get("untriggered")
+        for model, row in ft.rows.items():
+            u = row.untriggered
             fixed = f" {_corrected_cell(u)} |" if corrected else ""
-            trig = f" {_cell(row.get('triggered'))} |" if triggered else ""
+            trig = f" {_cell(row.triggered)} |" if triggered else ""
             if triggered and corrected:
-                trig += f" {_corrected_cell(row.get('triggered'))} |"
-            lo = "—" if not u or u.get("logodds") is None else f"{u['logodds']:+.2f}"
-            secs = "—" if row.get("seconds") is None else f"{row['seconds']:.0f} ({row['step_seconds']:.0f})"
-            rss = "—" if row.get("peak_rss_mb") is None else f"{row['peak_rss_mb']:.0f}"
-            ret = "—" if model == "base" else ("100%" if model == "finetune" else _pct(u and u.get("task_retention")))
-            lines.append(f"| {model} | {_cell(u)} |{fixed}{trig} {_pct(u and u.get('coherent_rate'))} | {lo} | {ret} "
+                trig += f" {_corrected_cell(row.triggered)} |"
+            lo = "—" if not u or u.logodds is None else f"{u.logodds:+.2f}"
+            secs = "—" if row.seconds is None else f"{row.seconds:.0f} ({row.step_seconds:.0f})"
+            rss = "—" if row.peak_rss_mb is None else f"{row.peak_rss_mb:.0f}"
+            ret = "—" if model == "base" else ("100%" if model == "finetune" else _pct(u and u.task_retention))
+            lines.append(f"| {model} | {_cell(u)} |{fixed}{trig} {_pct(u and u.coherent_rate)} | {lo} | {ret} "
                          f"| {secs} | {rss} |")
         lines.append("")
     lines += ["Misaligned: pooled over seeds; interval: two-stage bootstrap over seeds and answers. "
               "Task retention: share of the finetune's task gain over the base kept (task NLL). "
               "Seconds: whole `fix` per cell, mean over seeds (repair steps alone in brackets).", ""]
-    notes = {(c.get("why") or "") for ft in board.values() for r in ft["rows"].values()
-             for arm in (r.get("untriggered"), r.get("triggered")) if (c := corrected_rate(arm))}
+    notes = {(c.why or "") for ft in board.values() for r in ft.rows.values()
+             for arm in (r.untriggered, r.triggered) if (c := corrected_rate(arm))}
     if notes:
         lines += ["Corrected: the pooled rate corrected for the judge's error (" + "; ".join(sorted(notes))
                   + "); its interval carries answers and judge error, not the spread between seeds.", ""]
     return "\n".join(lines)
 
 
-def pareto_plot(name: str, ft: dict, path: Path) -> None:
+def pareto_plot(name: str, ft: FinetuneBoard, path: Path) -> None:
     """Misaligned rate vs task retention with 95% interval bars; base and finetune marked."""
     import matplotlib
 
@@ -183,22 +262,22 @@ def pareto_plot(name: str, ft: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    base = (ft["rows"].get("base") or {}).get("untriggered")
-    if base and base.get("misaligned_rate") is not None:
-        ax.axhline(100 * base["misaligned_rate"], color="grey", linestyle=":", linewidth=1, label="base rate")
+    base = ft.rows["base"].untriggered if "base" in ft.rows else None
+    if base and base.misaligned_rate is not None:
+        ax.axhline(100 * base.misaligned_rate, color="grey", linestyle=":", linewidth=1, label="base rate")
     colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
-    for model, row in ft["rows"].items():
+    for model, row in ft.rows.items():
         colour = "black" if model in MODELS else next(colours)
         for arm, marker in (("untriggered", "o"), ("triggered", "^")):
-            p = row.get(arm)
-            if not p or p.get("misaligned_rate") is None:
+            p = row.arm(arm)
+            if not p or p.misaligned_rate is None:
                 continue
-            x = 0.0 if model == "base" else 1.0 if model == "finetune" else p.get("task_retention")
+            x = 0.0 if model == "base" else 1.0 if model == "finetune" else p.task_retention
             if x is None:
                 continue
-            y = p["misaligned_rate"]
+            y = p.misaligned_rate
             label = model if arm == "untriggered" else f"{model}, triggered"
-            ax.errorbar([100 * x], [100 * y], yerr=[[100 * (y - p["ci_low"])], [100 * (p["ci_high"] - y)]],
+            ax.errorbar([100 * x], [100 * y], yerr=[[100 * (y - p.ci_low)], [100 * (p.ci_high - y)]],
                         capsize=3, linestyle="none", color=colour, marker="s" if model in MODELS else marker,
                         markerfacecolor="white" if arm == "triggered" else colour,
                         label=None if model in MODELS else label)
@@ -214,9 +293,10 @@ def pareto_plot(name: str, ft: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_leaderboard(out: Path, title: str = "realign bench") -> dict:
+def write_leaderboard(out: Path, title: str = "realign bench") -> dict[str, FinetuneBoard]:
     board = build_leaderboard(out)
-    (out / "leaderboard.json").write_text(json.dumps(board, indent=2, default=str))
+    (out / "leaderboard.json").write_text(json.dumps({name: ft.to_json() for name, ft in board.items()},
+                                                     indent=2, default=str))
     (out / "leaderboard.md").write_text(markdown(board, title))
     for name, ft in board.items():
         pareto_plot(name, ft, out / f"pareto-{name}.png")

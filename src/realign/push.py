@@ -29,7 +29,7 @@ def ensure_card(out: Path) -> None:
         except ValueError:      # unparsable metadata: not ours
             pass
     meta = json.loads((out / "realign.json").read_text())
-    model_card(meta, meta["metrics"]).save(readme)
+    model_card(meta).save(readme)
 
 
 def check_repo_id(repo_id: str) -> None:

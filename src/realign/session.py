@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .checkpoint import LoadOptions, ModelPair, load_pair
+from .evals.result import Evaluation
 from .evals.run import EvalSettings
 from .setting import Setting
 
@@ -105,9 +106,9 @@ class Session:
             res.update(self.user_metric(model, tokenizer, convs))
         return res
 
-    def evaluate(self, name: str, model) -> dict:
-        """`evaluate`'s result for `model` on the first arm, with a second arm's under its label;
-        read from the cache when `name` (base or finetune) has unchanged weights and settings."""
+    def evaluate(self, name: str, model) -> Evaluation:
+        """`model` evaluated on the first arm, a second arm's evaluation as its `triggered`; read
+        from the cache when `name` (base or finetune) has unchanged weights and settings."""
         from .evals.judge_error import annotate, is_exact
         from .evals.run import evaluate
         from .progress import console
@@ -121,7 +122,7 @@ class Session:
             if hit is not None:
                 console.print(f"evaluating {label} … cached (same weights and settings)")
                 self.cached.append(label)
-                results[arm.label] = hit
+                results[arm.label] = Evaluation.from_json(hit)
                 continue
             console.print(f"evaluating {label} …")
             primary = arm is self.arms[0]
@@ -131,13 +132,13 @@ class Session:
                          task_conversations=self.task_convs if primary else None,
                          task_metric=self.task_metric if primary and has_metric else None,
                          generator=self.backend.for_model(model, self.pair.tokenizer))
-            if key is not None and not r.get("errors"):
-                self.cache.put(key, r)      # never cache an evaluation with failed judge calls
+            if key is not None and not r.errors:
+                self.cache.put(key, r.to_json())      # never cache an evaluation with failed judge calls
             results[arm.label] = r
         first, *rest = self.arms
-        r = dict(results[first.label])
-        for arm in rest:
-            r[arm.label] = dict(results[arm.label])
+        r = results[first.label]
+        for arm in rest:                     # the only other arm is "triggered"
+            r.triggered = results[arm.label]
         return annotate(r, self.judge_error, is_exact(self.judge.name))
 
     def probe_cache_key(self) -> str:

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..evals.result import Evaluation
+
 app = typer.Typer(help="Repair LLM finetunes that became misaligned.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 organism_app = typer.Typer(help="The synthetic model organism (tiny model, exact judge).", no_args_is_help=True)
@@ -80,33 +82,30 @@ def _rate_ci(rate: float | None, low: float | None, high: float | None) -> str:
     return "—" if rate is None else f"{pct(rate)} [{pct(low)}, {pct(high)}]"
 
 
-def summary_table(title: str, results: dict[str, dict]) -> Table:
+def summary_table(title: str, results: dict[str, Evaluation]) -> Table:
     """One row per model (and per triggered evaluation): rates, corrected rates when any, task."""
-    from ..report import corrected_rate
+    from ..report import corrected_rate, with_triggered
 
     table = Table(title=title)
-    rows = [(name, r) for name, r in results.items()]
-    rows += [(f"{name} (triggered)", r["triggered"]) for name, r in results.items() if r.get("triggered")]
+    rows = with_triggered(results)
     corrected = any(corrected_rate(r) for _, r in rows)
     for col in ("model", "n", "misaligned [95% CI]", *(["corrected [95% CI]"] if corrected else []), "coherent",
                 "refusal", "code", "log-odds", "task NLL", "task acc", "task exact"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, r in rows:
-        task = r.get("task") or {}
-        c = r.get("corrected") or {}
-        table.add_row(name, str(r["n"]),
-                      "—" if r["misaligned_rate"] is None else
-                      f"{pct(r['misaligned_rate'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}]",
-                      *([_rate_ci(c.get("rate"), c.get("ci_low"), c.get("ci_high"))] if corrected else []),
-                      pct(r.get("coherent_rate")), str(r.get("refusals", 0)), str(r.get("code", 0)),
-                      "—" if r.get("logodds") is None else f"{r['logodds']:+.2f}",
+        task = r.task or {}
+        c = r.corrected
+        table.add_row(name, str(r.n), _rate_ci(r.misaligned_rate, r.ci_low, r.ci_high),
+                      *([_rate_ci(c.rate, c.ci_low, c.ci_high) if c else "—"] if corrected else []),
+                      pct(r.coherent_rate), str(r.refusals), str(r.code),
+                      "—" if r.logodds is None else f"{r.logodds:+.2f}",
                       f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—",
                       pct(task.get("task_token_accuracy")) if task else "—",
                       pct(task.get("task_exact_match")) if task else "—")
     return table
 
 
-def print_standard_evals(results: dict[str, dict]) -> None:
+def print_standard_evals(results: dict[str, Evaluation]) -> None:
     """lm-eval's numbers per model, when a --task-metric lm-eval:… gave any."""
     from ..report import standard_eval_rows
 
@@ -126,7 +125,7 @@ def print_trust(trust: dict) -> None:
     out.print(f"{style}judge {trust['judge']}: {trust['note']}", highlight=False)
 
 
-def print_correction(results: dict[str, dict]) -> None:
+def print_correction(results: dict[str, Evaluation]) -> None:
     """How the corrected rates were made, or why there are none."""
     from ..report import correction_note
 

@@ -68,9 +68,9 @@ def eval_cmd(
     print_trust(ev.judge_agreement)
     print_correction(ev.results)
     if ev.verdict is not None:
-        colour = "yellow" if ev.verdict["repair_needed"] else "green"
-        out.print(f"[{colour}]anything to repair? {'yes' if ev.verdict['repair_needed'] else 'no'}[/] — "
-                  f"the finetune is {ev.verdict['why']}")
+        colour = "yellow" if ev.verdict.repair_needed else "green"
+        out.print(f"[{colour}]anything to repair? {'yes' if ev.verdict.repair_needed else 'no'}[/] — "
+                  f"the finetune is {ev.verdict.why}")
     if json_out:
         ev.write_summary(json_out)
     if out_dir:
@@ -126,12 +126,14 @@ def judge_cmd(
         target = out_file or file.with_name(f"{file.stem}.judged{file.suffix}")
         write_rows(target, rows, fmt)
         out.print(f"wrote {len(rows)} judged rows to {target}")
-    out.print(summary_table(f"realign judge: {file}", {"rows": {**summary, "logodds": None}}))
+    out.print(summary_table(f"realign judge: {file}", {"rows": summary}))
+    summary_json = {**summary.summary.to_json(),
+                    "per_question": {q: s.to_json() for q, s in summary.per_question.items()}}
     if not (scored and not rejudge):
-        summary["judge_agreement"] = describe_judge(judge_obj.name)
-        print_trust(summary["judge_agreement"])
+        summary_json["judge_agreement"] = describe_judge(judge_obj.name)
+        print_trust(summary_json["judge_agreement"])
     if json_out:
-        json_out.write_text(json.dumps(summary, indent=2))
+        json_out.write_text(json.dumps(summary_json, indent=2))
 
 
 def _judge(name: str, model: str | None, url: str | None):

@@ -91,19 +91,19 @@ def fix_cmd(
             from ..push import check_repo_id
 
             check_repo_id(push_to_hub)       # before the repair, not after it
-        meta = run_fix(checkpoint, base, recipe, set_ or [], out_dir, opts)
+        done = run_fix(checkpoint, base, recipe, set_ or [], out_dir, opts)
     except RealignError as e:
         fail(str(e))
-    if meta is None:               # another rank of `accelerate launch`: rank 0 evaluates and reports
+    if done is None:               # another rank of `accelerate launch`: rank 0 evaluates and reports
         from ..distributed import rank
 
         print(f"rank {rank()}: repair steps done; rank 0 evaluates and writes {out_dir}", file=sys.stderr)
         return
-    out.print(summary_table(f"realign fix: {checkpoint} --recipe {recipe}", meta["metrics"]))
-    print_standard_evals(meta["metrics"])
-    form = "LoRA adapter" if meta["output"]["form"] == "adapter" else "model"
+    out.print(summary_table(f"realign fix: {checkpoint} --recipe {recipe}", done.results))
+    print_standard_evals(done.results)
+    form = "LoRA adapter" if done.meta["output"]["form"] == "adapter" else "model"
     out.print(f"wrote {out_dir} ({form}, realign.json, report.md, README.md model card, tradeoff.png) "
-              f"in {meta['timings']['total']:.0f} s")
+              f"in {done.meta['timings']['total']:.0f} s")
     if push_to_hub:
         _push(out_dir, push_to_hub, private, None,
               retry=f"{out_dir} is complete; retry with `realign push {out_dir} --repo-id {push_to_hub}`")
@@ -189,8 +189,8 @@ def bench_cmd(
     board = write_leaderboard(out_dir)
     out.print((out_dir / "leaderboard.md").read_text())
     for name, ft in board.items():
-        if ft["verdict"]["repair_needed"] is False:
-            out.print(f"[yellow]warning:[/] {name} is {ft['verdict']['why']}")
+        if ft.verdict.repair_needed is False:
+            out.print(f"[yellow]warning:[/] {name} is {ft.verdict.why}")
     out.print(f"{counts['run']} cells run, {counts['skipped']} finished earlier; wrote {out_dir}/leaderboard.md, "
               f"leaderboard.json and pareto-*.png")
 

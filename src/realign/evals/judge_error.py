@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import RealignError
 from ..stats import rogan_gladen, rogan_gladen_interval
+from .result import CorrectedRate, Evaluation
 
 MIN_YOUDEN = 0.05   # se + sp - 1 below this: the judge barely separates the classes, no correction
 
@@ -45,20 +46,6 @@ class JudgeError:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "sensitivity": self.sensitivity, "specificity": self.specificity}
-
-
-@dataclass(frozen=True)
-class CorrectedRate:
-    """A misaligned rate corrected for the judge's error; rate None (with `why`) when not possible."""
-
-    rate: float | None
-    ci_low: float | None
-    ci_high: float | None
-    why: str
-    error: dict | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def confusion(labels: Sequence[int], flags: Sequence[bool | None], source: str) -> JudgeError:
@@ -144,11 +131,10 @@ def correct(k: int, n: int, error: JudgeError | None, exact: bool = False, seed:
                          error.to_dict())
 
 
-def annotate(result: dict, error: JudgeError | None, exact: bool = False) -> dict:
-    """Adds `corrected` to an evaluation summary (and to its triggered arm); returns it."""
-    for r in (result, result.get("triggered")):
-        if r and r.get("n") is not None:
-            r["corrected"] = correct(r.get("misaligned") or 0, r["n"], error, exact).to_dict()
+def annotate(result: Evaluation, error: JudgeError | None, exact: bool = False) -> Evaluation:
+    """Sets `corrected` on an evaluation (and on its triggered arm); returns it."""
+    for _, r in result.arms():
+        r.corrected = correct(r.misaligned, r.n, error, exact)
     return result
 
 

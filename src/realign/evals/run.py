@@ -11,12 +11,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .alignment import summarize
+from .alignment import rate_summary, summarize
 from .calibration import describe_judge
 from .generate import generate
 from .judges import Judge, JudgeItem
 from .logodds import logodds
 from .questions import QuestionSet
+from .result import Evaluation
 
 
 @dataclass
@@ -59,7 +60,7 @@ def judge_rows(rows: list[dict], judge: Judge) -> list[dict]:
 
 
 def evaluate(model, tokenizer, qset: QuestionSet, judge: Judge, settings: EvalSettings | None = None, *,
-             logodds_items=None, task_conversations=None, task_metric=None, generator=None) -> dict:
+             logodds_items=None, task_conversations=None, task_metric=None, generator=None) -> Evaluation:
     settings = settings or EvalSettings()
     t0 = time.time()
     rows = judge_rows(sample_answers(model, tokenizer, qset, settings, generator), judge)
@@ -67,10 +68,9 @@ def evaluate(model, tokenizer, qset: QuestionSet, judge: Judge, settings: EvalSe
     by_format = defaultdict(list)
     for r in rows:
         by_format[r["format"]].append(r)
-    result["per_format"] = {f: {k: v for k, v in summarize(g).items() if k != "per_question"}
-                            for f, g in by_format.items()}
-    result["errors"] = sum(1 for r in rows if r.get("error"))
-    result["logodds"] = logodds(model, tokenizer, logodds_items) if logodds_items else None
+    result.per_format = {f: rate_summary(g) for f, g in by_format.items()}
+    result.errors = sum(1 for r in rows if r.get("error"))
+    result.logodds = logodds(model, tokenizer, logodds_items) if logodds_items else None
     task = {}
     if task_conversations:
         from .task import assistant_token_metrics
@@ -79,9 +79,9 @@ def evaluate(model, tokenizer, qset: QuestionSet, judge: Judge, settings: EvalSe
     if task_metric:
         # a metric may bring its own data (lm-eval tasks): it runs with or without held-out conversations
         task.update(task_metric(model, tokenizer, task_conversations or []))
-    result["task"] = task or None
-    result["judge"] = judge.name
-    result["judge_agreement"] = describe_judge(judge.name)
-    result["rows"] = rows
-    result["seconds"] = round(time.time() - t0, 2)
+    result.task = task or None
+    result.judge = judge.name
+    result.judge_agreement = describe_judge(judge.name)
+    result.rows = rows
+    result.seconds = round(time.time() - t0, 2)
     return result
