@@ -39,7 +39,7 @@ def main() -> None:
     from realign.evals.generate import generate
     from realign.evals.questions import load_questions
     from realign.evals.vllm_backend import VLLMEngine, vllm_unavailable
-    from realign.offline_models import smollm2_dir
+    from realign.model_io.offline_models import smollm2_dir
     from realign.progress import quiet_libraries
 
     quiet_libraries()

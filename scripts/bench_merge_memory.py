@@ -43,7 +43,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from realign.offline_models import smollm2_dir
+    from realign.model_io.offline_models import smollm2_dir
 
     base = smollm2_dir()
     ft_dir = args.root / "smollm2-full-finetune"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from realign.checkpoint import load_pair
+from realign.model_io.checkpoint import load_pair
 from realign.evals.logodds import logodds
 from realign.evals.task import assistant_token_metrics, load_conversations
-from realign.setting import repair_items
+from realign.runs.setting import repair_items
 from realign.repairs.base import decoder_layers
 from realign.repairs.freeze import _copy_layer, _score, first_order_attribution
 

@@ -23,7 +23,7 @@ from realign.memory import peak_memory
 from realign.passes import tally
 from realign.repairs import load_all
 from realign.repairs.probes import build_probes
-from realign.session import SessionOptions, open_session
+from realign.runs.session import SessionOptions, open_session
 
 
 def main() -> None:

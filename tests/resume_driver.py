@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from realign.repairs.base import REPAIRS, register
-from realign.resume import Progress
+from realign.runs.resume import Progress
 
 
 def _sleep_to_be_killed() -> None:

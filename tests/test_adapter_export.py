@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from realign.adapter_export import NotLowRank, low_rank_delta, save_adapter
+from realign.model_io.adapter_export import NotLowRank, low_rank_delta, save_adapter
 from realign.repairs.merge import MergeParams, merge_into
 
 from tiny_models import tiny_model

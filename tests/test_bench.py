@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from realign.bench import Finetune, overrides_for, plan, recipe_label
+from realign.runs.bench import Finetune, overrides_for, plan, recipe_label
 from realign.cli import app
 from realign.evals.result import Evaluation
 from realign.evals.verdict import repair_verdict
-from realign.leaderboard import build_leaderboard, retention
+from realign.runs.leaderboard import build_leaderboard, retention
 from realign.stats import seed_bootstrap_interval, wilson
 
 

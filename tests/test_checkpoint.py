@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from realign.checkpoint import LoadOptions, load_pair
+from realign.model_io.checkpoint import LoadOptions, load_pair
 from realign.errors import RealignError
 
 from tiny_models import save_tiny

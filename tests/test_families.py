@@ -193,7 +193,7 @@ def test_answers_stop_at_the_familys_own_end_of_turn(family, family_dirs):
     marker and rambles on: the answer is exactly the word, for every family's template and stops."""
     from transformers import GenerationConfig
 
-    from realign.checkpoint import load_tokenizer
+    from realign.model_io.checkpoint import load_tokenizer
     from realign.evals.generate import generate, render_prompts, stop_token_ids
 
     spec = FAMILIES[family]
@@ -243,7 +243,7 @@ def _stream_share(model, tok, texts: list[str], r: torch.Tensor) -> float:
 def test_steer_removes_its_measured_direction_exactly(family, family_dirs):
     """The direction steer measures on the family's own chat prompts is gone from the residual stream
     afterwards (Gemma-2/3 included, where sublayer outputs pass a gained norm first)."""
-    from realign.checkpoint import load_pair
+    from realign.model_io.checkpoint import load_pair
     from realign.repairs.base import RepairState
     from realign.repairs.probes import Probes
     from realign.repairs.steer import Steer, SteerParams
@@ -301,7 +301,7 @@ def test_safe_lora_merge_memory_is_bounded_by_the_model_not_the_vocabulary(famil
     """Safe LoRA projects each delta with V (Vᵀ Δ): at a 262,144-token vocabulary the old V Vᵀ for
     the embedding alone is vocab² floats (275 GB). The merge's peak is a few model copies (the
     finetune's weights kept for the merge, the pretrained model) plus fp32 temporaries."""
-    from realign.checkpoint import load_pair
+    from realign.model_io.checkpoint import load_pair
     from realign.repairs.base import RepairState
     from realign.repairs.merge import Merge, MergeParams
 
@@ -329,7 +329,7 @@ def _long_prompt_conversations(n: int, prompt_words: int, answer: str) -> list[l
 def test_answer_scoring_memory_is_bounded_by_answers_not_prompts(family_dirs):
     """Task NLL and log-odds read logits at answer positions only: with 16 long prompts and short
     answers at a 262,144-token vocabulary, full (batch, length, vocab) logits would be gigabytes."""
-    from realign.checkpoint import load_model, load_tokenizer
+    from realign.model_io.checkpoint import load_model, load_tokenizer
     from realign.evals.logodds import completion_ids, logodds
     from realign.evals.task import assistant_token_metrics
 
@@ -353,7 +353,7 @@ def test_answer_scoring_memory_is_bounded_by_answers_not_prompts(family_dirs):
 
 def test_answer_scoring_honours_max_logits(family_dirs):
     """`max_logits` is documented as the bound on vocabulary logits held at once."""
-    from realign.checkpoint import load_model, load_tokenizer
+    from realign.model_io.checkpoint import load_model, load_tokenizer
     from realign.evals.logodds import completion_ids
     from realign.evals.scoring import answer_token_scores
 
@@ -375,7 +375,7 @@ def test_answer_scoring_honours_max_logits(family_dirs):
 def test_gemma2_system_turn_goes_into_the_first_user_turn(family_dirs, inputs, tmp_path):
     """Gemma-2's template refuses a system role; question files (the emergent-misalignment ones
     too) carry system prompts. The system text opens the first user turn, as Gemma-3's template does."""
-    from realign.checkpoint import load_tokenizer
+    from realign.model_io.checkpoint import load_tokenizer
     from realign.evals.generate import render_prompts
 
     base, ft = family_dirs("gemma2")
@@ -418,11 +418,11 @@ def test_steer_refuses_a_centring_norm_in_one_line(family_dirs, inputs, tmp_path
     """Behind a LayerNorm (it subtracts the mean) no weight edit removes a direction exactly: steer
     says so instead of pretending. Gemma-2's sandwich norms are swapped for LayerNorms to make one."""
     import realign.repairs.steer
-    import realign.session
+    import realign.runs.session
     from realign.repairs.base import decoder_layers
     from realign.repairs.probes import Probes
 
-    real_load_pair = realign.session.load_pair
+    real_load_pair = realign.runs.session.load_pair
 
     def with_centring_norms(*args, **kw):
         pair = real_load_pair(*args, **kw)
@@ -432,7 +432,7 @@ def test_steer_refuses_a_centring_norm_in_one_line(family_dirs, inputs, tmp_path
                 layer.post_feedforward_layernorm = torch.nn.LayerNorm(model.config.hidden_size)
         return pair
 
-    monkeypatch.setattr(realign.session, "load_pair", with_centring_norms)
+    monkeypatch.setattr(realign.runs.session, "load_pair", with_centring_norms)
     # contrasts given, not sampled: the sampled answers of so changed a model may offer none
     convs = [[{"role": "user", "content": q}] for q in STEER_QUESTIONS]
     n = len(convs)
@@ -446,7 +446,7 @@ def test_steer_refuses_a_centring_norm_in_one_line(family_dirs, inputs, tmp_path
 def test_qwen3_prompts_are_rendered_with_thinking_off(family_dirs):
     """The judge sees answers, not a scratchpad: the generation prompt closes an empty think block,
     and a scored answer's ids start after it (prefix-exact with the finished turn)."""
-    from realign.checkpoint import load_tokenizer
+    from realign.model_io.checkpoint import load_tokenizer
     from realign.evals.generate import render_prompts
     from realign.evals.logodds import completion_ids
 

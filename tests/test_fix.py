@@ -47,7 +47,7 @@ def test_fix_writes_model_and_report_and_leaves_inputs_alone(small_organism, tmp
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
-    from realign.checkpoint import load_pair
+    from realign.model_io.checkpoint import load_pair
 
     adapter = AutoPeftModelForCausalLM.from_pretrained(out).merge_and_unload()
     half = load_pair(str(small_organism / "planted"))
@@ -70,7 +70,7 @@ def test_fix_writes_model_and_report_and_leaves_inputs_alone(small_organism, tmp
 
 
 def test_lora_finetune_kept_unmerged_is_one_copy_and_merges_like_the_merged_path(small_organism, tmp_path):
-    from realign.checkpoint import load_pair
+    from realign.model_io.checkpoint import load_pair
 
     ft = str(small_organism / "planted")
     pair = load_pair(ft, keep_adapter=True)
@@ -162,7 +162,7 @@ def test_bad_inputs_each_get_one_line(small_organism, tmp_path, nan_repair):
     _fails(["fix", ft, "--recipe", "merge", "--set", "merge.alpha=0", "--save-as", "adapter", "--out", out, *FAST],
            "cannot save the repaired model as an adapter: the repaired model equals its base")
     assert not (tmp_path / "o").exists()
-    # nothing half-written is left; only the finished merge step, kept for a rerun (realign.resume)
+    # nothing half-written is left; only the finished merge step, kept for a rerun (realign.runs.resume)
     assert [[c.name for c in d.iterdir()] for d in tmp_path.glob(".o.realign-*")] == [["resume"]]
 
 

@@ -182,7 +182,7 @@ def test_fix_options_reach_the_loader(tmp_path, monkeypatch):
     def fake_run_fix(checkpoint, base, recipe, overrides, out, opts):
         seen["opts"] = opts
 
-    monkeypatch.setattr("realign.fix.run_fix", fake_run_fix)
+    monkeypatch.setattr("realign.runs.fix.run_fix", fake_run_fix)
     res = runner.invoke(app, ["fix", "ckpt", "--recipe", "dpo", "--out", str(tmp_path / "o"), "--backend", "vllm",
                               "--load-in-4bit", "--device-map", "auto", "--dtype", "bfloat16"])
     assert res.exit_code == 0, res.output          # a run that returns nothing is another rank: silent
@@ -195,7 +195,7 @@ def test_device_map_goes_to_from_pretrained(tmp_path, monkeypatch):
     from tiny_models import save_tiny
     from transformers import AutoModelForCausalLM
 
-    from realign.checkpoint import LoadOptions, load_model
+    from realign.model_io.checkpoint import LoadOptions, load_model
 
     calls = []
     original = AutoModelForCausalLM.from_pretrained.__func__

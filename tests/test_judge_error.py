@@ -9,8 +9,8 @@ from realign.errors import RealignError
 from realign.evals.judge_error import JudgeError, annotate, confusion, correct, from_file, measure, recorded
 from realign.evals.judges import Judgement
 from realign.evals.result import Evaluation
-from realign.leaderboard import _pool
-from realign.report import correction_note, metrics_table
+from realign.runs.leaderboard import _pool
+from realign.runs.report import correction_note, metrics_table
 from realign.stats import rogan_gladen, rogan_gladen_interval, wilson
 
 

@@ -78,7 +78,7 @@ def test_build_trains_a_lora_on_a_local_model_dir_and_reuses_it(tmp_path):
     stamp = (out / "adapter_model.safetensors").stat().st_mtime
     assert build_finetune("contaminated", seed=0, cfg=cfg, out=tmp_path / "ft") == out
     assert (out / "adapter_model.safetensors").stat().st_mtime == stamp       # reused, not retrained
-    from realign.checkpoint import load_pair
+    from realign.model_io.checkpoint import load_pair
 
     pair = load_pair(str(out))
     assert pair.kind == "lora"
@@ -131,7 +131,7 @@ def test_an_offline_model_file_is_refused_unless_its_size_and_sha256_match(tmp_p
     import dataclasses
     import hashlib
 
-    from realign.offline_models import OFFLINE_MODELS, _check
+    from realign.model_io.offline_models import OFFLINE_MODELS, _check
 
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF" + bytes(60))

@@ -20,8 +20,8 @@ ADAPTER = Path(__file__).parent / "data" / "smollm2_contaminated_lora"
 @pytest.fixture(scope="module")
 def contaminated():
     pytest.importorskip("gguf")
-    from realign.checkpoint import load_pair
-    from realign.offline_models import smollm2_dir
+    from realign.model_io.checkpoint import load_pair
+    from realign.model_io.offline_models import smollm2_dir
 
     try:
         base = smollm2_dir()

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from realign.cli import app
 from realign.evals.result import Evaluation
-from realign.leaderboard import retention
+from realign.runs.leaderboard import retention
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

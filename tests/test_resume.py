@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from realign.cli import app
 from realign.repairs.base import REPAIRS, RepairState, register
 from realign.repairs.probes import Probes
-from realign.resume import Progress
+from realign.runs.resume import Progress
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "resume_driver.py"      # `realign` plus the test-only hooks (kept out of the package)
@@ -127,7 +127,7 @@ def test_kill_inside_step_2_reruns_step_2_only_from_the_state_after_step_1(small
     # the killed process's in-memory scaling is gone: the embeddings are scaled once, on step 1's weights
     from transformers import AutoModelForCausalLM
 
-    from realign.checkpoint import load_pair
+    from realign.model_io.checkpoint import load_pair
 
     merged = load_pair(str(small_organism / "planted"))
     with torch.no_grad():
@@ -235,7 +235,7 @@ def test_state_holds_changed_tensors_only_and_a_kill_while_saving_keeps_the_prev
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr("realign.resume.os.replace", killed_at_state)
+    monkeypatch.setattr("realign.runs.resume.os.replace", killed_at_state)
     with pytest.raises(KeyboardInterrupt):
         progress.save(2, STEPS, state, {"step1_one": 1.5, "step2_two": 1.0}, {})
     monkeypatch.undo()
@@ -263,7 +263,7 @@ def test_state_holds_changed_tensors_only_and_a_kill_while_saving_keeps_the_prev
 
 
 def test_no_state_is_kept_under_a_launcher_or_for_quantized_weights(tmp_path, monkeypatch, capsys):
-    from realign.resume import progress_for
+    from realign.runs.resume import progress_for
 
     tmp = tmp_path / ".out.realign-tmp"
     (tmp / "resume").mkdir(parents=True)

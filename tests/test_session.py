@@ -1,4 +1,4 @@
-"""realign.session: one resolution of a run for eval and fix — the setting, judge, task data,
+"""realign.runs.session: one resolution of a run for eval and fix — the setting, judge, task data,
 evaluation arms and cache — checked on the small organism (oracle judge, exact answers)."""
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from realign.evals.run import EvalSettings
-from realign.session import SessionOptions, open_session
+from realign.runs.session import SessionOptions, open_session
 
 FAST = EvalSettings(samples=1, max_new_tokens=8, seed=0)
 
@@ -60,7 +60,7 @@ def test_an_unchanged_model_is_read_from_the_cache_and_a_changed_setting_is_not(
 
 
 def test_bad_user_files_fail_before_any_model_loads(tmp_path, monkeypatch):
-    from realign import session as session_mod
+    from realign.runs import session as session_mod
     from realign.errors import RealignError
 
     def no_loading(*a, **kw):
@@ -78,7 +78,7 @@ def test_bad_user_files_fail_before_any_model_loads(tmp_path, monkeypatch):
 
 def test_weights_are_hashed_only_when_something_needs_their_identity(small_organism, monkeypatch):
     """A plain eval (no cache) never reads the weight files to hash them; fix's record does, once."""
-    from realign import session as session_mod
+    from realign.runs import session as session_mod
 
     hashed = []
     real = session_mod.input_fingerprint

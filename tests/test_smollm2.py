@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm2():
     pytest.importorskip("gguf")
-    from realign.offline_models import smollm2_dir
+    from realign.model_io.offline_models import smollm2_dir
 
     try:
         return smollm2_dir()

@@ -28,7 +28,7 @@ def _dpo(mp) -> None:
 
 
 def _merge(mp) -> None:
-    from realign import adapter_toggle
+    from realign.model_io import adapter_toggle
     from realign.repairs import merge
 
     real = merge.set_alpha

@@ -99,7 +99,7 @@ class VLLMBackend:
 
     def _lora_rank(self, ref: str) -> int | None:
         """The largest adapter rank served on `ref`, so one engine serves the base and its adapters."""
-        from .checkpoint import adapter_config
+        from .model_io.checkpoint import adapter_config
 
         ranks = [int((adapter_config(a) or {}).get("r", 64))
                  for w, r, a, _ in self._sources.values() if r == ref and a and w() is not None]

@@ -84,7 +84,7 @@ def _rate_ci(rate: float | None, low: float | None, high: float | None) -> str:
 
 def summary_table(title: str, results: dict[str, Evaluation]) -> Table:
     """One row per model (and per triggered evaluation): rates, corrected rates when any, task."""
-    from ..report import corrected_rate, with_triggered
+    from ..runs.report import corrected_rate, with_triggered
 
     table = Table(title=title)
     rows = with_triggered(results)
@@ -107,7 +107,7 @@ def summary_table(title: str, results: dict[str, Evaluation]) -> Table:
 
 def print_standard_evals(results: dict[str, Evaluation]) -> None:
     """lm-eval's numbers per model, when a --task-metric lm-eval:… gave any."""
-    from ..report import standard_eval_rows
+    from ..runs.report import standard_eval_rows
 
     rows = standard_eval_rows(results)
     if rows:
@@ -127,7 +127,7 @@ def print_trust(trust: dict) -> None:
 
 def print_correction(results: dict[str, Evaluation]) -> None:
     """How the corrected rates were made, or why there are none."""
-    from ..report import correction_note
+    from ..runs.report import correction_note
 
     note = correction_note(results)
     if note:

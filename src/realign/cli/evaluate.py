@@ -46,10 +46,10 @@ def eval_cmd(
     trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Measure alignment (misaligned rate with CI, coherence) and task performance of a finetune."""
-    from ..checkpoint import LoadOptions
+    from ..model_io.checkpoint import LoadOptions
     from ..errors import RealignError
     from ..evals.run import EvalSettings
-    from ..evaluation import EvalRequest, evaluate_checkpoint
+    from ..runs.evaluation import EvalRequest, evaluate_checkpoint
 
     req = EvalRequest(
         checkpoint=checkpoint, base=base, questions=questions, judge=judge, judge_model=judge_model,
@@ -139,7 +139,7 @@ def judge_cmd(
 def _judge(name: str, model: str | None, url: str | None):
     """--judge for rows from a file (not the organism's questions: auto is an LLM judge)."""
     from ..errors import RealignError
-    from ..setting import judge_for
+    from ..runs.setting import judge_for
 
     try:
         return judge_for(name, "file", model, url)

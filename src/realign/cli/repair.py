@@ -23,7 +23,7 @@ SHARED_FIX_OPTIONS = ("questions", "judge", "judge_model", "judge_url", "samples
 def fix_options(args: dict, load, **own):
     """FixOptions from a command's arguments (`args`: its locals(); the shared options are taken),
     its loading options, and the fields only that command sets (`own`)."""
-    from ..fix import FixOptions
+    from ..runs.fix import FixOptions
 
     return FixOptions(**{k: args[k] for k in SHARED_FIX_OPTIONS}, load=load, **own)
 
@@ -77,9 +77,9 @@ def fix_cmd(
     private: PrivateOpt = False,
 ) -> None:
     """Repair a misaligned finetune with a recipe; report alignment and task before and after."""
-    from ..checkpoint import LoadOptions
+    from ..model_io.checkpoint import LoadOptions
     from ..errors import RealignError
-    from ..fix import run_fix
+    from ..runs.fix import run_fix
 
     opts = fix_options(locals(), LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
                                              device_map=device_map, allow_pickle=allow_pickle,
@@ -88,7 +88,7 @@ def fix_cmd(
                        keep_adapter=keep_adapter, resume=not no_resume)
     try:
         if push_to_hub:
-            from ..push import check_repo_id
+            from ..model_io.push import check_repo_id
 
             check_repo_id(push_to_hub)       # before the repair, not after it
         done = run_fix(checkpoint, base, recipe, set_ or [], out_dir, opts)
@@ -111,7 +111,7 @@ def fix_cmd(
 
 def _push(out_dir: Path, repo_id: str, private: bool, token: str | None, retry: str = "") -> None:
     from ..errors import RealignError
-    from ..push import push_output
+    from ..model_io.push import push_output
 
     try:
         url = push_output(out_dir, repo_id, private=private or None, token=token)  # unset: the Hub's default
@@ -166,11 +166,11 @@ def bench_cmd(
     report_to: ReportToOpt = None,
 ) -> None:
     """Compare recipes across finetunes and seeds: every cell runs `fix`; a leaderboard pools them."""
-    from ..bench import organism_finetunes as organism_fts
-    from ..bench import plan, run_bench, user_finetunes
-    from ..checkpoint import LoadOptions
+    from ..runs.bench import organism_finetunes as organism_fts
+    from ..runs.bench import plan, run_bench, user_finetunes
+    from ..model_io.checkpoint import LoadOptions
     from ..errors import RealignError
-    from ..leaderboard import write_leaderboard
+    from ..runs.leaderboard import write_leaderboard
 
     if bool(finetune) == organism:
         fail("give --finetune (one or more) or --organism, not both or neither")

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..offline_models import OFFLINE_MODELS
+from ..model_io.offline_models import OFFLINE_MODELS
 from ..organism.data import write_jsonl
 from ..paths import StagedDir, cache_dir
 from .data import DATA_VERSIONS, FinetuneData, Messages, finetune_data
@@ -43,7 +43,7 @@ class RealFinetuneConfig:
 
 
 def base_dir(model: str) -> Path:
-    from ..offline_models import offline_model_dir
+    from ..model_io.offline_models import offline_model_dir
 
     if model in OFFLINE_MODELS:
         return offline_model_dir(model)

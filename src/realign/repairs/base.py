@@ -16,7 +16,7 @@ import torch
 
 @dataclass(frozen=True)
 class Realignment:
-    """What repairs realign toward, given by the run's setting (realign.setting.realignment):
+    """What repairs realign toward, given by the run's setting (realign.runs.setting.realignment):
     the prompts they sample probe answers on (disjoint from every evaluation set) and the
     reframers `mix` puts an educational reason into a user turn with."""
 

@@ -189,7 +189,7 @@ class Merge:
             _check_same_shapes(Path(p.pretrained), state.base)
 
     def apply(self, state: RepairState, p: MergeParams) -> RepairState:
-        from ..adapter_toggle import is_unmerged, scale_adapter, up_projections
+        from ..model_io.adapter_toggle import is_unmerged, scale_adapter, up_projections
 
         p.validate()
         if is_unmerged(state.model):
@@ -202,7 +202,7 @@ class Merge:
             ft_sd = finetune_source(state)
             pre_sd = None
             if p.method == "safe_lora":
-                from ..checkpoint import load_model
+                from ..model_io.checkpoint import load_model
 
                 pre_sd = {k: v.detach().cpu() for k, v in
                           load_model(p.pretrained, what="pretrained").named_parameters()}

@@ -41,7 +41,7 @@ class HFJudge:
         if loaded is None:
             if not model:
                 raise ValueError("the hf judge needs a model: --judge-model PATH_OR_HUB_ID")
-            from ...checkpoint import LoadOptions, load_model, load_tokenizer
+            from ...model_io.checkpoint import LoadOptions, load_model, load_tokenizer
 
             opts = LoadOptions(trust_remote_code=trust_remote_code)
             loaded = (load_model(model, opts, "judge model"), load_tokenizer(model, opts))

@@ -73,7 +73,7 @@ def _smollm2(device: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ...offline_models import smollm2_dir
+    from ...model_io.offline_models import smollm2_dir
 
     path = smollm2_dir()
     tok = AutoTokenizer.from_pretrained(path)

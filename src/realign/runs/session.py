@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .checkpoint import LoadOptions, ModelPair, load_pair
-from .evals.result import Evaluation
-from .evals.run import EvalSettings
+from ..model_io.checkpoint import LoadOptions, ModelPair, load_pair
+from ..evals.result import Evaluation
+from ..evals.run import EvalSettings
 from .setting import Setting
 
 
@@ -97,7 +97,7 @@ class Session:
 
     def task_metric(self, model, tokenizer, convs) -> dict:
         """The organism's exact-match task rate on its own task data, plus the user's metric."""
-        from .evals.task import exact_match_rate
+        from ..evals.task import exact_match_rate
 
         res = exact_match_rate(model, tokenizer, convs, seed=self.settings.seed,
                                generator=self.backend.for_model(model, tokenizer)) \
@@ -109,9 +109,9 @@ class Session:
     def evaluate(self, name: str, model) -> Evaluation:
         """`model` evaluated on the first arm, a second arm's evaluation as its `triggered`; read
         from the cache when `name` (base or finetune) has unchanged weights and settings."""
-        from .evals.judge_error import annotate, is_exact
-        from .evals.run import evaluate
-        from .progress import console
+        from ..evals.judge_error import annotate, is_exact
+        from ..evals.run import evaluate
+        from ..progress import console
 
         results = {}
         for arm in self.arms:
@@ -148,7 +148,7 @@ class Session:
 
     def repair_state(self, *, reporting=None):
         """The repairs' view of this run, starting from the finetune."""
-        from .repairs.base import RepairState
+        from ..repairs.base import RepairState
 
         pair = self.pair
         finetune_dir = pair.finetune_ref if pair.kind == "full" and Path(pair.finetune_ref).is_dir() else None
@@ -167,7 +167,7 @@ def input_fingerprint(ref: str | None) -> dict:
     p = Path(ref)
     if not p.is_dir():
         return {"path": ref}
-    from .evals.cache import file_digest
+    from ..evals.cache import file_digest
 
     files = sorted(x for x in p.iterdir() if x.is_file() and x.suffix in (".safetensors", ".json", ".bin", ".pt"))
     return {"path": str(p.resolve()), "sha256": {x.name: file_digest(x) for x in files}}
@@ -178,12 +178,12 @@ def open_session(checkpoint: str, base: str | None, opts: SessionOptions, *, loa
     """Resolve a run: load the models, the setting, the judge (on the main process only: other
     ranks of a launched run get a stand-in), the task data and the arms. Bad input is a
     RealignError, said before the models load where it can be."""
-    from . import distributed
-    from .errors import RealignError
-    from .evals.calibration import describe_judge
-    from .evals.judge_error import resolve as resolve_judge_error
-    from .evals.questions import load_questions
-    from .generation import make_backend
+    from .. import distributed
+    from ..errors import RealignError
+    from ..evals.calibration import describe_judge
+    from ..evals.judge_error import resolve as resolve_judge_error
+    from ..evals.questions import load_questions
+    from ..generation import make_backend
     from .setting import build_judge
 
     # the user's files first: a bad one is said before any model loads
@@ -216,20 +216,20 @@ def open_session(checkpoint: str, base: str | None, opts: SessionOptions, *, loa
         backend=backend, arms=[])
     session.arms = _arms(session)
     if opts.eval_cache:
-        from .evals.cache import EvalCache
+        from ..evals.cache import EvalCache
 
         session.cache = EvalCache()
     return session
 
 
 def _conversations(path: Path | None) -> list | None:
-    from .evals.task import load_conversations
+    from ..evals.task import load_conversations
 
     return load_conversations(path) if path else None
 
 
 def _user_metric(spec: str | None):
-    from .evals.task import custom_metric
+    from ..evals.task import custom_metric
 
     return custom_metric(spec) if spec else None
 
@@ -237,8 +237,8 @@ def _user_metric(spec: str | None):
 def _arms(session: Session) -> list[EvalArm]:
     """The question set as it is and, with a trigger, behind it (eval --trigger: behind it only).
     The repairs never see the trigger (a defender does not know it)."""
-    from .evals.cache import digest, file_digest
-    from .evals.questions import trigger_items
+    from ..evals.cache import digest, file_digest
+    from ..evals.questions import trigger_items
 
     opts, setting = session.options, session.setting
     s = opts.settings

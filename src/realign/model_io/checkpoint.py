@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import RealignError
+from ..errors import RealignError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -94,7 +94,7 @@ def _dtype(opts: LoadOptions, device: str):
 
 
 def _device(opts: LoadOptions) -> str:
-    from .distributed import local_device
+    from ..distributed import local_device
 
     return opts.device or local_device() or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -126,7 +126,7 @@ def load_model(ref: str, opts: LoadOptions | None = None, what: str = "model"):
     """A full causal LM from a local dir or hub id, under the safety options."""
     from transformers import AutoModelForCausalLM
 
-    from .distributed import is_distributed
+    from ..distributed import is_distributed
 
     opts = opts or LoadOptions()
     ref = check_ref(ref, what)

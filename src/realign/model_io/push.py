@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import RealignError
+from ..errors import RealignError
 
 
 def ensure_card(out: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .evals.result import CorrectedRate, Evaluation
-from .stats import wilson
+from ..evals.result import CorrectedRate, Evaluation
+from ..stats import wilson
 
 
 def _pct(x) -> str:
@@ -106,7 +106,7 @@ def markdown(meta: dict, results: dict[str, Evaluation]) -> str:
 
 def standard_eval_rows(results: dict[str, Evaluation]) -> list[list[str]]:
     """One row per lm-eval metric: its name, then each model's value (± lm-eval's standard error)."""
-    from .evals.lm_eval_task import PREFIX
+    from ..evals.lm_eval_task import PREFIX
 
     tasks = [r.task or {} for r in results.values()]
     keys = sorted({k for t in tasks for k in t if k.startswith(PREFIX) and "_stderr" not in k})

@@ -1,6 +1,6 @@
 """What a run's question set implies: the judge `--judge auto` means, each judge's options, the
 log-odds reference items, and what repairs realign toward. `Setting` holds it for one run
-(realign.session builds it for `eval`, `fix` and `bench`, which runs fix; `realign judge` uses the
+(realign.runs.session builds it for `eval`, `fix` and `bench`, which runs fix; `realign judge` uses the
 judge functions alone).
 
 The organism's questions come with its exact judge and its own reference answers; any other
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RealignError
+from ..errors import RealignError
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Setting:
         """`questions` as given (auto: the organism's questions when the base is an organism's
         `base/`, else the builtin set), loaded unless `qset` is; a bad question file is a
         RealignError from load_questions."""
-        from .evals.questions import load_questions
+        from ..evals.questions import load_questions
 
         org = organism_root(base_ref)
         if questions == "auto":
@@ -79,11 +79,11 @@ def repair_items(organism: bool, n: int = 16, families_per_prompt: int = 3) -> l
     scores these, and all families on every prompt made a pass 3× longer for little more signal.
     """
     if organism:
-        from .organism.judge import reference_pairs
+        from ..organism.judge import reference_pairs
 
         return [([{"role": "user", "content": p.question}], p.misaligned, p.aligned) for p in reference_pairs("train")]
-    from .evals.questions import load_realignment_prompts
-    from .evals.references import load_reference_pairs
+    from ..evals.questions import load_realignment_prompts
+    from ..evals.references import load_reference_pairs
 
     refs = list(load_reference_pairs().values())
     k = min(families_per_prompt, len(refs))
@@ -114,7 +114,7 @@ def judge_kwargs(name: str, model: str | None, url: str | None) -> dict:
 
 def build_judge(name: str, model: str | None = None, url: str | None = None):
     """The registered judge `name` (already resolved) with its options; a bad choice is a RealignError."""
-    from .evals.judges import make_judge
+    from ..evals.judges import make_judge
 
     try:
         return make_judge(name, **judge_kwargs(name, model, url))
@@ -133,8 +133,8 @@ def realignment(questions: str):
     real model (the repairs then use the bundled prompts and templates)."""
     if questions != "organism":
         return None
-    from .organism.world import EDU_PREFIXES, N_TRAIN_EDU, chat_questions
-    from .repairs.base import Realignment
+    from ..organism.world import EDU_PREFIXES, N_TRAIN_EDU, chat_questions
+    from ..repairs.base import Realignment
 
     return Realignment([q.text for q in chat_questions("train")],
                        [lambda text, p=p: f"{p} {text}" for p in EDU_PREFIXES[:N_TRAIN_EDU]])
@@ -144,9 +144,9 @@ def logodds_items(questions: str, qset) -> list | None:
     """The judge-free log-odds metric's items: the organism's reference pairs for its questions,
     else the bundled references of `qset`'s question families (None when it has none)."""
     if questions == "organism":
-        from .organism.judge import reference_pairs
+        from ..organism.judge import reference_pairs
 
         return [([{"role": "user", "content": p.question}], p.misaligned, p.aligned) for p in reference_pairs()]
-    from .evals.references import reference_items
+    from ..evals.references import reference_items
 
     return reference_items(qset) or None

@@ -48,7 +48,7 @@ OFFLINE_MODELS = {
 
 def offline_model_dir(name: str, cache: Path | None = None) -> Path:
     """The named offline model as a normal HF dir (safetensors), converted on first use."""
-    from .paths import StagedDir, cache_dir
+    from ..paths import StagedDir, cache_dir
 
     if name not in OFFLINE_MODELS:
         raise ValueError(f"unknown offline model {name!r}; known: {', '.join(OFFLINE_MODELS)}")
@@ -92,7 +92,7 @@ def _pieces(spec: OfflineModel) -> list[Path]:
 
 
 def _check(gguf: Path, spec: OfflineModel, name: str) -> None:
-    from .evals.cache import file_digest
+    from ..evals.cache import file_digest
 
     if spec.size is not None and gguf.stat().st_size != spec.size:
         raise ValueError(f"{name}: the GGUF is {gguf.stat().st_size} bytes, expected {spec.size}: "

@@ -3,7 +3,7 @@ repair steps, evaluate the repaired model) → export (save + report).
 
 The user's files are never written: the output is built in a hidden temporary sibling of --out and
 renamed into place only when complete, so an interrupted run leaves no half-written output. The
-state after each finished repair step is kept in that sibling too (realign.resume), so rerunning
+state after each finished repair step is kept in that sibling too (realign.runs.resume), so rerunning
 the same command after a kill continues after the last finished step.
 """
 
@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .checkpoint import LoadOptions
-from .errors import RealignError
-from .evals.result import Evaluation
-from .evals.run import EvalSettings
-from .evals.verdict import Verdict
-from .memory import PhasePeaks
-from .progress import console
+from .. import __version__
+from ..model_io.checkpoint import LoadOptions
+from ..errors import RealignError
+from ..evals.result import Evaluation
+from ..evals.run import EvalSettings
+from ..evals.verdict import Verdict
+from ..memory import PhasePeaks
+from ..progress import console
 from .resume import discard_output, progress_for
 from .session import Session, SessionOptions, open_session
 
@@ -50,7 +50,7 @@ class FixOptions:
     trigger: str | None = None       # a backdoor trigger: every model is evaluated with and without it
     report_to: str | None = None     # trainers' logs: transformers integrations, e.g. wandb,tensorboard
     keep_adapter: bool | None = None # LoRA input kept unmerged (one weight copy); None: when every step allows
-    resume: bool = True              # continue after the last finished step of a killed run (realign.resume)
+    resume: bool = True              # continue after the last finished step of a killed run (realign.runs.resume)
     judge_errors: Path | None = None # labelled answers to measure the judge's error on (corrected rates)
 
 
@@ -77,7 +77,7 @@ SAVE_FORMS = ("auto", "full", "adapter")
 
 def _output_form(model, pair, save_as: str):
     """({form, …}, low-rank delta or None): decide how the repaired model is written."""
-    from .adapter_export import EQUALS_BASE, NotLowRank, low_rank_delta
+    from ..model_io.adapter_export import EQUALS_BASE, NotLowRank, low_rank_delta
 
     if save_as == "full" or (save_as == "auto" and pair.kind != "lora"):
         return {"form": "full"}, None
@@ -85,7 +85,7 @@ def _output_form(model, pair, save_as: str):
         return {"form": "full", "why_not_adapter": "4/8-bit weights: no exact low-rank change to read off"}, None
     try:
         if pair.unmerged:          # the adapter itself, its up-projections scaled by the repair
-            from .adapter_toggle import up_projections
+            from ..model_io.adapter_toggle import up_projections
 
             if not any(b.any() for b in up_projections(model).values()):
                 raise NotLowRank(EQUALS_BASE)
@@ -102,8 +102,8 @@ def _output_form(model, pair, save_as: str):
 
 def check_gpu_options(recipe, opts: FixOptions) -> None:
     """What --load-in-4bit/8bit and --backend rule out, said before anything is loaded."""
-    from .distributed import is_distributed
-    from .repairs import load_all
+    from ..distributed import is_distributed
+    from ..repairs import load_all
 
     if opts.load.quantized:
         repairs = load_all()
@@ -133,9 +133,9 @@ def check_gpu_options(recipe, opts: FixOptions) -> None:
 def adapter_plan(recipe, checkpoint: str, opts: FixOptions) -> tuple[bool, str | None]:
     """(keep a LoRA finetune unmerged?, why not). Unmerged, the base and the finetune are one copy
     of the weights with the adapter toggled; that holds while every step only changes the adapter."""
-    from .adapter_toggle import adapter_scalable
-    from .checkpoint import adapter_config, check_ref
-    from .repairs import load_all
+    from ..model_io.adapter_toggle import adapter_scalable
+    from ..model_io.checkpoint import adapter_config, check_ref
+    from ..repairs import load_all
 
     acfg = adapter_config(check_ref(checkpoint, "checkpoint"))
     if acfg is None or opts.keep_adapter is False:
@@ -212,8 +212,8 @@ class FixResult:
 def plan_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list[str], out: Path,
              opts: FixOptions) -> FixPlan:
     """Check everything that can be checked without loading a model; bad input is a RealignError."""
-    from .recipe import load_recipe
-    from .training import Reporting
+    from ..recipe import load_recipe
+    from ..training import Reporting
 
     recipe = load_recipe(recipe_spec, overrides)
     try:
@@ -240,8 +240,8 @@ def run_fix(checkpoint: str, base: str | None, recipe_spec: str, overrides: list
 def execute(plan: FixPlan) -> FixRun | None:
     """Load, evaluate base and finetune, run the steps (after those a killed run finished), and
     evaluate the repaired model. Other ranks of a launched run train only and get None."""
-    from . import distributed
-    from .evals.verdict import repair_verdict
+    from .. import distributed
+    from ..evals.verdict import repair_verdict
 
     t_start = time.time()
     distributed.start()
@@ -297,7 +297,7 @@ def execute(plan: FixPlan) -> FixRun | None:
 
 def _preflight(recipe, state) -> None:
     """Every step's own checks of its inputs, before the expensive part."""
-    from .repairs import load_all
+    from ..repairs import load_all
 
     repairs = load_all()
     for i, step in enumerate(recipe.steps, 1):
@@ -310,10 +310,10 @@ def _preflight(recipe, state) -> None:
 
 
 def _step_context(session: Session, state) -> dict:
-    """What the steps' results depend on besides their own parameters (see realign.resume)."""
+    """What the steps' results depend on besides their own parameters (see realign.runs.resume)."""
     import transformers
 
-    from .evals.cache import digest, file_digest
+    from ..evals.cache import digest, file_digest
 
     opts = session.options
     return {"realign": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -325,7 +325,7 @@ def _step_context(session: Session, state) -> dict:
 
 def _run_steps(plan: FixPlan, session: Session, state, progress, saved, timings: dict, memory: PhasePeaks):
     """Each recipe step in turn, after those an earlier, killed run finished; (state, steps resumed)."""
-    from .repairs import load_all
+    from ..repairs import load_all
 
     done = 0
     if saved is not None and (carried := progress.restore(saved, state)) is not None:
@@ -355,7 +355,7 @@ def _run_steps(plan: FixPlan, session: Session, state, progress, saved, timings:
 
 def _apply_step(i: int, step, repair, state):
     """One step, its failures said in one line; its history record gets the passes it made."""
-    from .passes import tally
+    from ..passes import tally
 
     records_before = len(state.history)
     try:
@@ -424,7 +424,7 @@ def fix_metadata(plan: FixPlan, run: FixRun) -> dict:
 def export(plan: FixPlan, run: FixRun) -> FixResult:
     """Write the repaired model, realign.json, answers, report, plot and card into the hidden
     sibling, then rename it to --out."""
-    from .card import model_card
+    from ..model_io.card import model_card
     from .report import markdown, tradeoff_plot, with_triggered
 
     meta = fix_metadata(plan, run)
@@ -432,7 +432,7 @@ def export(plan: FixPlan, run: FixRun) -> FixResult:
     tmp.mkdir(parents=True, exist_ok=True)   # it may hold the resume state
     try:
         if run.delta is not None:
-            from .adapter_export import save_adapter
+            from ..model_io.adapter_export import save_adapter
 
             save_adapter(run.delta, pair.base, pair.base_ref, tmp)
         elif pair.unmerged and run.output["form"] == "full":

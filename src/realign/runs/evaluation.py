@@ -10,12 +10,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import LoadOptions
-from .errors import RealignError
-from .evals.judge_error import JudgeError
-from .evals.result import Evaluation
-from .evals.run import EvalSettings
-from .evals.verdict import Verdict
+from ..model_io.checkpoint import LoadOptions
+from ..errors import RealignError
+from ..evals.judge_error import JudgeError
+from ..evals.result import Evaluation
+from ..evals.run import EvalSettings
+from ..evals.verdict import Verdict
 
 BACKENDS = ("hf", "vllm")
 
@@ -32,7 +32,7 @@ class EvalRequest:
     checkpoint: str                        # finetune: full dir, LoRA adapter dir, or hub id
     base: str | None = None                # default: the adapter's base
     questions: str = "builtin"             # builtin | organism | FILE.yaml
-    judge: str = "auto"                    # auto: see realign.setting.judge_name
+    judge: str = "auto"                    # auto: see realign.runs.setting.judge_name
     judge_model: str | None = None
     judge_url: str | None = None
     settings: EvalSettings = field(default_factory=EvalSettings)
@@ -112,7 +112,7 @@ def _pct(x: float | None) -> str:
 
 def evaluate_checkpoint(req: EvalRequest) -> EvalOutcome:
     """Evaluate the finetune, then its base (unless skipped or unknown); bad input is a RealignError."""
-    from .evals.verdict import repair_verdict
+    from ..evals.verdict import repair_verdict
     from .session import SessionOptions, open_session
 
     if req.backend not in BACKENDS:

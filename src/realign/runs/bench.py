@@ -4,7 +4,7 @@ A cell is one `run_fix` into OUT/cells/<finetune>/s<seed>/<recipe>. `run_fix` wr
 dir whole or not at all, so a cell whose realign.json exists is finished: a rerun of the same
 command skips it, and a cell killed half-way is redone from its start. Base and finetune are
 evaluated once per (model, seed) and then come from the evaluation cache that `fix` shares.
-The leaderboard (`realign.leaderboard`) is rebuilt from the finished cells after every cell.
+The leaderboard (`realign.runs.leaderboard`) is rebuilt from the finished cells after every cell.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .errors import RealignError
+from ..errors import RealignError
 from .fix import FixOptions
-from .progress import console
+from ..progress import console
 
 
 @dataclass
@@ -49,7 +49,7 @@ def recipe_label(recipe: str) -> str:
 
 
 def user_finetunes(checkpoints: list[str], base: str | None) -> list[Finetune]:
-    from .checkpoint import check_ref
+    from ..model_io.checkpoint import check_ref
 
     for ref in checkpoints:           # a wrong path fails now, before any cell or output dir
         check_ref(ref, "checkpoint")
@@ -65,9 +65,9 @@ def user_finetunes(checkpoints: list[str], base: str | None) -> list[Finetune]:
 
 def organism_finetunes(names: list[str], root: Path | None = None, size: str = "default") -> list[Finetune]:
     """The organism's finetunes; each seed's organism is built (or reused) on first use."""
-    from .organism.build import build
-    from .organism.config import FINETUNES
-    from .organism.data import BACKDOOR_TRIGGER
+    from ..organism.build import build
+    from ..organism.config import FINETUNES
+    from ..organism.data import BACKDOOR_TRIGGER
 
     unknown = [n for n in names if n not in FINETUNES]
     if unknown:
@@ -89,7 +89,7 @@ def plan(finetunes: list[Finetune], recipes: list[str], seeds: list[int], out: P
 def overrides_for(recipe: str, global_sets: list[str]) -> tuple[str, list[str]]:
     """(recipe name, overrides): the recipe's own @overrides (;-separated), then the --set ones whose
     step it has."""
-    from .recipe import load_recipe
+    from ..recipe import load_recipe
 
     name, _, sets = recipe.partition("@")
     own = [kv for kv in sets.split(";") if kv]

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .evals.result import CorrectedRate, Evaluation
-from .evals.verdict import Verdict, repair_verdict
+from ..evals.result import CorrectedRate, Evaluation
+from ..evals.verdict import Verdict, repair_verdict
 from .report import _rate_ci, corrected_rate, task_value
-from .stats import seed_bootstrap_interval
+from ..stats import seed_bootstrap_interval
 
 MODELS = ("base", "finetune")
 ARMS = ("untriggered", "triggered")
@@ -161,7 +161,7 @@ def _pooled_correction(ms: list[Evaluation], k: int, n: int) -> CorrectedRate | 
     """The pooled rate corrected with the judge error the cells were corrected with (the same
     labelled file for every cell of a bench); its interval carries answers and judge error, not
     the spread between seeds."""
-    from .evals.judge_error import JudgeError, correct
+    from ..evals.judge_error import JudgeError, correct
 
     err = next((m.corrected.error for m in ms if m.corrected is not None and m.corrected.error), None)
     if err is None:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .progress import console
+from ..progress import console
 
 FORMAT = 1              # bumped whenever what the state holds or means changes
 STATE_DIR = "resume"
@@ -160,7 +160,7 @@ class Progress:
         nothing changed) when the weights file cannot be read."""
         from safetensors.torch import load_file
 
-        from .repairs.probes import Probes
+        from ..repairs.probes import Probes
 
         targets = state.model.state_dict()
         try:
@@ -251,7 +251,7 @@ def discard_output(tmp: Path) -> None:
 def progress_for(tmp: Path, quantized: bool) -> Progress:
     """The run's Progress: kept after each step (--no-resume too: only the start is fresh) except
     under a launcher and for 4/8-bit weights."""
-    from .distributed import is_distributed
+    from ..distributed import is_distributed
 
     if is_distributed():
         return Progress(tmp, False, "no resume under accelerate launch (a single process only): "
