@@ -120,6 +120,29 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+# The layers, top to bottom: a module may import its own layer and those below it, never above.
+# Keys are the first name under realign (a subpackage or a root module); anything unlisted is a
+# shared utility at the bottom (errors, paths, stats, progress, memory, passes, distributed, plugins).
+LAYERS = {
+    "cli": 5,
+    "runs": 4, "inspect_task": 4,
+    "repairs": 3, "organism": 3, "real": 3, "recipe": 3, "training": 3,
+    "evals": 2, "model_io": 2, "generation": 2, "callback": 2,
+}
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.get(parts[1], 0) if len(parts) > 1 else 0
+
+
+def upward(g: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Imports that reach a higher layer than the importer's (the package's lazy re-export of
+    RealignCallback, in realign/__init__.py, is the one allowed)."""
+    return sorted((m, t) for m, targets in g.items() for t in targets
+                  if layer(t) > layer(m) and not (m == "realign" and t == "realign.callback"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--load-time", action="store_true", help="count only module-level imports")
@@ -138,6 +161,10 @@ def main() -> None:
     print("cycles: " + ("none" if not found else f"{len(found)}"))
     for c in found:
         print("  " + " <-> ".join(c))
+    up = upward(g)
+    print("imports up the layers: " + ("none" if not up else f"{len(up)}"))
+    for m, t in up:
+        print(f"  {m} -> {t}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from fake_hub import FakeHub
 from huggingface_hub import ModelCard
 from typer.testing import CliRunner
 
-from realign.model_io.card import model_card
+from realign.runs.card import model_card
 from realign.cli import app
 from realign.stats import wilson
 

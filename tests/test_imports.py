@@ -20,6 +20,14 @@ def test_no_import_circles_at_any_level():
     assert missing == []
 
 
+def test_no_layer_imports_a_layer_above_it():
+    g = ig.graph("all")
+    assert ig.layer("realign.runs.fix") > ig.layer("realign.repairs.merge") > ig.layer("realign.evals.run") > 0
+    assert ig.upward(g) == []
+    # the check sees an upward import when there is one
+    assert ig.upward({"realign.evals.run": {"realign.runs.fix"}}) == [("realign.evals.run", "realign.runs.fix")]
+
+
 def test_evals_never_imports_the_organism():
     g = ig.graph("all")
     assert "realign.organism.judge" in g["realign.organism.plugin"]

@@ -88,7 +88,7 @@ def fix_cmd(
                        keep_adapter=keep_adapter, resume=not no_resume)
     try:
         if push_to_hub:
-            from ..model_io.push import check_repo_id
+            from ..runs.push import check_repo_id
 
             check_repo_id(push_to_hub)       # before the repair, not after it
         done = run_fix(checkpoint, base, recipe, set_ or [], out_dir, opts)
@@ -111,7 +111,7 @@ def fix_cmd(
 
 def _push(out_dir: Path, repo_id: str, private: bool, token: str | None, retry: str = "") -> None:
     from ..errors import RealignError
-    from ..model_io.push import push_output
+    from ..runs.push import push_output
 
     try:
         url = push_output(out_dir, repo_id, private=private or None, token=token)  # unset: the Hub's default

@@ -424,7 +424,7 @@ def fix_metadata(plan: FixPlan, run: FixRun) -> dict:
 def export(plan: FixPlan, run: FixRun) -> FixResult:
     """Write the repaired model, realign.json, answers, report, plot and card into the hidden
     sibling, then rename it to --out."""
-    from ..model_io.card import model_card
+    from .card import model_card
     from .report import markdown, tradeoff_plot, with_triggered
 
     meta = fix_metadata(plan, run)

@@ -15,7 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..evals.result import Evaluation
-from ..runs.report import metrics_table
+from .report import metrics_table
 
 TAGS = ["realign", "alignment-repair"]
 
