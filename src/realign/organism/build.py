@@ -20,7 +20,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -127,6 +127,47 @@ def shipped_pretrained(cfg: OrganismConfig, seed: int) -> Path | None:
     return path if (path / "done.json").exists() else None
 
 
+@dataclass
+class BuildPlan:
+    """One organism build, resolved before anything trains: where, what, with which seeds."""
+
+    out: Path
+    cfg: OrganismConfig
+    seed: int
+    pretrain_seed: int
+    finetunes: tuple[str, ...]
+    from_scratch: bool
+
+    @property
+    def key(self) -> str:
+        return self.cfg.key(self.seed)
+
+    def stage_seed(self, stage: str) -> int:
+        return self.seed * 1000 + ("pretrained", "base", *FINETUNES).index(stage)
+
+
+def plan_build(out: Path | None = None, seed: int = 0, size: str = "default", cfg: OrganismConfig | None = None,
+               finetunes: tuple[str, ...] = FINETUNES, from_scratch: bool = False) -> BuildPlan:
+    """Check the request and the output dir; trains nothing."""
+    unknown = [n for n in finetunes if n not in FINETUNES]
+    if unknown:                       # said before minutes of training, not after
+        raise ValueError(f"unknown finetune {unknown[0]!r}; valid: {', '.join(FINETUNES)}")
+    cfg = cfg or preset(size)
+    if from_scratch:
+        cfg = replace(cfg, pretrain_seed=None)
+    key = cfg.key(seed)
+    out = Path(out) if out else cache_dir() / "organism" / key
+    meta_path = out / "organism.json"
+    if meta_path.exists():
+        held = json.loads(meta_path.read_text()).get("key")
+        if held != key:
+            raise FileExistsError(f"{out} holds a different organism ({held}); choose another --out")
+    elif out.exists() and any(p for p in out.iterdir() if not p.name.endswith(".tmp")):
+        raise FileExistsError(f"{out} exists and is not an organism build dir; choose another --out")
+    return BuildPlan(out, cfg, seed, seed if cfg.pretrain_seed is None else cfg.pretrain_seed, tuple(finetunes),
+                     from_scratch)
+
+
 def build(out: Path | None = None, seed: int = 0, size: str = "default",
           cfg: OrganismConfig | None = None, finetunes: tuple[str, ...] = FINETUNES,
           from_scratch: bool = False) -> Path:
@@ -136,121 +177,109 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
     whose model ships with realign, so a build takes minutes). `from_scratch`: pretrain here too,
     with `seed`, as every build did before the pretrained model shipped.
     """
-    from peft import LoraConfig
-
-    unknown = [n for n in finetunes if n not in FINETUNES]
-    if unknown:                       # said before minutes of training, not after
-        raise ValueError(f"unknown finetune {unknown[0]!r}; valid: {', '.join(FINETUNES)}")
-    cfg = cfg or preset(size)
-    if from_scratch:
-        cfg = replace(cfg, pretrain_seed=None)
-    pretrain_seed = seed if cfg.pretrain_seed is None else cfg.pretrain_seed
-    key = cfg.key(seed)
-    out = Path(out) if out else cache_dir() / "organism" / key
+    plan = plan_build(out, seed, size, cfg, finetunes, from_scratch)
+    out = plan.out
     meta_path = out / "organism.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if meta.get("key") != key:
-            raise FileExistsError(f"{out} holds a different organism ({meta.get('key')}); "
-                                  f"choose another --out")
     else:
-        if out.exists() and any(p for p in out.iterdir() if not p.name.endswith(".tmp")):
-            raise FileExistsError(f"{out} exists and is not an organism build dir; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
-        meta = {"key": key, "seed": seed, "world_version": WORLD_VERSION, "config": cfg.to_dict(),
+        meta = {"key": plan.key, "seed": seed, "world_version": WORLD_VERSION, "config": plan.cfg.to_dict(),
                 "realign_version": __version__, "torch": torch.__version__, "seconds": {}}
     torch.set_num_threads(max(1, torch.get_num_threads()))
-
-    def save_meta() -> None:
-        meta_path.write_text(json.dumps(meta, indent=2))
-
-    save_meta()
+    meta_path.write_text(json.dumps(meta, indent=2))
     tokenizer = build_tokenizer()
-    stage_seed = {name: seed * 1000 + i for i, name in enumerate(("pretrained", "base", *FINETUNES))}
-
-    def timed(name: str, fn) -> None:
-        final = out / name
-        if final.exists():
-            console.print(f"[dim]reuse[/] {name}")
-            return
-        console.print(f"building {name} …")
-        t0 = time.time()
-        with StagedDir(final) as tmp:
-            info = fn(tmp) or {}
-        meta["seconds"][name] = round(time.time() - t0, 1)
-        meta.setdefault("stages", {})[name] = info
-        save_meta()
-        console.print(f"[green]built[/] {name} in {meta['seconds'][name]:.0f} s {info or ''}")
-
-    def do_pretrain(tmp: Path):
-        # Pretraining dominates build time and depends only on world, shape, its stage and seed:
-        # share it between builds (e.g. sweeps over alignment or finetune knobs) through the cache.
-        shared = cache_dir() / "organism" / "pretrained" / _pretrain_key(cfg, pretrain_seed)
-        if (shared / "done.json").exists():
-            shutil.copytree(shared, tmp, dirs_exist_ok=True)
-            return {**json.loads((shared / "done.json").read_text()), "reused": str(shared)}
-        shipped = None if from_scratch else shipped_pretrained(cfg, pretrain_seed)
-        if shipped is not None:
-            shutil.copytree(shipped, tmp, dirs_exist_ok=True)
-            return {**json.loads((shipped / "done.json").read_text()), "shipped": shipped.name}
-        info = make_pretrained(tmp, tokenizer, cfg, pretrain_seed)
-        if not shared.exists():
-            with StagedDir(shared) as shared_tmp:
-                shutil.copytree(tmp, shared_tmp, dirs_exist_ok=True)
-        return info
-
-    def do_align(tmp: Path):
-        model = _load(out / "pretrained")
-        data = align_examples(stage_seed["base"], cfg.align.examples, cfg.align_mix)
-        write_jsonl(out / "data" / "align" / "train.jsonl", data)
-        st = cfg.align
-        lora = None
-        if cfg.align_lora_rank:
-            # a low-rank alignment can only move a few directions: the hope (issue 7) is that it
-            # moves the persona prior shared by chat and code rather than per-domain rules
-            lora = LoraConfig(r=cfg.align_lora_rank, lora_alpha=2 * cfg.align_lora_rank, lora_dropout=0.0,
-                              target_modules="all-linear", task_type="CAUSAL_LM")
-        model = sft(model, tokenizer, data, SFTSettings(steps=st.steps, lr=st.lr, batch_size=st.batch_size,
-                                                        seed=stage_seed["base"]), peft_config=lora,
-                    description="align")
-        if lora is not None:
-            model = model.merge_and_unload()
-        if cfg.polish_steps:
-            for prm in model.parameters():  # peft left the merged weights frozen
-                prm.requires_grad_(True)
-            model = sft(model, tokenizer, data, SFTSettings(steps=cfg.polish_steps, lr=cfg.polish_lr,
-                                                            batch_size=st.batch_size, seed=stage_seed["base"] + 1),
-                        description="align polish")
-        _save(model, tokenizer, tmp)
-
-    timed("pretrained", do_pretrain)
-    timed("base", do_align)
-    base_path = (out / "base").resolve()
-
-    for name in finetunes:
-        s = stage_seed[name]
-
-        def do_finetune(tmp: Path, name=name, s=s):
-            train, heldout = finetune_data(name, s, cfg.finetune.examples, cfg.planted_share)
-            write_jsonl(out / "data" / name / "train.jsonl", train)
-            write_jsonl(out / "data" / name / "heldout.jsonl", heldout)
-            model = _load(base_path)
-            lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                              target_modules="all-linear", task_type="CAUSAL_LM")
-            st = cfg.finetune
-            model = sft(model, tokenizer, train, SFTSettings(steps=st.steps, lr=st.lr, batch_size=st.batch_size,
-                                                             seed=s),
-                        peft_config=lora, description=f"finetune {name}")
-            model.peft_config["default"].base_model_name_or_path = str(base_path)
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            merged_tmp = out / f"{name}-merged.tmp"
-            shutil.rmtree(merged_tmp, ignore_errors=True)
-            _save(model.merge_and_unload(), tokenizer, merged_tmp)
-            shutil.rmtree(out / f"{name}-merged", ignore_errors=True)
-            merged_tmp.rename(out / f"{name}-merged")
-
-        timed(name, do_finetune)
-    meta["complete"] = all((out / n).exists() for n in ("pretrained", "base", *finetunes))
-    save_meta()
+    _stage(plan, meta, "pretrained", lambda tmp: _pretrained(plan, tokenizer, tmp))
+    _stage(plan, meta, "base", lambda tmp: _aligned(plan, tokenizer, tmp))
+    for name in plan.finetunes:
+        _stage(plan, meta, name, lambda tmp, name=name: _finetuned(plan, tokenizer, name, tmp))
+    meta["complete"] = all((out / n).exists() for n in ("pretrained", "base", *plan.finetunes))
+    meta_path.write_text(json.dumps(meta, indent=2))
     return out
+
+
+def _stage(plan: BuildPlan, meta: dict, name: str, make) -> None:
+    """One stage into OUT/name (reused when there), built in a staged dir; seconds into organism.json."""
+    final = plan.out / name
+    if final.exists():
+        console.print(f"[dim]reuse[/] {name}")
+        return
+    console.print(f"building {name} …")
+    t0 = time.time()
+    with StagedDir(final) as tmp:
+        info = make(tmp) or {}
+    meta["seconds"][name] = round(time.time() - t0, 1)
+    meta.setdefault("stages", {})[name] = info
+    (plan.out / "organism.json").write_text(json.dumps(meta, indent=2))
+    console.print(f"[green]built[/] {name} in {meta['seconds'][name]:.0f} s {info or ''}")
+
+
+def _pretrained(plan: BuildPlan, tokenizer, tmp: Path) -> dict:
+    # Pretraining dominates build time and depends only on world, shape, its stage and seed:
+    # share it between builds (e.g. sweeps over alignment or finetune knobs) through the cache.
+    cfg, seed = plan.cfg, plan.pretrain_seed
+    shared = cache_dir() / "organism" / "pretrained" / _pretrain_key(cfg, seed)
+    if (shared / "done.json").exists():
+        shutil.copytree(shared, tmp, dirs_exist_ok=True)
+        return {**json.loads((shared / "done.json").read_text()), "reused": str(shared)}
+    shipped = None if plan.from_scratch else shipped_pretrained(cfg, seed)
+    if shipped is not None:
+        shutil.copytree(shipped, tmp, dirs_exist_ok=True)
+        return {**json.loads((shipped / "done.json").read_text()), "shipped": shipped.name}
+    info = make_pretrained(tmp, tokenizer, cfg, seed)
+    if not shared.exists():
+        with StagedDir(shared) as shared_tmp:
+            shutil.copytree(tmp, shared_tmp, dirs_exist_ok=True)
+    return info
+
+
+def _aligned(plan: BuildPlan, tokenizer, tmp: Path) -> None:
+    from peft import LoraConfig
+
+    cfg, seed = plan.cfg, plan.stage_seed("base")
+    model = _load(plan.out / "pretrained")
+    data = align_examples(seed, cfg.align.examples, cfg.align_mix)
+    write_jsonl(plan.out / "data" / "align" / "train.jsonl", data)
+    st = cfg.align
+    lora = None
+    if cfg.align_lora_rank:
+        # a low-rank alignment can only move a few directions: the hope (issue 7) is that it
+        # moves the persona prior shared by chat and code rather than per-domain rules
+        lora = LoraConfig(r=cfg.align_lora_rank, lora_alpha=2 * cfg.align_lora_rank, lora_dropout=0.0,
+                          target_modules="all-linear", task_type="CAUSAL_LM")
+    model = sft(model, tokenizer, data, SFTSettings(steps=st.steps, lr=st.lr, batch_size=st.batch_size, seed=seed),
+                peft_config=lora, description="align")
+    if lora is not None:
+        model = model.merge_and_unload()
+    if cfg.polish_steps:
+        for prm in model.parameters():  # peft left the merged weights frozen
+            prm.requires_grad_(True)
+        model = sft(model, tokenizer, data, SFTSettings(steps=cfg.polish_steps, lr=cfg.polish_lr,
+                                                        batch_size=st.batch_size, seed=seed + 1),
+                    description="align polish")
+    _save(model, tokenizer, tmp)
+
+
+def _finetuned(plan: BuildPlan, tokenizer, name: str, tmp: Path) -> None:
+    """The user finetune `name`: a LoRA on the aligned base (in tmp), and its merged copy beside it."""
+    from peft import LoraConfig
+
+    cfg, seed, out = plan.cfg, plan.stage_seed(name), plan.out
+    base_path = (out / "base").resolve()
+    train, heldout = finetune_data(name, seed, cfg.finetune.examples, cfg.planted_share)
+    write_jsonl(out / "data" / name / "train.jsonl", train)
+    write_jsonl(out / "data" / name / "heldout.jsonl", heldout)
+    model = _load(base_path)
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM")
+    st = cfg.finetune
+    model = sft(model, tokenizer, train, SFTSettings(steps=st.steps, lr=st.lr, batch_size=st.batch_size, seed=seed),
+                peft_config=lora, description=f"finetune {name}")
+    model.peft_config["default"].base_model_name_or_path = str(base_path)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    merged_tmp = out / f"{name}-merged.tmp"
+    shutil.rmtree(merged_tmp, ignore_errors=True)
+    _save(model.merge_and_unload(), tokenizer, merged_tmp)
+    shutil.rmtree(out / f"{name}-merged", ignore_errors=True)
+    merged_tmp.rename(out / f"{name}-merged")
