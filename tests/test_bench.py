@@ -120,3 +120,17 @@ def test_bench_on_the_organism_resumes_after_a_kill(tmp_path):
     assert (out / "leaderboard.md").exists() and (out / "pareto-planted.png").stat().st_size > 10_000
     later = json.loads((first.parent.parent / "freeze" / "realign.json").read_text())
     assert later["evaluation"]["cached"] == ["base", "finetune"]       # evaluated once per (model, seed)
+
+
+def test_base_and_finetune_rows_keep_corrected_rates_whichever_cell_comes_last(tmp_path):
+    """Cells of one seed share base and finetune; one made with --judge-errors carries their
+    corrected rates, and the board keeps them even when a cell made without sorts after it."""
+    err = {"tp": 8, "fn": 2, "tn": 9, "fp": 1, "source": "labels.jsonl"}
+    corrected = {"rate": 0.1, "ci_low": 0.0, "ci_high": 0.3, "why": "Rogan–Gladen", "error": err}
+    base, ft = _metrics(2, 100, nll=2.0), _metrics(20, 100, nll=1.0, logodds=1.0)
+    _write_cell(tmp_path, "ins", 0, "dpo", _metrics(3, 100, nll=1.1), {**base, "corrected": corrected},
+                {**ft, "corrected": corrected})
+    _write_cell(tmp_path, "ins", 0, "steer", _metrics(20, 100, nll=1.0), base, ft)     # older, no correction
+    board = build_leaderboard(tmp_path)["ins"]
+    assert board.rows["base"].untriggered.corrected is not None
+    assert board.rows["finetune"].untriggered.corrected is not None

@@ -180,7 +180,10 @@ def build_leaderboard(out: Path) -> dict[str, FinetuneBoard]:
 
 
 def _finetune_board(cells: list[FinishedCell]) -> FinetuneBoard:
-    refs_by_seed = {c.seed: (c.metrics["base"], c.metrics["finetune"]) for c in cells}   # same for every recipe
+    # base and finetune are the same for every recipe of a seed; a cell made with --judge-errors also
+    # carries their corrected rates, so it is preferred over one made without
+    refs_by_seed = {c.seed: (c.metrics["base"], c.metrics["finetune"])
+                    for c in sorted(cells, key=lambda c: c.metrics["base"].corrected is not None)}
     seeds = sorted(refs_by_seed)
     refs = [refs_by_seed[s] for s in seeds]
     rows = {model: BoardRow(*(_pool([r[i] for r in refs], refs, arm) for arm in ARMS))
