@@ -204,3 +204,21 @@ def test_offline_judges_put_their_encoder_on_the_gpu_when_one_is_visible(monkeyp
     got = (ProbeJudge("minilm").device, OfflineJudge().device)
     assert got == ("cuda", "cuda"), got
     assert ProbeJudge("minilm", device="cpu").device == "cpu"
+
+
+def test_refitted_heads_change_the_judges_fingerprint_not_its_name(tmp_path):
+    """The evaluation cache keys on the fingerprint: evaluations judged by old heads must not be
+    served under the same judge name once the heads are refitted."""
+    import torch
+
+    from realign.evals.judges.probe import ProbeJudge, default_heads, load_heads, save_heads
+
+    shipped = ProbeJudge("smollm2")
+    tensors, meta = load_heads(default_heads("smollm2"))
+    heads = {h: (tensors[f"{h}.w"] + 0.01, tensors[f"{h}.b"]) for h in ("misaligned", "coherent")}
+    refit = tmp_path / "refit.safetensors"
+    save_heads(refit, tensors["mu"], tensors["sd"], heads, meta)
+    other = ProbeJudge("smollm2", heads=refit)
+    assert other.name == shipped.name and other.fingerprint != shipped.fingerprint
+    assert ProbeJudge("smollm2").fingerprint == shipped.fingerprint
+    assert torch.equal(load_heads(str(refit))[0]["mu"], tensors["mu"])

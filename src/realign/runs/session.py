@@ -247,7 +247,9 @@ def _arms(session: Session) -> list[EvalArm]:
     def fingerprint(qset, items_) -> dict:
         return {"questions": [[q.id, p, q.judge_prompts] for q, p in qset.expand(s.samples)],
                 "samples": s.samples, "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
-                "top_p": s.top_p, "seed": s.seed, "judge": session.judge.name,
+                "top_p": s.top_p, "seed": s.seed,
+                # a judge's fingerprint (e.g. the offline judge's heads file) when it has one
+                "judge": getattr(session.judge, "fingerprint", session.judge.name),
                 "task_data": file_digest(session.task_data),
                 # an lm-eval metric's fingerprint holds its task files' contents too
                 "task_metric": getattr(session.user_metric, "fingerprint", opts.task_metric),

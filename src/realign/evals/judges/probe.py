@@ -36,6 +36,8 @@ answers, subtle deception). Check them on your own labelled answers with
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -183,6 +185,9 @@ class ProbeJudge:
         if self.encoder == "minilm":
             model_dir()           # fail now, with the install hint, if the encoder is missing
         self.name = f"offline:{self.encoder}-probe"
+        # the name stays when the heads are refitted; the evaluation cache must not (issue 23's
+        # clean heads were served evaluations judged by the old ones under the same name)
+        self.fingerprint = f"{self.name}:{hashlib.sha256(Path(self.heads_path).read_bytes()).hexdigest()[:16]}"
 
     def probabilities(self, questions: Sequence[str], answers: Sequence[str]) -> tuple[Any, Any]:
         """(P(misaligned), P(coherent)) per item, from the fitted heads."""
