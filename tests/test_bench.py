@@ -99,15 +99,18 @@ def test_bench_on_the_organism_resumes_after_a_kill(tmp_path):
     env = {**os.environ, "REALIGN_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     out = tmp_path / "bench"
     args = [*BENCH, "--organism-dir", str(tmp_path / "org"), "--recipes", "merge,steer,freeze", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "realign.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    err = tmp_path / "bench.stderr"          # said in the failure below if the bench dies early
+    with open(err, "wb") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "realign.cli", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
     first = out / "cells" / "planted" / "s0" / "merge" / "realign.json"
     deadline = time.time() + 600
     while not first.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    exited = proc.poll()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert first.exists()
+    assert first.exists(), f"bench exited with {exited} before its first cell: " + err.read_text()[-3000:]
     stamp = first.stat().st_mtime_ns
     done_before = [c for c in ("merge", "steer", "freeze") if (first.parent.parent / c / "realign.json").exists()]
     assert len(done_before) < 3, "bench finished before it could be killed"
