@@ -90,3 +90,18 @@ def test_weights_are_hashed_only_when_something_needs_their_identity(small_organ
     assert len(hashed) == 2
     s.weights, s.fingerprints
     assert len(hashed) == 2
+
+
+def test_a_judge_with_a_new_fingerprint_misses_every_cache_its_name_would_hit(small_organism):
+    """Evaluations, probes and resumed steps all carry judge labels: a judge whose fingerprint
+    changed under the same name (refitted offline heads) must key them anew."""
+    from realign.runs.fix import _step_context
+    from realign.runs.session import _arms
+
+    s = open_session(str(small_organism / "planted"), None, SessionOptions(settings=FAST, eval_cache=True))
+    assert s.judge_identity == s.judge.name            # the oracle has no fingerprint
+    before = (_arms(s)[0].fingerprint, s.probe_cache_key(), _step_context(s, s.repair_state())["judge"])
+    s.judge.fingerprint = f"{s.judge.name}:refitted"
+    after = (_arms(s)[0].fingerprint, s.probe_cache_key(), _step_context(s, s.repair_state())["judge"])
+    assert s.judge_identity == f"{s.judge.name}:refitted"
+    assert all(b != a for b, a in zip(before, after))

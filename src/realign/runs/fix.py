@@ -318,7 +318,7 @@ def _step_context(session: Session, state) -> dict:
     opts = session.options
     return {"realign": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "weights": session.weights["finetune"], "device_map": opts.load.device_map, "seed": opts.settings.seed,
-            "judge": session.judge.name, "backend": opts.backend, "organism": session.setting.organism,
+            "judge": session.judge_identity, "backend": opts.backend, "organism": session.setting.organism,
             "repair_items": digest(state.repair_items), "logodds_items": digest(session.logodds_items),
             "task_data": file_digest(session.task_data), "train_data": file_digest(session.train_data)}
 

@@ -141,9 +141,16 @@ class Session:
             r.triggered = results[arm.label]
         return annotate(r, self.judge_error, is_exact(self.judge.name))
 
+    @property
+    def judge_identity(self) -> str:
+        """What the caches key the judge by: its fingerprint when it has one (the offline judge's
+        name stays when its heads are refitted; its fingerprint does not), else its name."""
+        return getattr(self.judge, "fingerprint", self.judge.name)
+
     def probe_cache_key(self) -> str:
-        """Repairs' probe generations of the unchanged finetune are cached under this key."""
-        return self.cache.key(self.weights, {"judge": self.judge.name, "seed": self.settings.seed,
+        """Repairs' probe generations (and their judge labels) of the unchanged finetune are cached
+        under this key."""
+        return self.cache.key(self.weights, {"judge": self.judge_identity, "seed": self.settings.seed,
                                              "organism": self.setting.organism}, kind="probes")
 
     def repair_state(self, *, reporting=None):
@@ -247,9 +254,7 @@ def _arms(session: Session) -> list[EvalArm]:
     def fingerprint(qset, items_) -> dict:
         return {"questions": [[q.id, p, q.judge_prompts] for q, p in qset.expand(s.samples)],
                 "samples": s.samples, "max_new_tokens": s.max_new_tokens, "temperature": s.temperature,
-                "top_p": s.top_p, "seed": s.seed,
-                # a judge's fingerprint (e.g. the offline judge's heads file) when it has one
-                "judge": getattr(session.judge, "fingerprint", session.judge.name),
+                "top_p": s.top_p, "seed": s.seed, "judge": session.judge_identity,
                 "task_data": file_digest(session.task_data),
                 # an lm-eval metric's fingerprint holds its task files' contents too
                 "task_metric": getattr(session.user_metric, "fingerprint", opts.task_metric),

@@ -37,7 +37,6 @@ answers, subtle deception). Check them on your own labelled answers with
 from __future__ import annotations
 
 import hashlib
-
 import json
 import math
 from collections.abc import Callable, Sequence
