@@ -1,6 +1,6 @@
 """Seconds, passes and peak memory of each repair step alone on SmolLM2 (no evaluations).
 
-    python scripts/repair_step_times.py --finetune DIR [--repairs merge freeze steer]
+    python scripts/repair_step_times.py --finetune DIR [--repairs merge freeze steer] [--set dpo.steps=4]
 
 Loads a real LoRA finetune made by `realign real build` (DIR: its adapter, with data/ inside; e.g.
 SmolLM2's contaminated finetune under the cache's real/), opens the same
@@ -21,6 +21,7 @@ import torch
 
 from realign.memory import peak_memory
 from realign.passes import tally
+from realign.recipe import load_recipe
 from realign.repairs import load_all
 from realign.repairs.probes import build_probes
 from realign.runs.session import SessionOptions, open_session
@@ -31,11 +32,16 @@ def main() -> None:
     ap.add_argument("--repairs", nargs="+", default=["merge", "freeze", "steer"])
     ap.add_argument("--finetune", type=Path, required=True, help="a `realign real build` output dir")
     ap.add_argument("--judge", default="offline")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="override a step's parameter, as in `realign fix --set` (repeatable)")
     args = ap.parse_args()
     data = args.finetune / "data"
     session = open_session(str(args.finetune), None, SessionOptions(
-        judge=args.judge, task_data=data / "heldout.jsonl", train_data=data / "train.jsonl"))
+        judge=args.judge, task_data=data / "heldout.jsonl", train_data=data / "train.jsonl",
+        eval_cache=True))
     pair, state = session.pair, session.repair_state()
+    if session.cache is not None:          # as fix does: probes are sampled once per finetune
+        state.probe_cache = (session.cache, session.probe_cache_key())
     rows = []
     if "steer" in args.repairs:
         t0 = time.time()
@@ -44,14 +50,16 @@ def main() -> None:
         rows.append(("probes (once per finetune, cached by fix)", time.time() - t0, passes, None))
     repairs = load_all()
     for name in args.repairs:
+        own = [o for o in args.overrides if o.split(".", 1)[0] == name]
+        params = load_recipe(name, own).steps[0].params
         trial = copy.copy(state)
         trial.model, trial.history, trial.locked = copy.deepcopy(pair.finetune), [], set()
         trial._base_task_nll = {}          # each step alone pays for the base's task pass, as in fix
         cls = repairs[name]
         t0 = time.time()
         with peak_memory() as peak, tally() as passes:
-            cls().apply(trial, cls.Params())
-        rows.append((name, time.time() - t0, passes, peak))
+            cls().apply(trial, params)
+        rows.append((" ".join([name, *own]), time.time() - t0, passes, peak))
     where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\n## Repair steps alone on {args.finetune.name}, on {where}")
     print("| step | seconds | passes | peak RSS MB | peak CUDA MB |\n|---|---|---|---|---|")

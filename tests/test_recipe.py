@@ -35,6 +35,7 @@ def test_yaml_file(tmp_path):
     ("merge", ["merge.steps=abc"], "is not a valid value"),
     ("merge", ["dpo.steps=3"], "no step 'dpo'"),
     ("merge", ["alpha=3"], "must look like step.param=value"),
+    ("dpo", ["dpo.micro_batch_size=3"], "dpo.micro_batch_size must divide dpo.batch_size (8), not 3"),
     ("", [], "empty recipe"),
     ("missing.yaml", [], "does not exist"),
 ])

@@ -25,7 +25,9 @@ class DPOParams:
     lr: float = 3e-4
     beta: float = 0.1
     sft_weight: float = 1.0          # weight of the SFT term on chosen answers (collapse guard)
-    batch_size: int = 8
+    batch_size: int = 8              # pairs per optimiser step
+    micro_batch_size: int = 2        # pairs per forward pass (the rest by gradient accumulation)
+    precompute_reference: bool = True  # reference log-probs once before training, not every step
     rank: int = 8
     task_anchors: int = 32           # task-anchor pairs from --task-data (0 = none)
     samples: int = 4                 # probe samples per prompt (when probes are not built yet)
@@ -33,6 +35,9 @@ class DPOParams:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.rank < 1:
             raise ValueError("dpo.steps, dpo.batch_size and dpo.rank must be >= 1")
+        if self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
+            raise ValueError(f"dpo.micro_batch_size must divide dpo.batch_size ({self.batch_size}), "
+                             f"not {self.micro_batch_size}")
         if not 0 < self.lr < 1:
             raise ValueError(f"dpo.lr must be in (0, 1), not {self.lr}")
 
@@ -64,7 +69,7 @@ class DPO:
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
-        from ..distributed import from_main
+        from ..distributed import from_main, is_distributed
         from ..progress import RichProgressCallback, drop_printer
         from ..training import Reporting, device_kwargs
 
@@ -82,7 +87,16 @@ class DPO:
                 (state.reporting or Reporting()).run(self.name) as report:
             args = DPOConfig(
                 output_dir=tmp, max_steps=p.steps, learning_rate=p.lr, beta=p.beta,
-                per_device_train_batch_size=p.batch_size, loss_type=["sigmoid", "sft"],
+                # Memory follows the micro-batch (each pair is two sequences with logits over the whole
+                # vocabulary); the optimiser still sees batch_size pairs per step.
+                per_device_train_batch_size=p.micro_batch_size,
+                gradient_accumulation_steps=p.batch_size // p.micro_batch_size,
+                # The reference is the model without the new adapter, fixed during training: one
+                # pass over the pairs before training instead of one per step. Not in launched
+                # runs: trl keeps the result in the dataset's cache file, which an in-memory
+                # dataset places in each process's own temporary directory.
+                precompute_ref_log_probs=p.precompute_reference and not is_distributed(),
+                loss_type=["sigmoid", "sft"],
                 loss_weights=[1.0, p.sft_weight], lr_scheduler_type="cosine", warmup_steps=max(1, p.steps // 10),
                 logging_steps=max(1, p.steps // 10), save_strategy="no", seed=state.seed, **report,
                 disable_tqdm=True, gradient_checkpointing=False, max_length=512,
