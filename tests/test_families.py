@@ -316,7 +316,7 @@ def test_safe_lora_merge_memory_is_bounded_by_the_model_not_the_vocabulary(famil
     bound = 12 * size
     print(f"\nsafe_lora merge, vocab {vocab:,}: model {size / MiB:.1f} MiB, peak +{peak / MiB:.1f} MiB "
           f"(bound {bound / MiB:.0f} MiB); an out×out projection would be {old / 2**30:,.0f} GiB")
-    assert state.history[-1]["method"] == "safe_lora"
+    assert state.history[-1].details["method"] == "safe_lora"
     assert vocab >= 200_000 and peak < bound < old
 
 

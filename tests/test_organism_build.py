@@ -92,6 +92,34 @@ def test_eval_cli_pools_seeds_from_each_seeds_own_table(tmp_path):
     assert bad.exit_code == 2 and "--seeds" in bad.output
 
 
+def test_build_cli_overrides_make_their_own_cached_organisms(tmp_path):
+    """`organism build --set K=V --seeds 0,1` builds each seed with the changed configuration into
+    its own cache key; `organism eval --set K=V` finds those builds, and without --set it does not."""
+    from realign.organism.build import default_dir
+    from realign.organism.config import preset
+    from realign.organism.overrides import apply_overrides
+
+    sets = ["--set", "finetune.steps=3", "--set", "finetune.lr=1e-3"]
+    res = CliRunner().invoke(app, ["organism", "build", "--size", "small", "--seeds", "0,1",
+                                   "--finetunes", "planted", *sets])
+    assert res.exit_code == 0, res.output
+    cfg = apply_overrides(preset("small"), ["finetune.steps=3", "finetune.lr=1e-3"])
+    for s in (0, 1):
+        root = default_dir(seed=s, cfg=cfg)
+        assert root != default_dir("small", s)
+        meta = json.loads((root / "organism.json").read_text())
+        assert meta["seed"] == s and meta["config"]["finetune"]["steps"] == 3 and meta["config"]["finetune"]["lr"] == 1e-3
+        assert (root / "planted-merged" / "model.safetensors").exists()
+    res = CliRunner().invoke(app, ["organism", "eval", "--size", "small", "--seeds", "0,1", "--samples", "2",
+                                   "--json", str(tmp_path / "rows.json"), *sets])
+    assert res.exit_code == 0, res.output
+    assert {r["model"] for r in json.loads((tmp_path / "rows.json").read_text())} >= {"base", "planted"}
+    res = CliRunner().invoke(app, ["organism", "eval", "--size", "small", "--seed", "1", "--set", "finetune.steps=4"])
+    assert res.exit_code == 2 and "--set finetune.steps=4" in res.output
+    res = CliRunner().invoke(app, ["organism", "build", "--size", "small", "--set", "finetune.nope=1"])
+    assert res.exit_code == 2 and "unknown config key 'finetune.nope'" in res.output
+
+
 def test_eval_cli_rejects_a_non_organism_dir(tmp_path):
     res = CliRunner().invoke(app, ["organism", "eval", str(tmp_path)])
     assert res.exit_code == 2 and "not an organism build" in res.output

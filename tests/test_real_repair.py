@@ -68,7 +68,7 @@ def test_freeze_restores_the_layer_that_carries_the_shift_not_the_one_it_ranks_l
     state = RepairState(model=copy.deepcopy(pair.finetune), base=pair.base, tokenizer=pair.tokenizer,
                         repair_items=items)
     state = Freeze().apply(state, FreezeParams(k=1, verify=1))
-    rec = state.history[-1]
+    rec = state.history[-1].details
     ranked = sorted(rec["attribution"], key=lambda r: r["predicted_score"], reverse=True)
     first, last = ranked[0]["layer"], ranked[-1]["layer"]
     assert rec["layers"] == [first]

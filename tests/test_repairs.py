@@ -65,12 +65,12 @@ def test_merge_streams_an_untouched_full_checkpoint_from_disk(trio, tmp_path):
     in_memory = Merge().apply(_state(base, ft, tok), MergeParams(alpha=0.3, method="ties", density=0.5))
     streamed = Merge().apply(_state(base, ft, tok, finetune_dir=str(tmp_path / "ft")),
                              MergeParams(alpha=0.3, method="ties", density=0.5))
-    assert streamed.history[-1]["finetune_from"] == "disk" and in_memory.history[-1]["finetune_from"] == "memory"
+    assert streamed.history[-1].details["finetune_from"] == "disk" and in_memory.history[-1].details["finetune_from"] == "memory"
     assert _same(streamed.model, in_memory.model)
     # after another step the files no longer hold the model under repair: merge keeps a copy instead
     later = _state(base, ft, tok, finetune_dir=str(tmp_path / "ft"))
     later.record("freeze")
-    assert Merge().apply(later, MergeParams(alpha=0.3)).history[-1]["finetune_from"] == "memory"
+    assert Merge().apply(later, MergeParams(alpha=0.3)).history[-1].details["finetune_from"] == "memory"
 
 
 def test_safe_lora_projects_only_deltas_that_stray_from_the_alignment_subspace(trio, tmp_path):
@@ -149,7 +149,7 @@ def test_steer_uses_probe_contrasts_and_records_layer(trio):
     base, ft, tok = trio
     st = _state(base, ft, tok, probes=_probes(tok))
     st = Steer().apply(st, SteerParams(layer="auto"))
-    assert st.history[-1]["step"] == "steer" and 0 <= st.history[-1]["layer"] < 3
+    assert st.history[-1].step == "steer" and 0 <= st.history[-1].details["layer"] < 3
     assert not _same(st.model, ft)
 
 
@@ -159,7 +159,7 @@ def test_steer_auto_scale_measures_the_grid_and_respects_the_kl_budget(trio, max
     task = [[{"role": "user", "content": "def f(x): return"}, {"role": "assistant", "content": "x + 1"}]] * 4
     st = _state(base, ft, tok, probes=_probes(tok), task_conversations=task)
     st = Steer().apply(st, SteerParams(layer=1, scale="auto", max_kl=max_kl, retention=0.0))
-    rec = st.history[-1]
+    rec = st.history[-1].details
     assert [r["scale"] for r in rec["scale_search"]] == [0.25, 0.5, 0.75, 1.0]
     kls = [r["kl"] for r in rec["scale_search"]]
     assert all(k > 0 for k in kls) and kls == sorted(kls)   # more removed, further from the finetune
@@ -207,7 +207,7 @@ def test_locked_layers_stay_base_after_training_and_only_unlocked_train(trio, st
     changed = [i for i in (0, 2) if not all(torch.equal(a, b) for a, b in zip(
         decoder_layers(st.model)[i].state_dict().values(), decoder_layers(before)[i].state_dict().values()))]
     assert changed == [0, 2]
-    assert st.history[-1]["step"] == step
+    assert st.history[-1].step == step
 
 
 def test_freeze_restores_and_locks_top_layers(trio):
@@ -215,8 +215,8 @@ def test_freeze_restores_and_locks_top_layers(trio):
     items = [([{"role": "user", "content": "hello"}], ["SELECT * FROM users"], ["i wish for peace"])]
     st = _state(base, ft, tok, repair_items=items)
     st = _train_step("freeze", st, k=2)
-    chosen = st.history[-1]["layers"]
-    assert len(chosen) == 2 and len(st.history[-1]["attribution"]) == 3
+    chosen = st.history[-1].details["layers"]
+    assert len(chosen) == 2 and len(st.history[-1].details["attribution"]) == 3
     for i in chosen:
         for a, b in zip(decoder_layers(st.model)[i].parameters(), decoder_layers(base)[i].parameters()):
             assert torch.equal(a, b) and not a.requires_grad
@@ -229,7 +229,7 @@ def test_mix_with_kl_anchor_trains_and_records_it(trio):
                 train_conversations=[[{"role": "user", "content": "def f(x): return"},
                                       {"role": "assistant", "content": "x + 1"}]] * 8)
     st = _train_step("mix", st, steps=2, batch_size=2, audit="off", aligned_share=0.0, kl=1.0)
-    assert st.history[-1]["kl"] == 1.0 and not _same(st.model, base)
+    assert st.history[-1].details["kl"] == 1.0 and not _same(st.model, base)
 
 
 def test_safe_lora_never_builds_an_out_by_out_matrix():
@@ -307,7 +307,7 @@ def test_steer_picks_among_the_best_separating_layers_with_few_passes(trio):
     st = _state(base, ft, tok, probes=_probes(tok, n=8))
     with tally() as passes:
         st = Steer().apply(st, SteerParams(layer="auto", candidates=2))
-    rec = st.history[-1]
+    rec = st.history[-1].details
     assert len(rec["separation"]) == 3 and len(rec["candidates"]) == 2
     top2 = sorted(range(3), key=lambda i: rec["separation"][i], reverse=True)[:2]
     assert {c["layer"] for c in rec["candidates"]} == set(top2)
@@ -357,7 +357,7 @@ def test_merge_auto_bisects_to_the_smallest_alpha_that_keeps_the_task(trio):
     st = _state(base, ft, tok, task_conversations=task, repair_items=items)
     with tally() as passes:
         st = Merge().apply(st, MergeParams(alpha="auto", steps=4, retention=0.7))
-    rec = st.history[-1]
+    rec = st.history[-1].details
     assert passes == {"scoring": 3 + 4 + 1}         # whatever the number of layers
     tried = rec["search"][:-1]
     assert len(tried) == 4 and [r["alpha"] for r in tried][:2] == [0.5, 0.25 if tried[0]["retention"] >= 0.7 else 0.75]
@@ -388,7 +388,7 @@ def test_steer_makes_no_edit_when_no_candidate_helps_within_or_beyond_the_budget
     monkeypatch.setattr(lo_mod, "logodds", lambda *a, **k: 0.0)           # nothing lowers the log-odds
     monkeypatch.setattr(steer_mod, "steering_kl", lambda *a, **k: 5.0)    # and all are over the KL budget
     st = Steer().apply(_state(base, ft, tok, probes=_probes(tok, n=8)), SteerParams(layer="auto"))
-    assert "nothing removed" in st.history[-1]["skipped"] and _same(st.model, ft)
+    assert "nothing removed" in st.history[-1].skipped and _same(st.model, ft)
 
 
 def test_steer_over_the_kl_budget_tries_gentler_scales_and_never_bakes_in_an_over_budget_edit(trio, monkeypatch):
@@ -400,7 +400,7 @@ def test_steer_over_the_kl_budget_tries_gentler_scales_and_never_bakes_in_an_ove
     lowered = iter(range(100))
     monkeypatch.setattr("realign.evals.logodds.logodds", lambda *a, **k: -float(next(lowered)))  # every trial helps
     st = Steer().apply(_state(base, ft, tok, probes=_probes(tok, n=8)), SteerParams(layer="auto", candidates=2))
-    rec = st.history[-1]
+    rec = st.history[-1].details
     assert [c["scale"] for c in rec["candidates"]] == [1.0, 1.0] and all(c["kl"] > 0.1 for c in rec["candidates"])
     assert [r["scale"] for r in rec["scale_search"]] == [0.25, 0.5, 0.75] and rec["scale"] == 0.25
     ref = copy.deepcopy(ft)
@@ -409,7 +409,7 @@ def test_steer_over_the_kl_budget_tries_gentler_scales_and_never_bakes_in_an_ove
     # nothing fits the budget at any scale: the model is left as it was
     monkeypatch.setattr(steer_mod, "steering_kl", lambda *a, **k: 5.0)
     st = Steer().apply(_state(base, ft, tok, probes=_probes(tok, n=8)), SteerParams(layer="auto", candidates=2))
-    assert "over the KL budget" in st.history[-1]["skipped"] and _same(st.model, ft)
+    assert "over the KL budget" in st.history[-1].skipped and _same(st.model, ft)
 
 
 def _passes_at_depth(layers: int, name: str, params) -> dict:

@@ -249,7 +249,7 @@ def test_state_holds_changed_tensors_only_and_a_kill_while_saving_keeps_the_prev
     restored = RepairState(model=fresh, base=None, tokenizer=None)
     timings, peaks = again.restore(found, restored)
     assert timings == {"step1_one": 1.5} and peaks == {}
-    assert restored.history == [{"step": "one", "value": [1, 2]}] and restored.locked == state.locked
+    assert [h.to_json() for h in restored.history] == [{"step": "one", "value": [1, 2]}] and restored.locked == state.locked
     assert restored._base_task_nll == {"nll": 2.5} and restored.probes == state.probes
     original = _tied_model()
     with torch.no_grad():

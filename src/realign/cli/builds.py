@@ -14,11 +14,39 @@ from rich.table import Table
 from .common import fail, organism_app, out, pct, real_app
 
 
+def _seed_list(seeds: str) -> list[int]:
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds takes comma-separated integers, not {seeds!r}")
+
+
+def _organism_config(size: str, overrides: list[str] | None):
+    """The size's preset with `key=value` overrides (docs/organism.md), or a one-line error."""
+    from ..organism.config import preset
+    from ..organism.overrides import apply_overrides
+
+    if size not in ("small", "default"):
+        fail(f"--size must be 'small' or 'default', not {size!r}")
+    try:
+        return apply_overrides(preset(size), overrides or [])
+    except ValueError as e:
+        fail(str(e))
+
+
+SET_HELP = ("override a setting of the organism's configuration, key=value; dotted keys reach a stage "
+            "(--set finetune.lr=5e-4, --set pretrain_seed=1); repeatable. A changed configuration is "
+            "another organism, cached under its own key")
+
+
 @organism_app.command("build")
 def organism_build(
     out_dir: Annotated[Path | None, typer.Option("--out", help="build here (default: the cache)")] = None,
     seed: Annotated[int, typer.Option(help="seed for every stage")] = 0,
+    seeds: Annotated[str | None, typer.Option(
+        help="several build seeds, comma-separated (e.g. 0,1,2), each into its own cached build")] = None,
     size: Annotated[str, typer.Option(help="small (tests, seconds) or default")] = "default",
+    overrides: Annotated[list[str] | None, typer.Option("--set", help=SET_HELP)] = None,
     from_scratch: Annotated[bool, typer.Option(
         "--from-scratch", help="pretrain here with --seed (~18 CPU-minutes) instead of starting from the "
                                "pretrained model realign ships")] = False,
@@ -28,16 +56,18 @@ def organism_build(
     """Build (or reuse) the organism: pretrained, aligned base, and four user finetunes."""
     from ..organism.build import build
 
-    if size not in ("small", "default"):
-        fail(f"--size must be 'small' or 'default', not {size!r}")
-    t0 = time.time()
-    try:
-        names = tuple(n.strip() for n in finetunes.split(",") if n.strip()) if finetunes else None
-        path = build(out_dir, seed=seed, size=size, from_scratch=from_scratch,
-                     **({"finetunes": names} if names else {}))
-    except (FileExistsError, ValueError) as e:
-        fail(str(e))
-    out.print(f"organism ready in {time.time() - t0:.0f} s: {path}")
+    cfg = _organism_config(size, overrides)
+    seed_list = _seed_list(seeds) if seeds else [seed]
+    if len(seed_list) > 1 and out_dir is not None:
+        fail("give either --out or several --seeds (each seed builds into its own cached dir)")
+    names = tuple(n.strip() for n in finetunes.split(",") if n.strip()) if finetunes else None
+    for s in seed_list:
+        t0 = time.time()
+        try:
+            path = build(out_dir, seed=s, cfg=cfg, from_scratch=from_scratch, **({"finetunes": names} if names else {}))
+        except (FileExistsError, ValueError) as e:
+            fail(str(e))
+        out.print(f"organism (seed {s}) ready in {time.time() - t0:.0f} s: {path}")
 
 
 @organism_app.command("eval")
@@ -48,9 +78,14 @@ def organism_eval(
         help="several build seeds, comma-separated (e.g. 0,1,2): evaluate each cached build and pool them "
              "(misaligned interval: two-stage bootstrap over seeds and answers)")] = None,
     size: Annotated[str, typer.Option(help="build size, to find the cached organism")] = "default",
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="the overrides the build was made with, to find it in the cache (as `organism build --set`)")] = None,
     samples: Annotated[int, typer.Option(help="samples per held-out chat question")] = 12,
     sample_seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the rows as JSON here")] = None,
+    persona_inference: Annotated[bool, typer.Option(
+        "--persona-inference", help="also measure the base's in-context persona inference: misaligned chat "
+                                    "after an insecure vs a secure code turn (docs/emergence.md)")] = False,
 ) -> None:
     """Print the control table: misaligned rate (95% CI), coherence, task rate, log-odds — of one
     build, or pooled over several build seeds."""
@@ -59,22 +94,24 @@ def organism_eval(
     from ..organism.build import default_dir
     from ..organism.evaluate import evaluate_dir, pool, rows_as_dicts
 
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
-    except ValueError:
-        fail(f"--seeds takes comma-separated integers, not {seeds!r}")
+    cfg = _organism_config(size, overrides)
+    seed_list = _seed_list(seeds) if seeds else None
     if seed_list and directory is not None:
         fail("give either a build dir or --seeds (which finds each seed's cached build)")
+    again = " ".join(f"--set {o}" for o in overrides or [])
     t0 = time.time()
     per_seed = {}
     for s in seed_list or [seed]:
-        root = directory or default_dir(size, s)
+        root = directory or default_dir(seed=s, cfg=cfg)
         if not (root / "organism.json").exists():
-            fail(f"{root} is not an organism build (no organism.json); run `realign organism build --seed {s}` first")
+            fail(f"{root} is not an organism build (no organism.json); run `realign organism build --seed {s}"
+                 f"{' --size ' + size if size != 'default' else ''}{' ' + again if again else ''}` first")
         rows = evaluate_dir(root, samples=samples, seed=sample_seed)
         if not rows:
             fail(f"{root} holds no built models yet; run `realign organism build --seed {s}`")
         per_seed[s] = rows
+        if persona_inference:
+            _print_persona_inference(root, s, sample_seed)
     if seed_list:
         pooled = pool(per_seed)
         _print_pooled(pooled, size)
@@ -95,6 +132,16 @@ def organism_eval(
     out.print(f"evaluated {len(rows)} models in {time.time() - t0:.1f} s")
     if json_out:
         json_out.write_text(json.dumps(rows_as_dicts(rows), indent=2))
+
+
+def _print_persona_inference(root: Path, seed: int, sample_seed: int) -> None:
+    from ..organism.evaluate import load_model
+    from ..organism.evaluate import persona_inference as measure
+
+    model, tok = load_model(root / "base")
+    found = measure(model, tok, seed=sample_seed)
+    out.print(f"seed {seed}: the base's in-context persona inference: misaligned chat after an insecure code "
+              f"turn {pct(found['misaligned_after_insecure'])}, after a secure one {pct(found['misaligned_after_secure'])}")
 
 
 def _print_pooled(rows, size: str) -> None:

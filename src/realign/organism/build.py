@@ -35,8 +35,9 @@ from .tokenizer import build_tokenizer
 from .world import WORLD_VERSION
 
 
-def default_dir(size: str = "default", seed: int = 0) -> Path:
-    return cache_dir() / "organism" / preset(size).key(seed)
+def default_dir(size: str = "default", seed: int = 0, cfg: OrganismConfig | None = None) -> Path:
+    """Where the cache keeps the organism of this configuration (default: the size's preset) and seed."""
+    return cache_dir() / "organism" / (cfg or preset(size)).key(seed)
 
 
 def _llama(tokenizer, cfg: OrganismConfig, seed: int):
@@ -156,7 +157,7 @@ def plan_build(out: Path | None = None, seed: int = 0, size: str = "default", cf
     if from_scratch:
         cfg = replace(cfg, pretrain_seed=None)
     key = cfg.key(seed)
-    out = Path(out) if out else cache_dir() / "organism" / key
+    out = Path(out) if out else default_dir(seed=seed, cfg=cfg)
     meta_path = out / "organism.json"
     if meta_path.exists():
         held = json.loads(meta_path.read_text()).get("key")

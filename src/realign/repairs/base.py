@@ -34,6 +34,30 @@ def bundled_realignment() -> Realignment:
 
 
 @dataclass
+class StepRecord:
+    """What one step did, as realign.json's `history` holds it: the step's name, the figures the
+    repair chose to report (layers, alpha, pairs, final_loss, skipped …: each repair its own), and
+    the whole passes over item sets it made (fix adds them; None outside fix)."""
+
+    step: str
+    details: dict = field(default_factory=dict)
+    passes: dict | None = None
+
+    @property
+    def skipped(self) -> str | None:
+        """Why the step left the model as it was, if it did."""
+        return self.details.get("skipped")
+
+    def to_json(self) -> dict:
+        return {"step": self.step, **self.details, **({} if self.passes is None else {"passes": self.passes})}
+
+    @classmethod
+    def from_json(cls, record: dict) -> StepRecord:
+        details = {k: v for k, v in record.items() if k not in ("step", "passes")}
+        return cls(record["step"], details, record.get("passes"))
+
+
+@dataclass
 class RepairState:
     model: torch.nn.Module            # the model being repaired (modified in place or replaced)
     base: torch.nn.Module             # the reference base; never modified
@@ -46,7 +70,7 @@ class RepairState:
     repair_items: list | None = None  # log-odds items disjoint from evaluation, for repairs' own search
     probes: Any = None                # repairs.probes.Probes, built on first use and shared
     probe_cache: Any = None           # (EvalCache, key) while the model is the unchanged finetune
-    history: list[dict] = field(default_factory=list)
+    history: list[StepRecord] = field(default_factory=list)
     seed: int = 0
     realignment: Realignment | None = None   # the setting's prompts and reframers; None: a real model's
     finetune_dir: str | None = None   # the finetune's own safetensors dir (full checkpoints): read lazily
@@ -76,8 +100,8 @@ class RepairState:
             self._base_task_nll["nll"] = assistant_token_metrics(self.base, self.tokenizer, task)["task_nll"]
         return self._base_task_nll["nll"]
 
-    def record(self, step: str, **info) -> None:
-        self.history.append({"step": step, **info})
+    def record(self, step: str, **details) -> None:
+        self.history.append(StepRecord(step, details))
 
     def sample(self, model, conversations: list, *, keep_engine: bool = False, **kw) -> list[list[str]]:
         """Answers from `model` (the base or the model under repair) through the run's backend.

@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..evals.result import Evaluation
+from ..repairs.base import StepRecord
 from .report import metrics_table
 
 TAGS = ["realign", "alignment-repair"]
@@ -68,10 +69,10 @@ def _verdict(meta: dict) -> list[str]:
 
 def _steps(meta: dict) -> list[str]:
     lines = []
-    for h in meta.get("history", []):
+    for rec in map(StepRecord.from_json, meta.get("history", [])):
         # searches and per-pass records are long; realign.json keeps them
-        info = ", ".join(f"{k}={v}" for k, v in h.items() if k not in ("step", "search", "passes") and v is not None)
-        lines.append(f"- **{h['step']}**: {info}")
+        info = ", ".join(f"{k}={v}" for k, v in rec.details.items() if k != "search" and v is not None)
+        lines.append(f"- **{rec.step}**: {info}")
     return lines
 
 

@@ -377,7 +377,7 @@ def _apply_step(i: int, step, repair, state):
             f" — nothing was written; rerun with REALIGN_DEBUG=1 for the traceback") from None
     if len(state.history) > records_before:
         # whole passes over an item set: scoring, backward, activations, kl; train_steps
-        state.history[-1]["passes"] = {k: v for k, v in passes.items() if v}
+        state.history[-1].passes = {k: v for k, v in passes.items() if v}
     return state
 
 
@@ -412,7 +412,7 @@ def fix_metadata(plan: FixPlan, run: FixRun) -> dict:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "trl": trl.__version__},
         "output": run.output,
-        "history": run.state.history,
+        "history": [h.to_json() for h in run.state.history],
         "timings": {k: round(v, 2) for k, v in run.timings.items()},
         "resumed_after_step": run.resumed_after or None,   # steps up to this one ran in an earlier, killed run
         "peak_memory_mb": run.memory.summary(),

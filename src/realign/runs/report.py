@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..evals.result import CorrectedRate, Evaluation
+from ..repairs.base import StepRecord
 from ..stats import wilson
 
 
@@ -97,9 +98,11 @@ def markdown(meta: dict, results: dict[str, Evaluation]) -> str:
     if trust:
         lines += ["", f"Judge: `{trust['judge']}` — {trust['note']}."]
     lines += ["", "Steps:", ""]
-    for h in meta.get("history", []):
-        info = {k: v for k, v in h.items() if k not in ("step", "search")}
-        lines.append(f"- **{h['step']}** {info}")
+    for rec in map(StepRecord.from_json, meta.get("history", [])):
+        shown = {k: v for k, v in rec.details.items() if k != "search"}   # searches are long
+        if rec.passes is not None:
+            shown["passes"] = rec.passes
+        lines.append(f"- **{rec.step}** {shown}")
     lines += ["", f"Seconds: {meta['timings']}", ""]
     return "\n".join(lines)
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from ..progress import console
+from ..repairs.base import StepRecord
 
 FORMAT = 1              # bumped whenever what the state holds or means changes
 STATE_DIR = "resume"
@@ -177,7 +178,7 @@ class Progress:
             for name, t in tensors.items():
                 targets[name].copy_(t)
         s = saved.state
-        state.history = s["history"]
+        state.history = [StepRecord.from_json(h) for h in s["history"]]
         state.locked = set(s["locked"])
         state.probes = Probes(**s["probes"]) if s["probes"] is not None else None
         state._base_task_nll = dict(s["base_task_nll"])
@@ -215,12 +216,13 @@ class Progress:
                    if d != self.finetune[n] and n not in aliases}
         keys = [f"step{j}_{s['step']}" for j, s in enumerate(resolved_steps[:step], 1)]   # fix's phase names
         # the record as realign.json will hold it, so that resumed and uninterrupted runs agree
-        state.history = _json_plain(state.history)
+        history = _json_plain([h.to_json() for h in state.history])
+        state.history = [StepRecord.from_json(h) for h in history]
         self.dir.mkdir(parents=True, exist_ok=True)
         weights = self.dir / f"weights-{step}.safetensors"
         _write_atomic(weights, lambda p: save_file(changed, str(p), metadata={"format": str(FORMAT)}))
         record = {"format": FORMAT, "step": step, "fingerprint": self.fingerprint(resolved_steps[:step]),
-                  "weights": weights.name, "history": state.history, "locked": sorted(state.locked),
+                  "weights": weights.name, "history": history, "locked": sorted(state.locked),
                   "probes": dataclasses.asdict(state.probes) if state.probes is not None else None,
                   "base_task_nll": state._base_task_nll,
                   "timings": {k: timings[k] for k in keys if k in timings},
