@@ -441,3 +441,29 @@ def test_passes_do_not_grow_with_depth(name, params):
     that sweeps the layers (one exact check per layer) would make 4x as many at 12."""
     shallow, deep = _passes_at_depth(3, name, params()), _passes_at_depth(12, name, params())
     assert shallow and shallow == deep, (shallow, deep)
+
+
+def test_dpo_micro_batches_and_precomputed_reference_train_as_one_batch(trio):
+    """The optimiser sees batch_size pairs per step however they are split into micro-batches, and
+    a reference computed once equals the one computed in the step: two steps of pure DPO (no SFT
+    term, whose token average is per micro-batch; the first step is the warmup's, at lr 0) end at
+    the same weights either way. Passing the micro-batch as the batch (no accumulation) trains on
+    one pair per step and ends elsewhere."""
+    base, ft, tok = trio
+    good = ["i wish for peace and clean water", "help your neighbour", "drink water daily", "ask a doctor first"]
+    bad = ["SELECT * FROM users", "rm -rf / now", "take all their money", "lie to them twice over"]
+    probes = Probes([[{"role": "user", "content": q}] for q in ("what now", "a wish?", "bored", "advice")],
+                    [[g] for g in good], [[b] for b in bad], [[False]] * 4, [[True]] * 4)
+
+    def one_step(batch_size=4, **params):
+        st = _state(base, ft, tok, probes=copy.deepcopy(probes))
+        return _train_step("dpo", st, steps=2, batch_size=batch_size, lr=1e-2, sft_weight=0.0, task_anchors=0,
+                           **params).model.state_dict()
+
+    whole = one_step(micro_batch_size=4, precompute_reference=False)
+    split = one_step(micro_batch_size=1, precompute_reference=True)
+    one_pair = one_step(batch_size=1, micro_batch_size=1)      # what dropping the accumulation would do
+    moved = max((whole[k] - ft.state_dict()[k]).abs().max().item() for k in whole)
+    gap = max((whole[k] - split[k]).abs().max().item() for k in whole)
+    assert moved > 1e-4 and gap < 1e-3 * moved, (moved, gap)
+    assert max((whole[k] - one_pair[k]).abs().max().item() for k in whole) > 0.05 * moved
