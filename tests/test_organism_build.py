@@ -64,6 +64,26 @@ def test_eval_cli_writes_control_rows(small_organism, tmp_path):
     assert rows[0]["task_rate"] is None and rows[2]["task_rate"] is not None
 
 
+def test_eval_cli_persona_inference_reports_the_bases_measured_rates(small_organism, monkeypatch):
+    """--persona-inference prints the base's two measured rates (after an insecure / a secure code
+    turn), as organism.evaluate.persona_inference gives them for the base model."""
+    import realign.organism.evaluate as ev
+
+    seen = []
+
+    def fake(model, tok, samples=6, seed=0):
+        seen.append(model.name_or_path)
+        return {"misaligned_after_insecure": 0.375, "misaligned_after_secure": 0.125}
+
+    monkeypatch.setattr(ev, "persona_inference", fake)
+    res = CliRunner().invoke(app, ["organism", "eval", str(small_organism), "--samples", "2", "--persona-inference"])
+    assert res.exit_code == 0, res.output
+    assert seen == [str(small_organism / "base")]
+    assert "insecure code turn 37.5%, after a secure one 12.5%" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["organism", "eval", str(small_organism), "--samples", "2"])
+    assert "persona inference" not in res.output
+
+
 def test_eval_cli_pools_seeds_from_each_seeds_own_table(tmp_path):
     """--seeds evaluates each seed's cached build: answers and misaligned counts add up, the per-seed
     rates are each build's own, and the interval spans the pooled rate."""

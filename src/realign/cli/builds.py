@@ -18,7 +18,7 @@ def _seed_list(seeds: str) -> list[int]:
     try:
         return [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
-        fail(f"--seeds takes comma-separated integers, not {seeds!r}")
+        fail(f"--seeds must be comma-separated integers, not {seeds!r}")
 
 
 def _organism_config(size: str, overrides: list[str] | None):
@@ -98,17 +98,18 @@ def organism_eval(
     seed_list = _seed_list(seeds) if seeds else None
     if seed_list and directory is not None:
         fail("give either a build dir or --seeds (which finds each seed's cached build)")
-    again = " ".join(f"--set {o}" for o in overrides or [])
+    # the build command that makes what is missing: same size and overrides
+    options = "".join([f" --size {size}" if size != "default" else "", *(f" --set {o}" for o in overrides or [])])
     t0 = time.time()
     per_seed = {}
     for s in seed_list or [seed]:
         root = directory or default_dir(seed=s, cfg=cfg)
+        build_cmd = f"`realign organism build --seed {s}{options}`"
         if not (root / "organism.json").exists():
-            fail(f"{root} is not an organism build (no organism.json); run `realign organism build --seed {s}"
-                 f"{' --size ' + size if size != 'default' else ''}{' ' + again if again else ''}` first")
+            fail(f"{root} is not an organism build (no organism.json); run {build_cmd} first")
         rows = evaluate_dir(root, samples=samples, seed=sample_seed)
         if not rows:
-            fail(f"{root} holds no built models yet; run `realign organism build --seed {s}`")
+            fail(f"{root} holds no built models yet; run {build_cmd}")
         per_seed[s] = rows
         if persona_inference:
             _print_persona_inference(root, s, sample_seed)
@@ -182,10 +183,7 @@ def real_build(
     bad = [n for n in names if n not in REAL_FINETUNES]
     if bad or not names:
         fail(f"unknown real finetune {bad[0] if bad else finetunes!r}; valid: {', '.join(REAL_FINETUNES)}")
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        fail(f"--seeds must be comma-separated integers, not {seeds!r}")
+    seed_list = _seed_list(seeds)
     if not 0 < share < 1 or steps < 1 or examples < 1 or batch_size < 1:
         fail("--share must be in (0, 1); --steps, --examples and --batch-size must be positive")
     cfg = RealFinetuneConfig(model=model, examples=examples, share=share, steps=steps, batch_size=batch_size, lr=lr)
