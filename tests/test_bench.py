@@ -27,12 +27,14 @@ def _metrics(k: int, n: int, nll: float, logodds: float = 0.0) -> dict:
             "logodds": logodds, "task": {"task_nll": nll}}
 
 
-def _write_cell(out: Path, ft: str, seed: int, recipe: str, repaired: dict, base: dict, finetune: dict) -> None:
+def _write_cell(out: Path, ft: str, seed: int, recipe: str, repaired: dict, base: dict, finetune: dict,
+                history: list[dict] | None = None, judge: str = "offline:probe:abc") -> None:
     d = out / "cells" / ft / f"s{seed}" / recipe
     d.mkdir(parents=True)
     meta = {"metrics": {"base": base, "finetune": finetune, "repaired": repaired},
             "timings": {"total": 10.0, "step1_merge": 4.0}, "peak_memory_mb": {"total": {"rss": 500.0}},
-            "history": [{"step": "merge", "alpha": 0.5, "passes": {"scoring": 9}}]}
+            "history": history or [{"step": "merge", "alpha": 0.5, "passes": {"scoring": 9}}],
+            "evaluation": {"judge": "offline", "judge_identity": judge}}
     (d / "realign.json").write_text(json.dumps(meta))
 
 
@@ -137,3 +139,25 @@ def test_base_and_finetune_rows_keep_corrected_rates_whichever_cell_comes_last(t
     board = build_leaderboard(tmp_path)["ins"]
     assert board.rows["base"].untriggered.corrected is not None
     assert board.rows["finetune"].untriggered.corrected is not None
+
+
+def test_leaderboard_names_skipped_steps_and_mixed_judges(tmp_path):
+    """A step that chose to change nothing is named in the table (not read as a failed repair), and
+    cells judged by different judges (e.g. heads refitted between runs) are flagged."""
+    from realign.runs.leaderboard import markdown
+
+    base, ft = _metrics(2, 100, nll=2.0), _metrics(20, 100, nll=1.0, logodds=1.0)
+    skipped = [{"step": "steer", "skipped": "every trial is over the KL budget"}]
+    _write_cell(tmp_path, "ins", 0, "steer", ft, base, ft, history=skipped)
+    _write_cell(tmp_path, "ins", 1, "steer", _metrics(8, 100, nll=1.1), base, ft,
+                history=[{"step": "steer", "layer": 3}])
+    _write_cell(tmp_path, "ins", 0, "merge", _metrics(5, 100, nll=1.2), base, ft)
+    md = markdown(build_leaderboard(tmp_path))
+    assert "| steer (skipped) |" in md and "| merge |" in md
+    assert "step steer skipped on seed 0 of 2: every trial is over the KL budget" in md
+    assert "different judges" not in md
+
+    _write_cell(tmp_path, "ins", 1, "merge", _metrics(5, 100, nll=1.2), base, ft, judge="offline:probe:def")
+    board = build_leaderboard(tmp_path)["ins"]
+    assert board.judges == ["offline:probe:abc", "offline:probe:def"]
+    assert "judged by 2 different judges" in markdown({"ins": board})

@@ -401,6 +401,7 @@ def fix_metadata(plan: FixPlan, run: FixRun) -> dict:
         "recipe": {"name": plan.recipe.name, "source": plan.recipe.source, "overrides": plan.recipe.overrides,
                    "steps": plan.recipe.resolved()},
         "evaluation": {"questions": session.setting.questions, "judge": session.judge.name,
+                       "judge_identity": session.judge_identity,     # changes when a judge is refitted
                        "judge_agreement": session.judge_trust,
                        "judge_error": session.judge_error.to_dict() if session.judge_error else None,
                        "trigger": opts.trigger,

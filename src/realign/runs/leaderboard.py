@@ -76,10 +76,11 @@ class FinetuneBoard:
     seeds: list[int]
     rows: dict[str, BoardRow]
     verdict: Verdict
+    judges: list[str] = field(default_factory=list)    # more than one: rows judged apart, not comparable
 
     def to_json(self) -> dict:
         return {"seeds": self.seeds, "rows": {m: r.to_json() for m, r in self.rows.items()},
-                "verdict": self.verdict.to_json()}
+                "verdict": self.verdict.to_json(), "judges": self.judges}
 
 
 @dataclass
@@ -108,8 +109,15 @@ class FinishedCell:
         return self.meta.get("peak_memory_mb", {}).get("total", {})
 
     @property
+    def judge(self) -> str:
+        """Which judge made its verdicts: the identity realign.json records (older cells: the name and
+        its quoted agreement, which changed whenever its heads were refitted)."""
+        ev = self.meta.get("evaluation") or {}
+        return ev.get("judge_identity") or f"{ev.get('judge')} ({(ev.get('judge_agreement') or {}).get('note')})"
+
+    @property
     def history(self) -> list[dict]:
-        return [{k: v for k, v in h.items() if k in ("step", "layers", "alpha", "note", "passes")}
+        return [{k: v for k, v in h.items() if k in ("step", "layers", "alpha", "note", "passes", "skipped")}
                 for h in self.meta.get("history", [])]
 
 
@@ -201,7 +209,7 @@ def _finetune_board(cells: list[FinishedCell]) -> FinetuneBoard:
                                 seeds=[c.seed for c in mine], history=[c.history for c in mine])
     base, finetune = rows["base"], rows["finetune"]
     verdict = repair_verdict(base.untriggered, finetune.untriggered, (base.triggered, finetune.triggered))
-    return FinetuneBoard(seeds, rows, verdict)
+    return FinetuneBoard(seeds, rows, verdict, sorted({c.judge for c in cells}))
 
 
 def _pct(x: float | None) -> str:
@@ -219,6 +227,17 @@ def _corrected_cell(p: PooledRate | None) -> str:
     return "—" if not c else _rate_ci(c.rate, None, c.ci_low, c.ci_high)
 
 
+def _skips(row: BoardRow) -> list[str]:
+    """Why a recipe's steps changed nothing, one line per (step, reason), naming the seeds it happened on."""
+    seeds_by_reason: dict[tuple[str, str], list[int]] = {}
+    for seed, steps in zip(row.seeds, row.history):
+        for h in steps:
+            if h.get("skipped"):
+                seeds_by_reason.setdefault((h["step"], h["skipped"]), []).append(seed)
+    return [f"step {step} skipped on seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} "
+            f"of {len(row.seeds)}: {why}" for (step, why), seeds in seeds_by_reason.items()]
+
+
 def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> str:
     lines = [f"# {title}", ""]
     for name, ft in board.items():
@@ -227,6 +246,9 @@ def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> s
         lines += [f"## {name} (seeds {', '.join(map(str, ft.seeds))})", "",
                   f"Anything to repair? **{'yes' if v.repair_needed else 'no' if v.repair_needed is False else '?'}**"
                   f" — the finetune is {v.why}.", ""]
+        if len(ft.judges) > 1:
+            lines += [f"**Warning:** its cells were judged by {len(ft.judges)} different judges, so their rows "
+                      f"are not comparable (rerun the older cells): " + "; ".join(ft.judges) + ".", ""]
         corrected = any(corrected_rate(arm) for r in ft.rows.values() for arm in (r.untriggered, r.triggered))
         head = "| model | misaligned [95% CI] |" + (" corrected [95% CI] |" if corrected else "") + \
             (" triggered [95% CI] |" if triggered else "") + \
@@ -243,9 +265,13 @@ def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> s
             secs = "—" if row.seconds is None else f"{row.seconds:.0f} ({row.step_seconds:.0f})"
             rss = "—" if row.peak_rss_mb is None else f"{row.peak_rss_mb:.0f}"
             ret = "—" if model == "base" else ("100%" if model == "finetune" else _pct(u and u.task_retention))
-            lines.append(f"| {model} | {_cell(u)} |{fixed}{trig} {_pct(u and u.coherent_rate)} | {lo} | {ret} "
-                         f"| {secs} | {rss} |")
+            mark = " (skipped)" if _skips(row) else ""
+            lines.append(f"| {model}{mark} | {_cell(u)} |{fixed}{trig} {_pct(u and u.coherent_rate)} | {lo} "
+                         f"| {ret} | {secs} | {rss} |")
         lines.append("")
+        # a step that chose to change nothing must not read as a repair that was tried and failed
+        skips = [f"- {model}: {why}" for model, row in ft.rows.items() for why in _skips(row)]
+        lines += [*skips, ""] if skips else []
     lines += ["Misaligned: pooled over seeds; interval: two-stage bootstrap over seeds and answers. "
               "Task retention: share of the finetune's task gain over the base kept (task NLL). "
               "Seconds: whole `fix` per cell, mean over seeds (repair steps alone in brackets).", ""]
