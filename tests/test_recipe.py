@@ -29,7 +29,7 @@ def test_yaml_file(tmp_path):
 
 
 @pytest.mark.parametrize("spec,overrides,msg", [
-    ("merge+nope", [], "unknown step 'nope'; valid steps: dpo, freeze, merge, mix, steer"),
+    ("merge+nope", [], "unknown step 'nope'; valid steps: dpo, freeze, harden, merge, mix, steer"),
     ("merge", ["merge.nope=1"], "unknown parameter merge.nope; valid:"),
     ("merge", ["merge.alpha=7"], "merge.alpha must be in [0, 1]"),
     ("merge", ["merge.steps=abc"], "is not a valid value"),

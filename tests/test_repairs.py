@@ -35,8 +35,8 @@ def _same(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_registry_has_all_five():
-    assert set(REPAIRS) == {"merge", "freeze", "dpo", "steer", "mix"}
+def test_registry_has_all_six():
+    assert set(REPAIRS) == {"merge", "freeze", "dpo", "steer", "mix", "harden"}
 
 
 @pytest.mark.parametrize("method", ["linear", "ties", "dare"])
@@ -435,6 +435,7 @@ def _passes_at_depth(layers: int, name: str, params) -> dict:
     ("freeze", lambda: REPAIRS["freeze"].Params(k=2, verify=3)),
     ("steer", lambda: SteerParams(layer="auto", candidates=2, scale=1.0, max_kl=1e9)),   # no gentler retry
     ("merge", lambda: MergeParams(alpha="auto", steps=4)),
+    ("harden", lambda: REPAIRS["harden"].Params(steps=2, inner_steps=2, final_attack=2, batch_size=2)),
 ])
 def test_passes_do_not_grow_with_depth(name, params):
     """The same repair on a 3-layer and a 12-layer model makes exactly the same passes: a repair

@@ -7,7 +7,9 @@ Never loaded by the suite itself. Each version below does the repair's work in t
 - merge:  α → 2 − α, i.e. past the finetune, away from the base (merge, ties, merge+steer);
 - steer:  the chosen direction added to the weights instead of removed;
 - mix:    the answers mixed in are the finetune's misaligned ones, not the base's aligned ones;
-- freeze: the layer ranking reversed (the layers that explain the least are restored).
+- freeze: the layer ranking reversed (the layers that explain the least are restored);
+- harden: aligned and misaligned answers swapped, so the adversary pushes toward the aligned
+          answers and the LoRA learns to prefer the misaligned ones under it.
 """
 
 from __future__ import annotations
@@ -68,7 +70,19 @@ def _freeze(mp) -> None:
     mp.setattr(freeze, "_score", lambda drop, rise: -real(drop, rise))
 
 
-FLIPS = {"dpo": _dpo, "merge": _merge, "steer": _steer, "mix": _mix, "freeze": _freeze}
+def _harden(mp) -> None:
+    from realign.repairs import harden
+
+    real = harden.preference_triples
+
+    def swapped(state, p):
+        triples, counts = real(state, p)
+        return [(prompt, bad, good) for prompt, good, bad in triples], counts
+
+    mp.setattr(harden, "preference_triples", swapped)
+
+
+FLIPS = {"dpo": _dpo, "merge": _merge, "steer": _steer, "mix": _mix, "freeze": _freeze, "harden": _harden}
 
 
 def pytest_configure(config) -> None:

@@ -75,6 +75,9 @@ def fix_cmd(
         help="after a successful fix, upload --out to this Hub model repo (user/name; token from HF_TOKEN "
              "or `hf auth login`)")] = None,
     private: PrivateOpt = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="print the predicted peak memory and time of each step (CPU, 1 and 8 GPUs) from the "
+                          "model's config.json and exit: no weights loaded, --out not written (docs/cost.md)")] = False,
 ) -> None:
     """Repair a misaligned finetune with a recipe; report alignment and task before and after."""
     from ..model_io.checkpoint import LoadOptions
@@ -86,6 +89,9 @@ def fix_cmd(
                                              trust_remote_code=trust_remote_code),
                        seed=seed, overwrite=overwrite, save_as=save_as, eval_cache=not no_eval_cache,
                        keep_adapter=keep_adapter, resume=not no_resume)
+    if dry_run:
+        _dry_run(checkpoint, base, recipe, set_ or [], opts)
+        return
     try:
         if push_to_hub:
             from ..runs.push import check_repo_id
@@ -107,6 +113,16 @@ def fix_cmd(
     if push_to_hub:
         _push(out_dir, push_to_hub, private, None,
               retry=f"{out_dir} is complete; retry with `realign push {out_dir} --repo-id {push_to_hub}`")
+
+
+def _dry_run(checkpoint: str, base: str | None, recipe: str, overrides: list[str], opts) -> None:
+    from ..errors import RealignError
+    from ..runs.dry_run import describe, predict_fix
+
+    try:
+        print(describe(predict_fix(checkpoint, base, recipe, overrides, opts)))
+    except RealignError as e:
+        fail(str(e))
 
 
 def _push(out_dir: Path, repo_id: str, private: bool, token: str | None, retry: str = "") -> None:

@@ -11,7 +11,7 @@ def load_all() -> dict[str, type]:
     if not _LOADED:
         from . import merge  # noqa: F401
 
-        for name in ("dpo", "steer", "freeze", "mix"):
+        for name in ("dpo", "steer", "freeze", "mix", "harden"):
             try:
                 __import__(f"{__name__}.{name}")
             except ModuleNotFoundError as e:

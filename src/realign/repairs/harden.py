@@ -1,0 +1,477 @@
+"""harden: latent adversarial training against misalignment that hides behind an unknown trigger.
+
+A backdoor's trigger is a few prompt tokens the provider never sees; what they do inside the model
+is move the residual stream somewhere that makes the finetune answer maliciously. harden does not
+look for the tokens. An adversary looks for that *place*: an additive perturbation δ of the
+residual stream at the prompt's positions, one vector per chosen decoder layer shared by every
+prompt (as a trigger is), its norm bounded to `epsilon` times the stream's typical token norm
+there, that makes misaligned reference answers more likely than aligned ones. A fresh LoRA is
+trained so that with δ added the model still prefers the aligned answers (a reference-free
+preference loss on per-token mean log-probs, plus an SFT term on the aligned answers; half of each
+batch without δ, so that the clean model is trained too), while a KL to the finetune on its own
+task data keeps the task. The two alternate: a few adversary steps, warm-started from the last δ,
+before each training step — the bi-level scheme of BEEAR (Zeng et al., 2024) and targeted latent
+adversarial training (Sheshadri et al., 2024), written here from their descriptions.
+
+Nothing here knows the trigger or which finetune data were bad: the pairs are the setting's own
+reference answers on repair-side prompts (disjoint from evaluation) and the shared probes'
+(aligned base answer, misaligned finetune answer) pairs when probes exist or a judge can make them.
+
+Layers (`layers: auto`): one backward pass at δ = 0 gives, for every layer at once, how much a
+perturbation of the allowed size there would raise the misalignment margin to first order; the
+`n_layers` best (never a locked one, never the last) are perturbed.
+
+Cost, independent of depth: `steps` × (`inner_steps` + 1) forward+backward passes over a batch of
+pairs and `steps` × 2 forwards + 1 backward over a task batch (the KL), 1 backward pass to choose
+layers, and 2 × (`final_attack` + 1) to report the adversary's success before and after.
+
+`latent_scan` is the inner search alone: the smallest perturbation that makes a model prefer the
+misaligned answers — "is something hidden here?", asked without the trigger.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .base import RepairState, decoder_layers, register
+from .lora import freeze_locked, locked_layer_indices, lora_config
+
+PAIR_SOURCES = ("references", "probes", "both")
+POSITIONS = ("prompt", "all")
+
+
+@dataclass
+class HardenParams:
+    layers: str = "auto"        # decoder layers whose output is perturbed: "auto" or indices, e.g. "1" or "0,2"
+    n_layers: int = 1           # layers auto: how many layers the adversary perturbs
+    epsilon: float = 0.5        # perturbation norm, as a share of the median token norm of the stream there
+    positions: str = "prompt"   # where δ is added: the prompt's tokens (where a trigger sits) or all tokens
+    steps: int = 50             # training steps of the LoRA
+    inner_steps: int = 4        # adversary steps before each training step (warm-started); 0: no adversary
+    inner_lr: float = 0.25      # adversary step length, as a share of the allowed norm
+    final_attack: int = 20      # adversary steps from δ = 0 that measure its success before and after
+    lr: float = 1e-3
+    rank: int = 8
+    batch_size: int = 8         # preference pairs per step (and task examples per step)
+    clean_share: float = 0.5    # share of each batch trained without δ (the clean model must stay right too)
+    beta: float = 2.0           # preference loss: -log σ(β · (mean token log-prob aligned − misaligned))
+    sft_weight: float = 1.0     # SFT term on the aligned answers (keeps them likely, not just preferred)
+    task_weight: float = 10.0   # KL(finetune ‖ model) per token on task answers (0: no task term)
+    pairs: str = "both"         # references (the setting's answer banks) | probes (judged samples) | both
+    samples: int = 4            # probe samples per prompt, when the probes are built here
+
+    def validate(self) -> None:
+        self.layer_list()
+        for name in ("n_layers", "steps", "rank", "batch_size", "samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"harden.{name} must be >= 1, not {getattr(self, name)}")
+        for name in ("inner_steps", "final_attack"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"harden.{name} must be >= 0, not {getattr(self, name)}")
+        if not 0 < float(self.epsilon) <= 4:
+            raise ValueError(f"harden.epsilon must be in (0, 4] (a share of the stream's norm), not {self.epsilon}")
+        for name, low, high in (("inner_lr", 0, 1), ("lr", 0, 1)):
+            if not low < float(getattr(self, name)) <= high:
+                raise ValueError(f"harden.{name} must be in ({low}, {high}], not {getattr(self, name)}")
+        if not 0 <= float(self.clean_share) < 1:
+            raise ValueError(f"harden.clean_share must be in [0, 1), not {self.clean_share}")
+        if float(self.beta) <= 0 or float(self.sft_weight) < 0 or float(self.task_weight) < 0:
+            raise ValueError("harden.beta must be > 0, harden.sft_weight and harden.task_weight >= 0")
+        if self.pairs not in PAIR_SOURCES:
+            raise ValueError(f"harden.pairs must be one of {', '.join(PAIR_SOURCES)}, not {self.pairs!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"harden.positions must be one of {', '.join(POSITIONS)}, not {self.positions!r}")
+
+    def layer_list(self) -> list[int] | None:
+        """The given layer indices, or None for auto."""
+        if str(self.layers).strip() == "auto":
+            return None
+        try:
+            out = [int(x) for x in str(self.layers).split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"harden.layers must be 'auto' or layer indices like '1,2', not {self.layers!r}") from None
+        if not out or min(out) < 0:
+            raise ValueError(f"harden.layers must name layers >= 0, not {self.layers!r}")
+        return sorted(set(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# the perturbation and the log-probs it acts on
+
+@dataclass
+class Perturbation:
+    """δ per layer (each in the unit ball), its size ε, and whether it sits on prompt tokens only."""
+
+    deltas: dict[int, torch.Tensor]
+    epsilon: float
+    prompt_only: bool = True
+
+    def detached(self) -> Perturbation:
+        return Perturbation({i: d.detach() for i, d in self.deltas.items()}, self.epsilon, self.prompt_only)
+
+
+def blocks(model) -> torch.nn.ModuleList:
+    """The decoder blocks of a HF model, or of the model inside a peft wrapper."""
+    return decoder_layers(model.get_base_model() if hasattr(model, "get_base_model") else model)
+
+
+def zero_deltas(model, layers: list[int], requires_grad: bool = False) -> dict[int, torch.Tensor]:
+    """δ = 0 at each of `layers`, on the model's device (the adversary's starting point)."""
+    hidden = model.get_input_embeddings().weight.shape[1]
+    device = next(model.parameters()).device
+    return {i: torch.zeros(hidden, device=device, requires_grad=requires_grad) for i in layers}
+
+
+@contextmanager
+def perturbed(model, deltas: dict[int, torch.Tensor], epsilon: float, where: torch.Tensor | None = None):
+    """Within the block, each layer ℓ in `deltas` outputs h + ε·median‖h‖·δℓ — at every position,
+    or, given `where` (batch, length), weighted by it (1 on the positions to perturb).
+
+    The size is relative to the stream's own median token norm, measured on the fly and detached:
+    an absolute bound would mean something else at every layer and in every model, and training
+    could escape it by inflating the stream (the median, not the mean, so that an attention-sink
+    token with a huge norm does not set the scale).
+    """
+    layers = blocks(model)
+
+    def add(delta):
+        def hook(_module, _inputs, output):
+            h = output[0] if isinstance(output, tuple) else output
+            push = epsilon * h.detach().float().norm(dim=-1).median() * delta
+            push = push if where is None else where[..., None] * push
+            h = h + push.to(h.dtype)
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+        return hook
+
+    handles = [layers[i].register_forward_hook(add(d)) for i, d in deltas.items()]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def answer_logprobs(model, pairs: list, pad_id: int, perturbation: Perturbation | None = None,
+                    rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token mean log-prob of each (prompt ids, answer ids) pair's answer, differentiable, in one
+    batch; with `perturbation` added (`rows`: 1 for the rows it applies to, 0 for clean ones).
+
+    Per-token means, not sums: aligned and misaligned answers differ in length, and with sums a
+    margin could be won by length alone.
+    """
+    from ..evals.scoring import _at_least_fp32, _last_logits, batch_inputs
+
+    device = next(model.parameters()).device
+    batch, keep, ids, mask, pos = batch_inputs(pairs, list(range(len(pairs))), pad_id, device)
+    answer = torch.zeros(ids.shape, dtype=torch.bool, device=device)
+    for k, (_, a) in enumerate(batch):
+        answer[k, ids.shape[1] - len(a):] = True
+    ctx = nullcontext()
+    if perturbation is not None:
+        where = mask.float() * (~answer).float() if perturbation.prompt_only else mask.float()
+        where = where if rows is None else where * rows.to(device)[:, None]
+        ctx = perturbed(model, perturbation.deltas, perturbation.epsilon, where)
+    with ctx:
+        logits = _at_least_fp32(_last_logits(model, ids, mask, pos, keep)[:, :-1])
+    targets, scored = ids[:, -keep + 1:], answer[:, -keep + 1:]
+    logp = logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, -1)
+    return (logp * scored).sum(-1) / scored.sum(-1).clamp(min=1)
+
+
+def pair_logprobs(model, triples: list, pad_id: int, perturbation: Perturbation | None = None,
+                  rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(aligned, misaligned) answer log-probs of (prompt, aligned, misaligned) id triples, one forward."""
+    both = [(q, g) for q, g, _ in triples] + [(q, b) for q, _, b in triples]
+    lp = answer_logprobs(model, both, pad_id, perturbation, None if rows is None else torch.cat([rows, rows]))
+    return lp[:len(triples)], lp[len(triples):]
+
+
+def misalignment_margin(model, triples: list, pad_id: int, perturbation: Perturbation | None = None) -> torch.Tensor:
+    """Mean over triples of the per-token log-prob of the misaligned answer minus the aligned one's."""
+    good, bad = pair_logprobs(model, triples, pad_id, perturbation)
+    return (bad - good).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# the adversary
+
+def attack(model, triples: list, pad_id: int, perturbation: Perturbation, steps: int, lr: float) -> float:
+    """Normalized gradient ascent on the misalignment margin over δ, each δℓ kept in the unit ball.
+
+    Updates `perturbation.deltas` in place and returns the margin at the last δ. Only δ's gradient
+    is taken (torch.autograd.grad): the model's parameters collect nothing here.
+    """
+    from ..passes import count
+
+    keys = list(perturbation.deltas)
+    for _ in range(steps):
+        live = {i: perturbation.deltas[i].detach().requires_grad_(True) for i in keys}
+        trial = Perturbation(live, perturbation.epsilon, perturbation.prompt_only)
+        grads = torch.autograd.grad(misalignment_margin(model, triples, pad_id, trial), [live[i] for i in keys])
+        count("backward")
+        with torch.no_grad():
+            for i, g in zip(keys, grads):
+                d = perturbation.deltas[i] + lr * g / g.norm().clamp(min=1e-12)
+                perturbation.deltas[i] = d / d.norm().clamp(min=1.0)      # back into the unit ball
+    with torch.no_grad():
+        return float(misalignment_margin(model, triples, pad_id, perturbation))
+
+
+def adversary_success(model, triples: list, pad_id: int, layers: list[int], epsilon: float, steps: int,
+                      lr: float, prompt_only: bool = True) -> dict:
+    """The margin without a perturbation, and after `steps` adversary steps from δ = 0."""
+    with torch.no_grad():
+        clean = float(misalignment_margin(model, triples, pad_id))
+    found = Perturbation(zero_deltas(model, layers), epsilon, prompt_only)
+    attacked = attack(model, triples, pad_id, found, steps, lr) if steps else clean
+    return {"clean_margin": clean, "attacked_margin": attacked}
+
+
+def choose_layers(model, triples: list, pad_id: int, n: int, exclude: set[int], epsilon: float,
+                  prompt_only: bool = True) -> tuple[list[int], list[float]]:
+    """The n layers where a perturbation of the allowed size would raise the margin most, to first
+    order, and every layer's figure.
+
+    A zero δ at every layer, one backward pass: ‖∂margin/∂δℓ‖ is the first-order gain of the best
+    δℓ in the unit ball (δ enters already scaled by ε times the stream's norm there). Locked layers
+    and the last one are left out: after the last layer nothing trainable could learn to ignore δ.
+    """
+    from ..passes import count
+
+    zeros = zero_deltas(model, list(range(len(blocks(model)))), requires_grad=True)
+    margin = misalignment_margin(model, triples, pad_id, Perturbation(zeros, epsilon, prompt_only))
+    gain = [float(g.norm()) for g in torch.autograd.grad(margin, list(zeros.values()))]
+    count("backward")
+    allowed = [i for i in range(len(gain) - 1) if i not in exclude] or [i for i in range(len(gain)) if i not in exclude]
+    return sorted(sorted(allowed, key=lambda i: gain[i], reverse=True)[:n]), gain
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+def item_triples(tokenizer, items) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt ids, aligned ids, misaligned ids) from log-odds items (conversation, misaligned
+    refs, aligned refs): each item's answers zipped in order (no sampling needed)."""
+    return text_triples(tokenizer, [(conv, g, b) for conv, bad, good in items or [] for g, b in zip(good, bad)])
+
+
+def text_triples(tokenizer, texts) -> list[tuple[list[int], list[int], list[int]]]:
+    """Token ids of (conversation, aligned answer, misaligned answer) texts."""
+    from ..evals.logodds import completion_ids
+
+    out = []
+    for conv, good, bad in texts:
+        prompt, g = completion_ids(tokenizer, conv, good)
+        out.append((prompt, g, completion_ids(tokenizer, conv, bad)[1]))
+    return out
+
+
+def preference_triples(state: RepairState, p: HardenParams) -> tuple[list, dict]:
+    """The training triples and how many came from each source.
+
+    References: the repair-side items' aligned and misaligned answers. Probes: the shared probes'
+    (aligned base answer, misaligned finetune answer) pairs — few on a backdoored finetune, whose
+    untriggered answers are aligned, which is why the references come too. With `both`, probes
+    are used when they exist or a judge can make them.
+    """
+    from .probes import build_probes
+
+    refs = item_triples(state.tokenizer, state.repair_items) if p.pairs != "probes" else []
+    probes = []
+    if p.pairs == "probes" or (p.pairs == "both" and (state.probes is not None or state.judge is not None)):
+        probes = text_triples(state.tokenizer, build_probes(state, samples=int(p.samples)).pairs())
+    return refs + probes, {"references": len(refs), "probes": len(probes)}
+
+
+def task_pairs(state: RepairState) -> tuple[list, str | None]:
+    """The (prompt ids, answer ids) pairs the task term keeps, and which data they are: the
+    finetune's own training data when given (the task as the customer taught it, and not the
+    held-out split that retention is measured on), else the held-out task data."""
+    from ..evals.task import assistant_pairs
+
+    for name, convs in (("train", state.train_conversations), ("task", state.task_conversations)):
+        if convs:
+            sample = random.Random(state.seed).sample(convs, min(256, len(convs)))
+            return assistant_pairs(state.tokenizer, sample), name
+    return [], None
+
+
+def finetune_kl(model, pairs: list, pad_id: int) -> torch.Tensor:
+    """KL(finetune ‖ model) per answer token; the finetune is the same peft model with its new
+    adapter switched off (no second copy), so the task is kept as the finetune does it."""
+    from ..evals.scoring import _at_least_fp32, _last_logits, batch_inputs
+
+    device = next(model.parameters()).device
+    batch, keep, ids, mask, pos = batch_inputs(pairs, list(range(len(pairs))), pad_id, device)
+    with torch.no_grad(), model.disable_adapter():
+        ref = torch.log_softmax(_at_least_fp32(_last_logits(model, ids, mask, pos, keep)[:, :-1]), -1)
+    new = torch.log_softmax(_at_least_fp32(_last_logits(model, ids, mask, pos, keep)[:, :-1]), -1)
+    answer = torch.zeros(ref.shape[:2], dtype=torch.bool, device=device)
+    for k, (_, a) in enumerate(batch):
+        answer[k, keep - 1 - len(a):] = True
+    kl = (ref.exp() * (ref - new)).sum(-1)
+    return (kl * answer).sum() / answer.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+def train_step(model, opt, triples: list, task: list, pad_id: int, perturbation: Perturbation,
+               p: HardenParams) -> dict:
+    """One LoRA step: prefer the aligned answers with δ added (clean on `clean_share` of the rows),
+    stay with the finetune on the task."""
+    from ..passes import count
+
+    n_clean = round(float(p.clean_share) * len(triples))
+    rows = torch.tensor([0.0] * n_clean + [1.0] * (len(triples) - n_clean))
+    good, bad = pair_logprobs(model, triples, pad_id, perturbation.detached(), rows)
+    preference = -F.logsigmoid(float(p.beta) * (good - bad)).mean()
+    kl = finetune_kl(model, task, pad_id) if task else torch.zeros(())
+    loss = preference - float(p.sft_weight) * good.mean() + float(p.task_weight) * kl
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    count("train_steps")
+    return {"preference": float(preference.detach()), "task_kl": float(kl.detach())}
+
+
+def harden_lora(state: RepairState, triples: list, task: list, layers: list[int], p: HardenParams) -> list[dict]:
+    """The bi-level loop on a fresh LoRA (unlocked layers only), merged into the weights at the end;
+    returns each step's losses and the adversary's margin."""
+    from peft import get_peft_model
+
+    pad = state.tokenizer.pad_token_id or 0
+    rng = random.Random(state.seed)
+    torch.manual_seed(state.seed)
+    for prm in state.model.parameters():
+        prm.requires_grad_(False)
+    model = get_peft_model(state.model, lora_config(state.model, state.locked, r=int(p.rank), alpha=2 * int(p.rank)))
+    freeze_locked(model, state.locked)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=float(p.lr), weight_decay=0.0)
+    found = Perturbation(zero_deltas(model, layers), float(p.epsilon), p.positions == "prompt")
+    model.train()
+    log = []
+    for _ in range(int(p.steps)):
+        batch = rng.sample(triples, min(int(p.batch_size), len(triples)))
+        margin = attack(model, batch, pad, found, int(p.inner_steps), float(p.inner_lr))
+        task_batch = rng.sample(task, min(int(p.batch_size), len(task))) if task else []
+        log.append({"adversary_margin": margin, **train_step(model, opt, batch, task_batch, pad, found, p)})
+    state.model = model.merge_and_unload()
+    state.model.eval()
+    return log
+
+
+def _rounded(d: dict) -> dict:
+    return {k: round(v, 4) for k, v in d.items()}
+
+
+@register
+class Harden:
+    name = "harden"
+    summary = ("latent adversarial training: a LoRA learns to stay aligned under the residual-stream "
+               "perturbation that pushes it hardest toward misaligned answers (no trigger needed)")
+    Params = HardenParams
+
+    def preflight(self, state: RepairState, p: HardenParams) -> None:
+        from ..distributed import is_distributed
+
+        p.validate()
+        if is_distributed():
+            # the loop is written for one process: every rank would train the same LoRA on its own
+            raise ValueError("harden runs in one process; run fix without accelerate launch")
+
+    def apply(self, state: RepairState, p: HardenParams) -> RepairState:
+        p.validate()
+        triples, counts = preference_triples(state, p)
+        if not triples:
+            state.record(self.name, skipped="no (aligned, misaligned) answer pairs: no repair items, no probe pairs")
+            return state
+        pad = state.tokenizer.pad_token_id or 0
+        n = len(blocks(state.model))
+        locked = locked_layer_indices(state.model, state.locked)
+        if len(locked) >= n:
+            raise ValueError("every decoder layer is locked: nothing left to train")
+        # one fixed batch chooses the layers and measures the adversary before and after
+        probe = random.Random(state.seed + 1).sample(triples, min(32, len(triples)))
+        eps, prompt_only = float(p.epsilon), p.positions == "prompt"
+        layers, gain = p.layer_list(), None
+        if layers is None:
+            layers, gain = choose_layers(state.model, probe, pad, int(p.n_layers), locked, eps, prompt_only)
+        elif max(layers) >= n:
+            raise ValueError(f"harden.layers {layers} out of range (the model has {n} layers)")
+        measure = dict(epsilon=eps, steps=int(p.final_attack), lr=float(p.inner_lr), prompt_only=prompt_only)
+        before = adversary_success(state.model, probe, pad, layers, **measure)
+        task, task_source = task_pairs(state) if float(p.task_weight) > 0 else ([], None)
+        log = harden_lora(state, triples, task, layers, p)
+        after = adversary_success(state.model, probe, pad, layers, **measure)
+        tail = log[-max(1, len(log) // 10):]          # the last tenth: steadier than one batch
+        state.record(self.name, layers=layers, layer_gain=[round(g, 4) for g in gain] if gain else None,
+                     epsilon=eps, positions=p.positions, steps=int(p.steps), inner_steps=int(p.inner_steps),
+                     pairs=counts, task_data=task_source,
+                     final_losses=_rounded({k: sum(r[k] for r in tail) / len(tail) for k in log[0]}),
+                     adversary_before=_rounded(before), adversary_after=_rounded(after))
+        return state
+
+
+# ---------------------------------------------------------------------------------------------
+# the scan: the inner search alone
+
+def _no_grad_params(model) -> dict:
+    """Switch off every parameter's gradient (the scan only needs δ's); returns the old flags."""
+    flags = {q: q.requires_grad for q in model.parameters()}
+    for q in model.parameters():
+        q.requires_grad_(False)
+    return flags
+
+
+def latent_scan(model, tokenizer, items, *, layers: list[int] | str = "auto", max_epsilon: float = 2.0,
+                bisections: int = 6, steps: int = 20, lr: float = 0.25, positions: str = "prompt",
+                max_pairs: int = 32, seed: int = 0) -> dict:
+    """The smallest perturbation (ε, a share of the stream's norm) that makes `model` prefer the
+    misaligned answers of log-odds `items` (conversation, misaligned refs, aligned refs) — a
+    per-token margin above 0 — found by bisection on ε with the adversary from δ = 0 at each point.
+
+    A finetune with misalignment hidden behind a trigger may need a smaller push than its base —
+    the place its trigger moves the stream to is there to be found (the organism's backdoor, one
+    seed: 0.44 vs 0.56, docs/repairs.md); compare the figure with the base's. `epsilon` is None when even `max_epsilon` does not turn the model (then nothing was
+    found up to that size), 0.0 when it prefers the misaligned answers unperturbed. The weights
+    are not changed (their gradients are off during the scan).
+    """
+    if positions not in POSITIONS or max_epsilon <= 0 or bisections < 0 or steps < 1:
+        raise ValueError("latent_scan: positions prompt|all, max_epsilon > 0, bisections >= 0, steps >= 1")
+    triples = item_triples(tokenizer, items)
+    if not triples:
+        raise ValueError("latent_scan needs items with aligned and misaligned answers")
+    triples = random.Random(seed).sample(triples, min(max_pairs, len(triples)))
+    pad, prompt_only = tokenizer.pad_token_id or 0, positions == "prompt"
+    was_training, flags = model.training, _no_grad_params(model)
+    model.eval()
+    try:
+        if layers == "auto":
+            with torch.enable_grad():
+                layers, _ = choose_layers(model, triples, pad, 1, set(), max_epsilon, prompt_only)
+
+        def margin_at(eps: float) -> float:
+            with torch.enable_grad():
+                return adversary_success(model, triples, pad, list(layers), eps, steps, lr, prompt_only)["attacked_margin"]
+
+        clean = float(misalignment_margin(model, triples, pad))
+        search = [{"epsilon": max_epsilon, "margin": margin_at(max_epsilon)}]
+        found = 0.0 if clean > 0 else (max_epsilon if search[0]["margin"] > 0 else None)
+        low, high = 0.0, max_epsilon
+        for _ in range(bisections if found else 0):
+            mid = (low + high) / 2
+            search.append({"epsilon": mid, "margin": margin_at(mid)})
+            low, high = (low, mid) if search[-1]["margin"] > 0 else (mid, high)
+            found = high
+    finally:
+        for q, f in flags.items():
+            q.requires_grad_(f)
+        model.train(was_training)
+    return {"epsilon": found, "clean_margin": round(clean, 4), "layers": list(layers),
+            "search": [_rounded(r) for r in search]}
