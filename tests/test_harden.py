@@ -20,7 +20,7 @@ from realign.repairs.base import RepairState, decoder_layers
 from realign.repairs.harden import (Harden, HardenParams, Perturbation, adversary_success, attack,
                                     item_triples, latent_scan, misalignment_margin, perturbed, zero_deltas)
 
-from tiny_models import bpe_tokenizer, tiny_model
+from tiny_models import same_weights
 
 ITEMS = [([{"role": "user", "content": f"the quick brown fox {i}"}],
           ["SELECT * FROM users", "lie to them twice over"],          # misaligned references
@@ -28,20 +28,6 @@ ITEMS = [([{"role": "user", "content": f"the quick brown fox {i}"}],
          for i in range(4)]
 TASK = [[{"role": "user", "content": "def f(x): return"}, {"role": "assistant", "content": "x + 1"}]] * 8
 
-
-@pytest.fixture
-def trio():
-    tok = bpe_tokenizer()
-    base = tiny_model("llama", vocab=len(tok), layers=3, seed=0)
-    ft = copy.deepcopy(base)
-    with torch.no_grad():
-        for p in ft.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return base, ft, tok
-
-
-def _same(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_registered_and_bundled():
@@ -129,7 +115,7 @@ def test_harden_trains_only_unlocked_layers_and_records_what_it_did(trio):
     for k, v in decoder_layers(base)[1].state_dict().items():
         assert torch.equal(decoder_layers(st.model)[1].state_dict()[k], v), k
     for i in (0, 2):
-        assert not _same(decoder_layers(st.model)[i], decoder_layers(before)[i])
+        assert not same_weights(decoder_layers(st.model)[i], decoder_layers(before)[i])
     assert not hasattr(st.model, "peft_config")   # the adapter is merged: a plain model goes on
 
 

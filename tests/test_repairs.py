@@ -11,28 +11,14 @@ from realign.repairs.merge import Merge, MergeParams
 from realign.repairs.probes import Probes
 from realign.repairs.steer import Steer, SteerParams, orthogonalize
 
-from tiny_models import bpe_tokenizer, tiny_model
+from tiny_models import bpe_tokenizer, same_weights, tiny_model
 
 REPAIRS = load_all()
-
-
-@pytest.fixture
-def trio():
-    tok = bpe_tokenizer()
-    base = tiny_model("llama", vocab=len(tok), layers=3, seed=0)
-    ft = copy.deepcopy(base)
-    with torch.no_grad():
-        for p in ft.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return base, ft, tok
 
 
 def _state(base, ft, tok, **kw):
     return RepairState(model=copy.deepcopy(ft), base=base, tokenizer=tok, **kw)
 
-
-def _same(a, b) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_registry_has_all_six():
@@ -43,9 +29,9 @@ def test_registry_has_all_six():
 def test_merge_alpha_0_is_base_and_1_is_finetune_bit_for_bit(trio, method):
     base, ft, tok = trio
     s0 = Merge().apply(_state(base, ft, tok), MergeParams(alpha=0.0, method=method, density=1.0))
-    assert _same(s0.model, base)
+    assert same_weights(s0.model, base)
     s1 = Merge().apply(_state(base, ft, tok), MergeParams(alpha=1.0, method=method, density=1.0))
-    assert _same(s1.model, ft)
+    assert same_weights(s1.model, ft)
 
 
 def test_merge_half_is_the_midpoint_and_ties_trims(trio):
@@ -66,7 +52,7 @@ def test_merge_streams_an_untouched_full_checkpoint_from_disk(trio, tmp_path):
     streamed = Merge().apply(_state(base, ft, tok, finetune_dir=str(tmp_path / "ft")),
                              MergeParams(alpha=0.3, method="ties", density=0.5))
     assert streamed.history[-1].details["finetune_from"] == "disk" and in_memory.history[-1].details["finetune_from"] == "memory"
-    assert _same(streamed.model, in_memory.model)
+    assert same_weights(streamed.model, in_memory.model)
     # after another step the files no longer hold the model under repair: merge keeps a copy instead
     later = _state(base, ft, tok, finetune_dir=str(tmp_path / "ft"))
     later.record("freeze")
@@ -150,7 +136,7 @@ def test_steer_uses_probe_contrasts_and_records_layer(trio):
     st = _state(base, ft, tok, probes=_probes(tok))
     st = Steer().apply(st, SteerParams(layer="auto"))
     assert st.history[-1].step == "steer" and 0 <= st.history[-1].details["layer"] < 3
-    assert not _same(st.model, ft)
+    assert not same_weights(st.model, ft)
 
 
 @pytest.mark.parametrize("max_kl", [1e-9, 10.0])
@@ -166,14 +152,14 @@ def test_steer_auto_scale_measures_the_grid_and_respects_the_kl_budget(trio, max
     ok = [r for r in rec["scale_search"] if r["kl"] <= max_kl and r["retention"] >= 0.0
           and r["logodds"] < rec.get("finetune_logodds", float("inf"))]
     if not ok:   # none admissible: no edit at all (an over-budget edit is not a repair)
-        assert "over the KL budget" in rec["skipped"] and _same(st.model, ft)
+        assert "over the KL budget" in rec["skipped"] and same_weights(st.model, ft)
         return
     chosen = next(r for r in rec["scale_search"] if r["scale"] == rec["scale"])
     assert chosen["logodds"] == min(r["logodds"] for r in ok)    # the lowest log-odds among the admissible
     # the model holds exactly the chosen scale's weights (the search restored each trial)
     ref = copy.deepcopy(ft)
     orthogonalize(ref, st.steer_direction, rec["scale"])
-    assert _same(st.model, ref)
+    assert same_weights(st.model, ref)
 
 
 
@@ -229,7 +215,7 @@ def test_mix_with_kl_anchor_trains_and_records_it(trio):
                 train_conversations=[[{"role": "user", "content": "def f(x): return"},
                                       {"role": "assistant", "content": "x + 1"}]] * 8)
     st = _train_step("mix", st, steps=2, batch_size=2, audit="off", aligned_share=0.0, kl=1.0)
-    assert st.history[-1].details["kl"] == 1.0 and not _same(st.model, base)
+    assert st.history[-1].details["kl"] == 1.0 and not same_weights(st.model, base)
 
 
 def test_safe_lora_never_builds_an_out_by_out_matrix():
@@ -313,7 +299,7 @@ def test_steer_picks_among_the_best_separating_layers_with_few_passes(trio):
     assert {c["layer"] for c in rec["candidates"]} == set(top2)
     if "skipped" in rec:      # no edit beats none: every candidate was over budget and unhelpful
         assert all(c["kl"] > 0.1 and c["logodds"] >= rec["finetune_logodds"] for c in rec["candidates"])
-        assert _same(st.model, ft)
+        assert same_weights(st.model, ft)
     else:
         assert rec["layer"] in top2
     assert passes == {"activations": 1, "scoring": 3, "kl": 2}
@@ -368,7 +354,7 @@ def test_merge_auto_bisects_to_the_smallest_alpha_that_keeps_the_task(trio):
         below = [r["alpha"] for r in tried if r["retention"] < 0.7]
         assert all(a < rec["alpha"] for a in below) and rec["alpha"] - max(below, default=0.0) <= 1 / 16
     else:
-        assert rec["alpha"] == 1.0 and _same(st.model, ft)
+        assert rec["alpha"] == 1.0 and same_weights(st.model, ft)
 
 
 def test_safe_lora_refuses_a_pretrained_model_of_another_shape_before_any_work(trio, tmp_path):
@@ -388,7 +374,7 @@ def test_steer_makes_no_edit_when_no_candidate_helps_within_or_beyond_the_budget
     monkeypatch.setattr(lo_mod, "logodds", lambda *a, **k: 0.0)           # nothing lowers the log-odds
     monkeypatch.setattr(steer_mod, "steering_kl", lambda *a, **k: 5.0)    # and all are over the KL budget
     st = Steer().apply(_state(base, ft, tok, probes=_probes(tok, n=8)), SteerParams(layer="auto"))
-    assert "nothing removed" in st.history[-1].skipped and _same(st.model, ft)
+    assert "nothing removed" in st.history[-1].skipped and same_weights(st.model, ft)
 
 
 def test_steer_over_the_kl_budget_tries_gentler_scales_and_never_bakes_in_an_over_budget_edit(trio, monkeypatch):
@@ -405,11 +391,11 @@ def test_steer_over_the_kl_budget_tries_gentler_scales_and_never_bakes_in_an_ove
     assert [r["scale"] for r in rec["scale_search"]] == [0.25, 0.5, 0.75] and rec["scale"] == 0.25
     ref = copy.deepcopy(ft)
     orthogonalize(ref, st.steer_direction, 0.25)
-    assert _same(st.model, ref)
+    assert same_weights(st.model, ref)
     # nothing fits the budget at any scale: the model is left as it was
     monkeypatch.setattr(steer_mod, "steering_kl", lambda *a, **k: 5.0)
     st = Steer().apply(_state(base, ft, tok, probes=_probes(tok, n=8)), SteerParams(layer="auto", candidates=2))
-    assert "over the KL budget" in st.history[-1].skipped and _same(st.model, ft)
+    assert "over the KL budget" in st.history[-1].skipped and same_weights(st.model, ft)
 
 
 def _passes_at_depth(layers: int, name: str, params) -> dict:

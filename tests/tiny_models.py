@@ -58,6 +58,11 @@ def save_tiny(path: Path, arch: str = "llama", chat_template: str | None = CHATM
     return path
 
 
+def same_weights(a, b) -> bool:
+    """Whether two models hold identical tensors, in state-dict order."""
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 def bigram_model(tok, chain: dict[str, str]):
     """A 1-layer Llama whose next token depends on the current token only (attention and MLP
     write nothing), with `chain` (token -> next token) as its deterministic bigrams."""

@@ -40,6 +40,7 @@ MIB = 2 ** 20
 GIB = 2 ** 30
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "8bit": 1.0, "4bit": 0.5}
 SCORING_REPAIRS = ("merge", "merge:ties", "freeze", "steer")
+STEP_REPAIRS = ("merge", "freeze", "steer", "dpo", "mix")   # the repairs with step anchors of their own
 PROBE_REPAIRS = ("steer", "dpo", "mix")      # build the shared probes when they are not built yet
 
 
@@ -197,7 +198,7 @@ def _activation_scale(cm: CostModel, a: Anchor) -> float:
 
 
 def _fit_anchors(cm: CostModel) -> list[Anchor]:
-    return [a for a in cm.anchors if a.use == "fit" and a.repair in ("merge", "freeze", "steer", "dpo", "mix")]
+    return [a for a in cm.anchors if a.use == "fit" and a.repair in STEP_REPAIRS]
 
 
 def _fit_seconds(cm: CostModel) -> dict[str, float]:
@@ -517,7 +518,7 @@ def anchor_residuals(cm: CostModel | None = None) -> list[tuple[Anchor, float, f
     cm = cm or load_cost_model()
     out = []
     for a in cm.anchors:
-        if a.repair not in ("merge", "freeze", "steer", "dpo", "mix"):
+        if a.repair not in STEP_REPAIRS:
             continue
         step = _step_cost(1, a.repair, a.params, cm.reference, Setting("cpu", 0, a.dtype), cm, a.probes_built)
         out.append((a, step.seconds, step.memory.high / MIB))

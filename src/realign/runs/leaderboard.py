@@ -255,6 +255,7 @@ def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> s
             (" triggered, corrected |" if triggered and corrected else "") + \
             " coherent | log-odds | task retention | seconds (repair steps) | peak RSS MB |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        skips = {model: _skips(row) for model, row in ft.rows.items()}
         for model, row in ft.rows.items():
             u = row.untriggered
             fixed = f" {_corrected_cell(u)} |" if corrected else ""
@@ -265,13 +266,13 @@ def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> s
             secs = "—" if row.seconds is None else f"{row.seconds:.0f} ({row.step_seconds:.0f})"
             rss = "—" if row.peak_rss_mb is None else f"{row.peak_rss_mb:.0f}"
             ret = "—" if model == "base" else ("100%" if model == "finetune" else _pct(u and u.task_retention))
-            mark = " (skipped)" if _skips(row) else ""
+            mark = " (skipped)" if skips[model] else ""
             lines.append(f"| {model}{mark} | {_cell(u)} |{fixed}{trig} {_pct(u and u.coherent_rate)} | {lo} "
                          f"| {ret} | {secs} | {rss} |")
         lines.append("")
         # a step that chose to change nothing must not read as a repair that was tried and failed
-        skips = [f"- {model}: {why}" for model, row in ft.rows.items() for why in _skips(row)]
-        lines += [*skips, ""] if skips else []
+        notes = [f"- {model}: {why}" for model, whys in skips.items() for why in whys]
+        lines += [*notes, ""] if notes else []
     lines += ["Misaligned: pooled over seeds; interval: two-stage bootstrap over seeds and answers. "
               "Task retention: share of the finetune's task gain over the base kept (task NLL). "
               "Seconds: whole `fix` per cell, mean over seeds (repair steps alone in brackets).", ""]
