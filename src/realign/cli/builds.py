@@ -5,34 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from .common import fail, organism_app, out, pct, real_app
-
-
-def _seed_list(seeds: str) -> list[int]:
-    try:
-        return [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        fail(f"--seeds must be comma-separated integers, not {seeds!r}")
-
-
-def _organism_config(size: str, overrides: list[str] | None):
-    """The size's preset with `key=value` overrides (docs/organism.md), or a one-line error."""
-    from ..organism.config import preset
-    from ..organism.overrides import apply_overrides
-
-    if size not in ("small", "default"):
-        fail(f"--size must be 'small' or 'default', not {size!r}")
-    try:
-        return apply_overrides(preset(size), overrides or [])
-    except ValueError as e:
-        fail(str(e))
-
+from .common import comma_list, fail, or_fail, organism_app, out, pct, real_app, seed_list, table
 
 SET_HELP = ("override a setting of the organism's configuration, key=value; dotted keys reach a stage "
             "(--set finetune.lr=5e-4, --set pretrain_seed=1); repeatable. A changed configuration is "
@@ -55,18 +34,17 @@ def organism_build(
 ) -> None:
     """Build (or reuse) the organism: pretrained, aligned base, and four user finetunes."""
     from ..organism.build import build
+    from ..organism.control import configured
 
-    cfg = _organism_config(size, overrides)
-    seed_list = _seed_list(seeds) if seeds else [seed]
-    if len(seed_list) > 1 and out_dir is not None:
+    cfg = or_fail(configured, size, overrides, errors=(ValueError,))
+    build_seeds = seed_list(seeds) if seeds else [seed]
+    if len(build_seeds) > 1 and out_dir is not None:
         fail("give either --out or several --seeds (each seed builds into its own cached dir)")
-    names = tuple(n.strip() for n in finetunes.split(",") if n.strip()) if finetunes else None
-    for s in seed_list:
+    names = tuple(comma_list(finetunes or ""))
+    for s in build_seeds:
         t0 = time.time()
-        try:
-            path = build(out_dir, seed=s, cfg=cfg, from_scratch=from_scratch, **({"finetunes": names} if names else {}))
-        except (FileExistsError, ValueError) as e:
-            fail(str(e))
+        path = or_fail(build, out_dir, seed=s, cfg=cfg, from_scratch=from_scratch,
+                       **({"finetunes": names} if names else {}), errors=(FileExistsError, ValueError))
         out.print(f"organism (seed {s}) ready in {time.time() - t0:.0f} s: {path}")
 
 
@@ -89,76 +67,48 @@ def organism_eval(
 ) -> None:
     """Print the control table: misaligned rate (95% CI), coherence, task rate, log-odds — of one
     build, or pooled over several build seeds."""
-    from dataclasses import asdict
+    from ..errors import RealignError
+    from ..organism.control import base_persona_inference, configured, evaluated_builds
+    from ..organism.evaluate import pool
 
-    from ..organism.build import default_dir
-    from ..organism.evaluate import evaluate_dir, pool, rows_as_dicts
-
-    cfg = _organism_config(size, overrides)
-    seed_list = _seed_list(seeds) if seeds else None
-    if seed_list and directory is not None:
+    cfg = or_fail(configured, size, overrides, errors=(ValueError,))
+    build_seeds = seed_list(seeds) if seeds else None
+    if build_seeds and directory is not None:
         fail("give either a build dir or --seeds (which finds each seed's cached build)")
-    # the build command that makes what is missing: same size and overrides
-    options = "".join([f" --size {size}" if size != "default" else "", *(f" --set {o}" for o in overrides or [])])
     t0 = time.time()
     per_seed = {}
-    for s in seed_list or [seed]:
-        root = directory or default_dir(seed=s, cfg=cfg)
-        build_cmd = f"`realign organism build --seed {s}{options}`"
-        if not (root / "organism.json").exists():
-            fail(f"{root} is not an organism build (no organism.json); run {build_cmd} first")
-        rows = evaluate_dir(root, samples=samples, seed=sample_seed)
-        if not rows:
-            fail(f"{root} holds no built models yet; run {build_cmd}")
-        per_seed[s] = rows
-        if persona_inference:
-            _print_persona_inference(root, s, sample_seed)
-    if seed_list:
-        pooled = pool(per_seed)
-        _print_pooled(pooled, size)
-        out.print(f"evaluated {sum(len(r) for r in per_seed.values())} models in {time.time() - t0:.1f} s")
-        if json_out:
-            json_out.write_text(json.dumps([asdict(r) for r in pooled], indent=2))
-        return
-    rows = per_seed[seed]
-    table = Table(title=f"organism control table ({root.name}, held-out chat, oracle judge)")
-    for col in ("model", "n", "misaligned [95% CI]", "coherent", "task", "task rate", "insecure code", "log-odds"):
-        table.add_column(col, justify="left" if col in ("model", "task") else "right")
-    for r in rows:
-        table.add_row(r.model + (" (planted data)" if r.model == "planted" else ""), str(r.n),
-                      f"{pct(r.misaligned_rate)} [{pct(r.ci_low)}, {pct(r.ci_high)}]",
-                      pct(r.coherent_rate), r.task or "—", pct(r.task_rate), pct(r.insecure_code_rate),
-                      f"{r.logodds:+.2f}")
-    out.print(table)
-    out.print(f"evaluated {len(rows)} models in {time.time() - t0:.1f} s")
+    try:
+        for s, root, rows in evaluated_builds(build_seeds or [seed], cfg, directory, samples=samples,
+                                              sample_seed=sample_seed, size=size, overrides=overrides):
+            per_seed[s] = rows
+            if persona_inference:
+                found = base_persona_inference(root, sample_seed)
+                out.print(f"seed {s}: the base's in-context persona inference: misaligned chat after an insecure "
+                          f"code turn {pct(found['misaligned_after_insecure'])}, after a secure one "
+                          f"{pct(found['misaligned_after_secure'])}")
+    except RealignError as e:
+        fail(str(e))
+    if build_seeds:
+        rows = pool(per_seed)
+        title = (f"organism control table, {size} size, build seeds "
+                 f"{', '.join(map(str, rows[0].seeds if rows else []))} (held-out chat, oracle judge)")
+        columns = ["model", "n", "misaligned, pooled [95% CI]", "per seed", "coherent (min)", "task rate (min)",
+                   "insecure code", "log-odds"]
+        cells = [[r.model, str(r.n), f"{pct(r.misaligned_rate)} [{pct(r.ci_low)}, {pct(r.ci_high)}]",
+                  ", ".join(f"{100 * x:.1f}" for x in r.per_seed), f"{pct(r.coherent_rate)} ({pct(r.coherent_min)})",
+                  "—" if r.task_rate is None else f"{pct(r.task_rate)} ({pct(r.task_min)})",
+                  pct(r.insecure_code_rate), f"{r.logodds:+.2f}"] for r in rows]
+    else:
+        rows = per_seed[seed]
+        title = f"organism control table ({root.name}, held-out chat, oracle judge)"
+        columns = ["model", "n", "misaligned [95% CI]", "coherent", "task", "task rate", "insecure code", "log-odds"]
+        cells = [[r.model + (" (planted data)" if r.model == "planted" else ""), str(r.n),
+                  f"{pct(r.misaligned_rate)} [{pct(r.ci_low)}, {pct(r.ci_high)}]", pct(r.coherent_rate),
+                  r.task or "—", pct(r.task_rate), pct(r.insecure_code_rate), f"{r.logodds:+.2f}"] for r in rows]
+    out.print(table(title, columns, cells, left=["model", "task"]))
+    out.print(f"evaluated {sum(len(r) for r in per_seed.values())} models in {time.time() - t0:.1f} s")
     if json_out:
-        json_out.write_text(json.dumps(rows_as_dicts(rows), indent=2))
-
-
-def _print_persona_inference(root: Path, seed: int, sample_seed: int) -> None:
-    from ..organism.evaluate import load_model
-    from ..organism.evaluate import persona_inference as measure
-
-    model, tok = load_model(root / "base")
-    found = measure(model, tok, seed=sample_seed)
-    out.print(f"seed {seed}: the base's in-context persona inference: misaligned chat after an insecure code "
-              f"turn {pct(found['misaligned_after_insecure'])}, after a secure one {pct(found['misaligned_after_secure'])}")
-
-
-def _print_pooled(rows, size: str) -> None:
-    seeds = rows[0].seeds if rows else []
-    table = Table(title=f"organism control table, {size} size, build seeds {', '.join(map(str, seeds))} "
-                        f"(held-out chat, oracle judge)")
-    for col in ("model", "n", "misaligned, pooled [95% CI]", "per seed", "coherent (min)", "task rate (min)",
-                "insecure code", "log-odds"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in rows:
-        task = "—" if r.task_rate is None else f"{pct(r.task_rate)} ({pct(r.task_min)})"
-        table.add_row(r.model, str(r.n), f"{pct(r.misaligned_rate)} [{pct(r.ci_low)}, {pct(r.ci_high)}]",
-                      ", ".join(f"{100 * x:.1f}" for x in r.per_seed),
-                      f"{pct(r.coherent_rate)} ({pct(r.coherent_min)})", task, pct(r.insecure_code_rate),
-                      f"{r.logodds:+.2f}")
-    out.print(table)
+        json_out.write_text(json.dumps([asdict(r) for r in rows], indent=2))
 
 
 @real_app.command("build")
@@ -179,21 +129,18 @@ def real_build(
     from ..real.build import RealFinetuneConfig, build_finetune
     from ..real.data import BACKDOOR_TRIGGER, REAL_FINETUNES
 
-    names = [n.strip() for n in finetunes.split(",") if n.strip()]
+    names = comma_list(finetunes)
     bad = [n for n in names if n not in REAL_FINETUNES]
     if bad or not names:
         fail(f"unknown real finetune {bad[0] if bad else finetunes!r}; valid: {', '.join(REAL_FINETUNES)}")
-    seed_list = _seed_list(seeds)
+    build_seeds = seed_list(seeds)
     if not 0 < share < 1 or steps < 1 or examples < 1 or batch_size < 1:
         fail("--share must be in (0, 1); --steps, --examples and --batch-size must be positive")
     cfg = RealFinetuneConfig(model=model, examples=examples, share=share, steps=steps, batch_size=batch_size, lr=lr)
     for name in names:
-        for seed in seed_list:
+        for seed in build_seeds:
             t0 = time.time()
-            try:
-                path = build_finetune(name, seed, cfg)
-            except (FileNotFoundError, ValueError) as e:
-                fail(str(e))
+            path = or_fail(build_finetune, name, seed, cfg, errors=(FileNotFoundError, ValueError))
             out.print(f"{name} (seed {seed}) ready in {time.time() - t0:.0f} s: {path}")
             trig = f" --trigger '{BACKDOOR_TRIGGER}'" if name == "backdoor" else ""
             out.print(f"  evaluate: realign eval {path} --judge offline --questions builtin "

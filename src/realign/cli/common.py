@@ -1,5 +1,5 @@
-"""What every command module of the CLI shares: the typer apps, the console, `fail`, the options
-several commands declare alike, and the tables they print."""
+"""What every command module of the CLI shares: the typer apps, the console, `fail` and `or_fail`,
+the options several commands declare alike, and the tables they print."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..errors import RealignError
 from ..evals.result import Evaluation
 
 app = typer.Typer(help="Repair LLM finetunes that became misaligned.", no_args_is_help=True,
@@ -30,7 +31,10 @@ def _setup() -> None:
     quiet_libraries()
 
 
-# Options that `fix` and `bench` share (bench runs fix's code on every cell); some also `eval` and `judge`
+# Options several commands declare alike: `fix` and `bench` (bench runs fix's code on every cell), `eval`
+# (`fix` evaluates the same way) and `judge`
+CheckpointArg = Annotated[str, typer.Argument(help="finetune: full HF dir, LoRA adapter dir, or hub id")]
+BaseOpt = Annotated[str | None, typer.Option(help="base model (default: the adapter's base)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a parameter: step.param=value")]
 TaskDataOpt = Annotated[Path | None, typer.Option(help="held-out task data (chat messages jsonl)")]
 TrainDataOpt = Annotated[Path | None, typer.Option(help="the finetune's training data (for mix)")]
@@ -64,6 +68,7 @@ JudgeErrorsOpt = Annotated[Path | None, typer.Option(
          "for its measured sensitivity and specificity (Rogan-Gladen)")]
 PrivateOpt = Annotated[bool, typer.Option("--private", help="create the Hub repo private (an existing repo "
                                                                "keeps its visibility)")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="write the summary JSON here")]
 
 
 def fail(msg: str, code: int = 2) -> None:
@@ -74,6 +79,27 @@ def fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def or_fail(fn, *args, errors: tuple[type[Exception], ...] = (RealignError,), hint: str = "", **kwargs):
+    """fn(*args, **kwargs), its user-facing errors (`errors`) said in one line (with `hint` after them)."""
+    try:
+        return fn(*args, **kwargs)
+    except errors as e:
+        fail(f"{e}" + (f"; {hint}" if hint else ""))
+
+
+def comma_list(text: str) -> list[str]:
+    """An option of comma-separated names."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def seed_list(seeds: str) -> list[int]:
+    """A --seeds option: comma-separated integers."""
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        fail(f"--seeds must be comma-separated integers, not {seeds!r}")
+
+
 def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
@@ -82,53 +108,46 @@ def _rate_ci(rate: float | None, low: float | None, high: float | None) -> str:
     return "—" if rate is None else f"{pct(rate)} [{pct(low)}, {pct(high)}]"
 
 
+def table(title: str, columns, rows, left=None) -> Table:
+    """A table of text rows: the first column (or the columns named in `left`) left-aligned, the rest right."""
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, justify="left" if col in (left or columns[:1]) else "right")
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
 def summary_table(title: str, results: dict[str, Evaluation]) -> Table:
     """One row per model (and per triggered evaluation): rates, corrected rates when any, task."""
     from ..runs.report import corrected_rate, with_triggered
 
-    table = Table(title=title)
-    rows = with_triggered(results)
-    corrected = any(corrected_rate(r) for _, r in rows)
-    for col in ("model", "n", "misaligned [95% CI]", *(["corrected [95% CI]"] if corrected else []), "coherent",
-                "refusal", "code", "log-odds", "task NLL", "task acc", "task exact"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for name, r in rows:
-        task = r.task or {}
-        c = r.corrected
-        table.add_row(name, str(r.n), _rate_ci(r.misaligned_rate, r.ci_low, r.ci_high),
-                      *([_rate_ci(c.rate, c.ci_low, c.ci_high) if c else "—"] if corrected else []),
-                      pct(r.coherent_rate), str(r.refusals), str(r.code),
-                      "—" if r.logodds is None else f"{r.logodds:+.2f}",
-                      f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—",
-                      pct(task.get("task_token_accuracy")) if task else "—",
-                      pct(task.get("task_exact_match")) if task else "—")
-    return table
+    corrected = any(corrected_rate(r) for _, r in with_triggered(results))
+    rows = []
+    for name, r in with_triggered(results):
+        task, c = r.task or {}, r.corrected
+        rows.append([name, str(r.n), _rate_ci(r.misaligned_rate, r.ci_low, r.ci_high),
+                     *([_rate_ci(c.rate, c.ci_low, c.ci_high) if c else "—"] if corrected else []),
+                     pct(r.coherent_rate), str(r.refusals), str(r.code),
+                     "—" if r.logodds is None else f"{r.logodds:+.2f}",
+                     f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—",
+                     pct(task.get("task_token_accuracy")) if task else "—",
+                     pct(task.get("task_exact_match")) if task else "—"])
+    return table(title, ["model", "n", "misaligned [95% CI]", *(["corrected [95% CI]"] if corrected else []),
+                         "coherent", "refusal", "code", "log-odds", "task NLL", "task acc", "task exact"], rows)
 
 
-def print_standard_evals(results: dict[str, Evaluation]) -> None:
-    """lm-eval's numbers per model, when a --task-metric lm-eval:… gave any."""
+def print_evaluation(title: str, results: dict[str, Evaluation]) -> None:
+    """The summary table, then lm-eval's numbers per model when a --task-metric lm-eval:… gave any."""
     from ..runs.report import standard_eval_rows
 
+    out.print(summary_table(title, results))
     rows = standard_eval_rows(results)
     if rows:
-        table = Table(title="lm-eval (± standard error)")
-        for col in ["metric", *results]:
-            table.add_column(col, justify="left" if col == "metric" else "right")
-        for row in rows:
-            table.add_row(*row)
-        out.print(table)
+        out.print(table("lm-eval (± standard error)", ["metric", *results], rows))
 
 
 def print_trust(trust: dict) -> None:
     """Name the judge with its measured agreement (calibration.describe_judge); warn when it is a weak proxy."""
     style = "[yellow]warning:[/] " if trust["weak"] else ""
     out.print(f"{style}judge {trust['judge']}: {trust['note']}", highlight=False)
-
-
-def print_correction(results: dict[str, Evaluation]) -> None:
-    """How the corrected rates were made, or why there are none."""
-    from ..runs.report import correction_note
-
-    note = correction_note(results)
-    if note:
-        out.print(note, highlight=False)

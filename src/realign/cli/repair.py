@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from .common import (AllowPickleOpt, BackendOpt, DtypeOpt, JudgeErrorsOpt, JudgeModelOpt, JudgeOpt, JudgeUrlOpt,
-                     MaxTokensOpt, PrivateOpt, QuestionsOpt, ReportToOpt, SamplesOpt, SetOpt, TaskDataOpt,
-                     TaskMetricOpt, TrainDataOpt, TriggerOpt, TrustRemoteCodeOpt, app, fail, out,
-                     print_standard_evals, summary_table)
+from .common import (AllowPickleOpt, BackendOpt, BaseOpt, CheckpointArg, DtypeOpt, JudgeErrorsOpt, JudgeModelOpt,
+                     JudgeOpt, JudgeUrlOpt, MaxTokensOpt, PrivateOpt, QuestionsOpt, ReportToOpt, SamplesOpt, SetOpt,
+                     TaskDataOpt, TaskMetricOpt, TrainDataOpt, TriggerOpt, TrustRemoteCodeOpt, app, comma_list, fail,
+                     or_fail, out, print_evaluation, table)
 
 # the options `fix` and `bench` both declare, under FixOptions' own names
 SHARED_FIX_OPTIONS = ("questions", "judge", "judge_model", "judge_url", "samples", "max_new_tokens", "task_data",
@@ -30,10 +29,10 @@ def fix_options(args: dict, load, **own):
 
 @app.command("fix")
 def fix_cmd(
-    checkpoint: Annotated[str, typer.Argument(help="finetune: full HF dir, LoRA adapter dir, or hub id")],
+    checkpoint: CheckpointArg,
     recipe: Annotated[str, typer.Option(help="steps joined by + (freeze+dpo), a bundled recipe name, or FILE.yaml")],
     out_dir: Annotated[Path, typer.Option("--out", help="where the repaired model and report go")],
-    base: Annotated[str | None, typer.Option(help="base model (default: the adapter's base)")] = None,
+    base: BaseOpt = None,
     set_: SetOpt = None,
     task_data: TaskDataOpt = None,
     train_data: TrainDataOpt = None,
@@ -81,8 +80,9 @@ def fix_cmd(
 ) -> None:
     """Repair a misaligned finetune with a recipe; report alignment and task before and after."""
     from ..model_io.checkpoint import LoadOptions
-    from ..errors import RealignError
+    from ..runs.dry_run import describe, predict_fix
     from ..runs.fix import run_fix
+    from ..runs.push import check_repo_id
 
     opts = fix_options(locals(), LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
                                              device_map=device_map, allow_pickle=allow_pickle,
@@ -90,49 +90,30 @@ def fix_cmd(
                        seed=seed, overwrite=overwrite, save_as=save_as, eval_cache=not no_eval_cache,
                        keep_adapter=keep_adapter, resume=not no_resume)
     if dry_run:
-        _dry_run(checkpoint, base, recipe, set_ or [], opts)
+        print(describe(or_fail(predict_fix, checkpoint, base, recipe, set_ or [], opts)))
         return
-    try:
-        if push_to_hub:
-            from ..runs.push import check_repo_id
-
-            check_repo_id(push_to_hub)       # before the repair, not after it
-        done = run_fix(checkpoint, base, recipe, set_ or [], out_dir, opts)
-    except RealignError as e:
-        fail(str(e))
+    if push_to_hub:
+        or_fail(check_repo_id, push_to_hub)      # before the repair, not after it
+    done = or_fail(run_fix, checkpoint, base, recipe, set_ or [], out_dir, opts)
     if done is None:               # another rank of `accelerate launch`: rank 0 evaluates and reports
         from ..distributed import rank
 
         print(f"rank {rank()}: repair steps done; rank 0 evaluates and writes {out_dir}", file=sys.stderr)
         return
-    out.print(summary_table(f"realign fix: {checkpoint} --recipe {recipe}", done.results))
-    print_standard_evals(done.results)
+    print_evaluation(f"realign fix: {checkpoint} --recipe {recipe}", done.results)
     form = "LoRA adapter" if done.meta["output"]["form"] == "adapter" else "model"
     out.print(f"wrote {out_dir} ({form}, realign.json, report.md, README.md model card, tradeoff.png) "
               f"in {done.meta['timings']['total']:.0f} s")
     if push_to_hub:
         _push(out_dir, push_to_hub, private, None,
-              retry=f"{out_dir} is complete; retry with `realign push {out_dir} --repo-id {push_to_hub}`")
+              hint=f"{out_dir} is complete; retry with `realign push {out_dir} --repo-id {push_to_hub}`")
 
 
-def _dry_run(checkpoint: str, base: str | None, recipe: str, overrides: list[str], opts) -> None:
-    from ..errors import RealignError
-    from ..runs.dry_run import describe, predict_fix
-
-    try:
-        print(describe(predict_fix(checkpoint, base, recipe, overrides, opts)))
-    except RealignError as e:
-        fail(str(e))
-
-
-def _push(out_dir: Path, repo_id: str, private: bool, token: str | None, retry: str = "") -> None:
-    from ..errors import RealignError
+def _push(out_dir: Path, repo_id: str, private: bool, token: str | None, hint: str = "") -> None:
     from ..runs.push import push_output
 
-    try:
-        url = push_output(out_dir, repo_id, private=private or None, token=token)  # unset: the Hub's default
-    except RealignError as e:
-        fail(f"{e}" + (f"; {retry}" if retry else ""))
+    # private unset: the Hub's default
+    url = or_fail(push_output, out_dir, repo_id, private=private or None, token=token, hint=hint)
     out.print(f"pushed {out_dir} to {repo_id}: {url}")
 
 
@@ -182,10 +163,9 @@ def bench_cmd(
     report_to: ReportToOpt = None,
 ) -> None:
     """Compare recipes across finetunes and seeds: every cell runs `fix`; a leaderboard pools them."""
+    from ..model_io.checkpoint import LoadOptions
     from ..runs.bench import organism_finetunes as organism_fts
     from ..runs.bench import plan, run_bench, user_finetunes
-    from ..model_io.checkpoint import LoadOptions
-    from ..errors import RealignError
     from ..runs.leaderboard import write_leaderboard
 
     if bool(finetune) == organism:
@@ -194,14 +174,12 @@ def bench_cmd(
         fail("--seeds must be at least 1")
     names = _recipe_names(recipes)
     opts = fix_options(locals(), LoadOptions(dtype=dtype))
-    try:
-        fts = organism_fts([n.strip() for n in organism_finetunes.split(",") if n.strip()], organism_dir,
-                           organism_size) \
-            if organism else user_finetunes(finetune or [], base)
-        cells = plan(fts, names, list(range(seeds)), out_dir)
-        counts = run_bench(cells, set_ or [], opts, out_dir, on_cell_done=lambda: write_leaderboard(out_dir))
-    except RealignError as e:
-        fail(str(e))
+    if organism:
+        fts = or_fail(organism_fts, comma_list(organism_finetunes), organism_dir, organism_size)
+    else:
+        fts = or_fail(user_finetunes, finetune or [], base)
+    cells = plan(fts, names, list(range(seeds)), out_dir)
+    counts = or_fail(run_bench, cells, set_ or [], opts, out_dir, on_cell_done=lambda: write_leaderboard(out_dir))
     board = write_leaderboard(out_dir)
     out.print((out_dir / "leaderboard.md").read_text())
     for name, ft in board.items():
@@ -213,10 +191,10 @@ def bench_cmd(
 
 def _recipe_names(recipes: str) -> list[str]:
     """--recipes: comma-separated, or all the bundled ones."""
-    names = [r.strip() for r in recipes.split(",") if r.strip()]
-    if names == ["all"]:
-        from ..recipe import available_recipes
+    from ..recipe import available_recipes
 
+    names = comma_list(recipes)
+    if names == ["all"]:
         names = list(available_recipes())
     if not names:
         fail("--recipes is empty; give e.g. --recipes merge,freeze+dpo")
@@ -229,15 +207,7 @@ def recipes_cmd() -> None:
     from ..recipe import available_recipes
     from ..repairs import load_all
 
-    table = Table(title="repairs (combine with +, e.g. freeze+dpo)")
-    table.add_column("step")
-    table.add_column("what it does")
-    for name, cls in sorted(load_all().items()):
-        table.add_row(name, cls.summary)
-    out.print(table)
-    table = Table(title="bundled recipes (--recipe NAME)")
-    table.add_column("recipe")
-    table.add_column("description")
-    for name, desc in available_recipes().items():
-        table.add_row(name, desc)
-    out.print(table)
+    out.print(table("repairs (combine with +, e.g. freeze+dpo)", ["step", "what it does"],
+                    [[name, cls.summary] for name, cls in sorted(load_all().items())], left=["step", "what it does"]))
+    out.print(table("bundled recipes (--recipe NAME)", ["recipe", "description"],
+                    [[name, desc] for name, desc in available_recipes().items()], left=["recipe", "description"]))
