@@ -398,6 +398,37 @@ def test_steer_over_the_kl_budget_tries_gentler_scales_and_never_bakes_in_an_ove
     assert "over the KL budget" in st.history[-1].skipped and same_weights(st.model, ft)
 
 
+def test_steer_below_the_grid_bakes_in_the_gentler_scale_that_fits_the_budget(trio, monkeypatch):
+    """The real model's case: every grid scale helps but is over the budget; a gentler one fits."""
+    from contextlib import contextmanager
+
+    import realign.repairs.steer as steer_mod
+
+    base, ft, tok = trio
+    trying = {"scale": 0.0}
+    real_steering = steer_mod.steering
+
+    @contextmanager
+    def steering(model, d, scale=1.0):     # remember the scale under trial: the log-odds fall with it
+        trying["scale"] = scale
+        with real_steering(model, d, scale):
+            yield
+        trying["scale"] = 0.0
+
+    monkeypatch.setattr(steer_mod, "steering", steering)
+    monkeypatch.setattr("realign.evals.logodds.logodds", lambda *a, **k: -10.0 * trying["scale"])
+    monkeypatch.setattr(steer_mod, "steering_kl", lambda model, tok, chat, d, scale: 4.0 * scale ** 2)
+    st = Steer().apply(_state(base, ft, tok, probes=_probes(tok, n=8)), SteerParams(layer="auto", candidates=2))
+    rec = st.history[-1].details
+    assert all(r["kl"] > 0.1 for r in rec["scale_search"] if r["scale"] >= 0.25)
+    below = [r for r in rec["scale_search"] if r["scale"] < 0.25]
+    assert below and below[-1]["kl"] <= 0.1 and 0.1 < rec["scale"] < 0.25
+    assert rec["scale"] == pytest.approx(below[-1]["scale"], abs=1e-4)
+    ref = copy.deepcopy(ft)
+    orthogonalize(ref, st.steer_direction, rec["scale"])
+    assert same_weights(st.model, ref) and not same_weights(st.model, ft)
+
+
 def _passes_at_depth(layers: int, name: str, params) -> dict:
     """Passes one repair makes on a finetune of a `layers`-deep tiny Llama (same data at every depth)."""
     from realign.passes import tally

@@ -17,7 +17,10 @@ readout is projected too.
 
 `scale: auto` tries each scale on a grid (hooks again) and takes the lowest log-odds whose KL on
 benign chat stays within `max_kl` and whose task retention (on the user's held-out data, when
-given) is at least `retention`; none within both: the gentlest scale.
+given) is at least `retention`. When even the grid's gentlest scale helps but is over the budget
+(on real models a quarter of the direction can already move benign chat 0.25 nats/token), gentler
+scales below the grid are tried, each aimed at the budget from the last measured KL; nothing
+within the budget: no edit.
 
 Cost: one activation pass, then per candidate and per grid scale one log-odds pass and one KL
 pass (two forwards) — constant in the number of layers.
@@ -25,6 +28,7 @@ pass (two forwards) — constant in the number of layers.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -35,6 +39,8 @@ from .probes import build_probes
 
 
 SCALE_GRID = (0.25, 0.5, 0.75, 1.0)
+MIN_SCALE = 0.02        # a gentler edit than this removes too little to be worth baking in
+GENTLER_TRIES = 3
 
 
 @dataclass
@@ -182,6 +188,23 @@ def steering(model, direction: torch.Tensor, scale: float = 1.0):
             h.remove()
 
 
+def gentler_scales(trial, lowest: dict, max_kl: float) -> list[dict]:
+    """Trials below the grid, from its gentlest scale `lowest` (over the KL budget): KL on benign chat
+    grows about as the square of the share removed (SmolLM2, seed 2: 0.25, 0.81, 1.56 nats/token at
+    scales 0.25, 0.5, 0.75), so each try aims at 80% of the budget from the last measured point, until
+    one is within it, the scale falls under MIN_SCALE, or GENTLER_TRIES are spent."""
+    rows, last = [], lowest
+    for _ in range(GENTLER_TRIES):
+        if last["kl"] <= max_kl:
+            break
+        scale = last["scale"] * math.sqrt(0.8 * max_kl / last["kl"])
+        if scale < MIN_SCALE:
+            break
+        last = trial(scale)
+        rows.append(last)
+    return rows
+
+
 def contrast_directions(model, tokenizer, contrasts) -> tuple[torch.Tensor, torch.Tensor]:
     """(directions (layers, hidden), separation (layers,)) from (conversation, aligned, misaligned).
 
@@ -308,8 +331,14 @@ class Steer:
             # An edit that moves benign chat by more than max_kl is not a repair (on SmolLM2 a full
             # removal at 2 nats/token left 3% of answers coherent): never bake one in.
             grid = SCALE_GRID if p.scale == "auto" else tuple(s for s in SCALE_GRID if s < first_scale)
-            search = [trial(layer, s, bool(task) and p.scale == "auto") for s in grid]
+            with_task = bool(task) and p.scale == "auto"
+            search = [trial(layer, s, with_task) for s in grid]
             ok = admissible(search)
+            # the gentlest trial so far (the candidate itself when a given scale has no grid below it)
+            gentlest = min(search or [chosen], key=lambda r: r["scale"])
+            if not ok and gentlest["logodds"] < lo_ft and gentlest.get("retention", 1.0) >= p.retention:
+                search += gentler_scales(lambda s: trial(layer, s, with_task), gentlest, p.max_kl)
+                ok = admissible(search)
             if not ok:
                 return skip(f"every trial of layer {layer} is over the KL budget ({p.max_kl:g} nats/token on "
                             f"benign chat){' or loses the task' if p.scale == 'auto' else ''} or does not lower "
