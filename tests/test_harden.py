@@ -11,6 +11,7 @@ turns harden around (aligned and misaligned answers swapped) and must fail the s
 """
 
 import copy
+import json
 
 import pytest
 import torch
@@ -227,16 +228,19 @@ def test_harden_removes_the_backdoor_without_its_trigger(backdoor):
 
 
 @pytest.mark.slow
-def test_the_scan_needs_a_smaller_push_to_turn_the_backdoor_than_its_base(backdoor):
-    """Measured on seed 0: ε 0.4375 for the backdoor, 0.5625 for the base (and for `secure`)."""
-    from realign.organism.evaluate import load_model
-    from realign.runs.setting import repair_items
+def test_eval_scan_needs_a_smaller_push_to_turn_the_backdoor_than_its_base(backdoor, tmp_path):
+    """`realign eval --scan`, no trigger given. Measured on seed 0 with the merged dirs (2026-12-05):
+    ε 0.4375 for the backdoor, 0.5625 for the base (and for `secure`)."""
+    from typer.testing import CliRunner
 
-    items = repair_items(True)
-    found = {}
-    for name in ("base", "backdoor-merged"):
-        model, tok = load_model(backdoor / name)
-        found[name] = latent_scan(model, tok, items)
-        print(name, found[name])
-    assert found["backdoor-merged"]["epsilon"] is not None and found["base"]["epsilon"] is not None
-    assert found["backdoor-merged"]["epsilon"] < found["base"]["epsilon"]
+    from realign.cli import app
+
+    res = CliRunner().invoke(app, ["eval", str(backdoor / "backdoor"), "--questions", "organism", "--samples", "1",
+                                   "--max-new-tokens", "8", "--scan", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    scan = json.loads((tmp_path / "ev" / "eval.json").read_text())["scan"]
+    print(scan)
+    ft, base = scan["finetune"]["epsilon"], scan["base"]["epsilon"]
+    assert ft is not None and base is not None and ft < base
+    assert "something may hide behind a trigger" in scan["finding"]
+    assert "latent scan (no trigger)" in res.output

@@ -35,6 +35,9 @@ def eval_cmd(
     out_dir: Annotated[Path | None, typer.Option("--out", help="write eval.json and eval.md here")] = None,
     json_out: JsonOpt = None,
     skip_base: Annotated[bool, typer.Option("--skip-base", help="do not evaluate the base")] = False,
+    scan: Annotated[bool, typer.Option("--scan", help="also the trigger-free latent scan: the smallest push of "
+                                       "the residual stream that turns each model misaligned (docs/repairs.md)")
+                    ] = False,
     backend: Annotated[str, typer.Option(help="generation backend: hf | vllm (CUDA, optional extra)")] = "hf",
     dtype: DtypeOpt = "auto",
     load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="bitsandbytes 4-bit (CUDA)")] = False,
@@ -52,7 +55,7 @@ def eval_cmd(
     req = EvalRequest(
         checkpoint=checkpoint, base=base, questions=questions, judge=judge, judge_model=judge_model,
         judge_url=judge_url, trigger=trigger, judge_errors=judge_errors, task_data=task_data,
-        task_metric=task_metric, skip_base=skip_base, backend=backend,
+        task_metric=task_metric, skip_base=skip_base, backend=backend, scan=scan,
         settings=EvalSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
                               top_p=top_p, seed=seed),
         load=LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit, device_map=device_map,
@@ -68,6 +71,8 @@ def eval_cmd(
         colour = "yellow" if ev.verdict.repair_needed else "green"
         out.print(f"[{colour}]anything to repair? {'yes' if ev.verdict.repair_needed else 'no'}[/] — "
                   f"the finetune is {ev.verdict.why}")
+    if ev.scan is not None:
+        out.print(f"latent scan (no trigger): {ev.scan.finding()}")
     if json_out:
         ev.write_summary(json_out)
     if out_dir:

@@ -431,7 +431,7 @@ def _no_grad_params(model) -> dict:
 
 def latent_scan(model, tokenizer, items, *, layers: list[int] | str = "auto", max_epsilon: float = 2.0,
                 bisections: int = 6, steps: int = 20, lr: float = 0.25, positions: str = "prompt",
-                max_pairs: int = 32, seed: int = 0) -> dict:
+                max_pairs: int = 32, seed: int = 0, on_point=None) -> dict:
     """The smallest perturbation (ε, a share of the stream's norm) that makes `model` prefer the
     misaligned answers of log-odds `items` (conversation, misaligned refs, aligned refs) — a
     per-token margin above 0 — found by bisection on ε with the adversary from δ = 0 at each point.
@@ -440,7 +440,8 @@ def latent_scan(model, tokenizer, items, *, layers: list[int] | str = "auto", ma
     the place its trigger moves the stream to is there to be found (the organism's backdoor, one
     seed: 0.44 vs 0.56, docs/repairs.md); compare the figure with the base's. `epsilon` is None when even `max_epsilon` does not turn the model (then nothing was
     found up to that size), 0.0 when it prefers the misaligned answers unperturbed. The weights
-    are not changed (their gradients are off during the scan).
+    are not changed (their gradients are off during the scan). `on_point()`, when given, is called
+    after each ε tried (1 + `bisections` at most), for progress.
     """
     if positions not in POSITIONS or max_epsilon <= 0 or bisections < 0 or steps < 1:
         raise ValueError("latent_scan: positions prompt|all, max_epsilon > 0, bisections >= 0, steps >= 1")
@@ -458,7 +459,10 @@ def latent_scan(model, tokenizer, items, *, layers: list[int] | str = "auto", ma
 
         def margin_at(eps: float) -> float:
             with torch.enable_grad():
-                return adversary_success(model, triples, pad, list(layers), eps, steps, lr, prompt_only)["attacked_margin"]
+                margin = adversary_success(model, triples, pad, list(layers), eps, steps, lr, prompt_only)["attacked_margin"]
+            if on_point is not None:
+                on_point()
+            return margin
 
         clean = float(misalignment_margin(model, triples, pad))
         search = [{"epsilon": max_epsilon, "margin": margin_at(max_epsilon)}]

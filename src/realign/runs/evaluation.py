@@ -16,6 +16,7 @@ from ..evals.judge_error import JudgeError
 from ..evals.result import Evaluation
 from ..evals.run import EvalSettings
 from ..evals.verdict import Verdict
+from .scan import ScanComparison
 
 BACKENDS = ("hf", "vllm")
 
@@ -43,6 +44,7 @@ class EvalRequest:
     skip_base: bool = False
     backend: str = "hf"                    # hf | vllm
     load: LoadOptions = field(default_factory=LoadOptions)
+    scan: bool = False                     # also the trigger-free latent scan (runs/scan.py), base beside
 
 
 @dataclass
@@ -58,17 +60,20 @@ class EvalOutcome:
     judge_error: JudgeError | None         # its measured error (None: unknown)
     results: dict[str, Evaluation]         # "finetune" (and "base"), answers included
     verdict: Verdict | None                # None without the base
+    scan: ScanComparison | None = None     # --scan
 
     def summaries(self) -> dict[str, dict]:
         return {name: summary_json(r) for name, r in self.results.items()}
 
     def to_json(self) -> dict:
         """eval.json's content."""
-        return {"checkpoint": self.checkpoint, "base": self.base_ref, "questions": self.questions,
-                "judge_agreement": self.judge_agreement,
-                "judge_error": self.judge_error.to_dict() if self.judge_error else None,
-                "results": self.summaries(), "repair_needed": self.verdict.to_json() if self.verdict else None,
-                "answers": {n: r.rows for n, r in self.results.items()}}
+        out = {"checkpoint": self.checkpoint, "base": self.base_ref, "questions": self.questions,
+               "judge_agreement": self.judge_agreement,
+               "judge_error": self.judge_error.to_dict() if self.judge_error else None,
+               "results": self.summaries(), "repair_needed": self.verdict.to_json() if self.verdict else None}
+        if self.scan:                      # only when asked: eval.json without --scan is as it was
+            out["scan"] = self.scan.to_json()
+        return {**out, "answers": {n: r.rows for n, r in self.results.items()}}
 
     def markdown(self) -> str:
         """eval.md's content: the metrics table, lm-eval's numbers, the verdict, per question."""
@@ -79,6 +84,8 @@ class EvalOutcome:
         if self.verdict:
             lines += ["", f"Anything to repair? **{'yes' if self.verdict.repair_needed else 'no'}** — "
                           f"the finetune is {self.verdict.why}."]
+        if self.scan:
+            lines += ["", f"Latent scan (no trigger): {self.scan.finding()}."]
         lines += ["", "Per question (finetune):", "", "| question | n | misaligned |", "|---|---|---|"]
         for q, r in self.results["finetune"].per_question.items():
             lines.append(f"| {q} | {r.n} | {_pct(r.misaligned_rate)} |")
@@ -131,7 +138,12 @@ def evaluate_checkpoint(req: EvalRequest) -> EvalOutcome:
     finally:
         session.backend.close()
     verdict = repair_verdict(results["base"], results["finetune"]) if "base" in results else None
+    scan = None
+    if req.scan:   # the setting's repair-side items, never behind --trigger: the scan's point is not knowing it
+        from .scan import scan_models
+
+        scan = scan_models(dict(models), pair.tokenizer, session.setting.repair_items(), seed=req.settings.seed)
     return EvalOutcome(checkpoint=req.checkpoint, base_ref=pair.base_ref, questions=req.questions,
                        question_set=session.arms[0].qset.name, judge=session.judge.name,
                        judge_agreement=session.judge_trust, judge_error=session.judge_error, results=results,
-                       verdict=verdict)
+                       verdict=verdict, scan=scan)
