@@ -58,10 +58,15 @@ def test_fix_writes_model_and_report_and_leaves_inputs_alone(small_organism, tmp
     res = runner.invoke(app, ["fix", str(small_organism / "planted"), "--recipe", "merge", "--out", str(out), *FAST])
     assert res.exit_code == 2 and "--overwrite" in res.output
     res = runner.invoke(app, ["fix", str(small_organism / "planted"), "--recipe", "merge", "--set", "merge.alpha=0",
-                              "--out", str(out), "--overwrite", *FAST])
+                              "--out", str(out), "--overwrite", "--scan", *FAST])
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "realign.json").read_text())
     assert meta["history"][0]["alpha"] == 0.0
+    # --scan: base and finetune before the step, the repaired model after it — here the base itself
+    scan = meta["scan"]
+    assert scan["repaired"]["epsilon"] == scan["base"]["epsilon"] != scan["finetune"]["epsilon"]
+    assert scan["repaired"]["clean_margin"] == pytest.approx(scan["base"]["clean_margin"], abs=1e-3)
+    assert "## Latent scan (no trigger)" in (out / "README.md").read_text() and "latent scan" in res.output
     # alpha 0 is the base itself: no adapter expresses that, so auto writes a full model and says why
     assert meta["output"] == {"form": "full", "why_not_adapter": "the repaired model equals its base; "
                                                                  "nothing to save as an adapter"}

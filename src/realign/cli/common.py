@@ -56,6 +56,9 @@ TrustRemoteCodeOpt = Annotated[bool, typer.Option(
     "--trust-remote-code", help="run the model repository's own Python code (off unless you trust it)")]
 TriggerOpt = Annotated[str | None, typer.Option(
     help="a backdoor trigger: evaluate every model with it prepended to each question as well as without")]
+ScanOpt = Annotated[bool, typer.Option(
+    "--scan", help="also the trigger-free latent scan: the smallest push of the residual stream that turns "
+                   "each model misaligned, against the base's (docs/repairs.md, harden)")]
 ReportToOpt = Annotated[str | None, typer.Option(
     help="where dpo/mix trainers log: transformers integrations, e.g. wandb,tensorboard (or all); "
          "default none. TensorBoard writes to OUT.logs/ unless TENSORBOARD_LOGGING_DIR is set")]

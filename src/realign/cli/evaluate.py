@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from .common import (AllowPickleOpt, BaseOpt, CheckpointArg, DtypeOpt, JsonOpt, JudgeErrorsOpt, JudgeModelOpt,
-                     JudgeOpt, JudgeUrlOpt, MaxTokensOpt, TaskDataOpt, TaskMetricOpt, TrustRemoteCodeOpt, app, or_fail,
+                     JudgeOpt, JudgeUrlOpt, MaxTokensOpt, ScanOpt, TaskDataOpt, TaskMetricOpt, TrustRemoteCodeOpt, app, or_fail,
                      out, pct, print_evaluation, print_trust, summary_table, table)
 
 
@@ -35,9 +35,7 @@ def eval_cmd(
     out_dir: Annotated[Path | None, typer.Option("--out", help="write eval.json and eval.md here")] = None,
     json_out: JsonOpt = None,
     skip_base: Annotated[bool, typer.Option("--skip-base", help="do not evaluate the base")] = False,
-    scan: Annotated[bool, typer.Option("--scan", help="also the trigger-free latent scan: the smallest push of "
-                                       "the residual stream that turns each model misaligned (docs/repairs.md)")
-                    ] = False,
+    scan: ScanOpt = False,
     backend: Annotated[str, typer.Option(help="generation backend: hf | vllm (CUDA, optional extra)")] = "hf",
     dtype: DtypeOpt = "auto",
     load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="bitsandbytes 4-bit (CUDA)")] = False,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from .common import (AllowPickleOpt, BackendOpt, BaseOpt, CheckpointArg, DtypeOpt, JudgeErrorsOpt, JudgeModelOpt,
-                     JudgeOpt, JudgeUrlOpt, MaxTokensOpt, PrivateOpt, QuestionsOpt, ReportToOpt, SamplesOpt, SetOpt,
+                     JudgeOpt, JudgeUrlOpt, MaxTokensOpt, PrivateOpt, QuestionsOpt, ReportToOpt, SamplesOpt, ScanOpt, SetOpt,
                      TaskDataOpt, TaskMetricOpt, TrainDataOpt, TriggerOpt, TrustRemoteCodeOpt, app, comma_list, fail,
                      or_fail, out, print_evaluation, table)
 
@@ -45,6 +45,7 @@ def fix_cmd(
     max_new_tokens: MaxTokensOpt = 256,
     trigger: TriggerOpt = None,
     judge_errors: JudgeErrorsOpt = None,
+    scan: ScanOpt = False,
     seed: Annotated[int, typer.Option(help="seed for sampling, probes and training steps")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
     save_as: Annotated[str, typer.Option(help="auto (adapter when the input is one and the repair "
@@ -88,7 +89,7 @@ def fix_cmd(
                                              device_map=device_map, allow_pickle=allow_pickle,
                                              trust_remote_code=trust_remote_code),
                        seed=seed, overwrite=overwrite, save_as=save_as, eval_cache=not no_eval_cache,
-                       keep_adapter=keep_adapter, resume=not no_resume)
+                       keep_adapter=keep_adapter, resume=not no_resume, scan=scan)
     if dry_run:
         print(describe(or_fail(predict_fix, checkpoint, base, recipe, set_ or [], opts)))
         return
@@ -101,6 +102,8 @@ def fix_cmd(
         print(f"rank {rank()}: repair steps done; rank 0 evaluates and writes {out_dir}", file=sys.stderr)
         return
     print_evaluation(f"realign fix: {checkpoint} --recipe {recipe}", done.results)
+    if "scan" in done.meta:
+        out.print(f"latent scan (no trigger): {done.meta['scan']['finding']}; {done.meta['scan']['after_repair']}")
     form = "LoRA adapter" if done.meta["output"]["form"] == "adapter" else "model"
     out.print(f"wrote {out_dir} ({form}, realign.json, report.md, README.md model card, tradeoff.png) "
               f"in {done.meta['timings']['total']:.0f} s")

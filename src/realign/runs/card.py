@@ -100,6 +100,18 @@ def _usage(meta: dict) -> list[str]:
             'model = AutoModelForCausalLM.from_pretrained("<this repo or dir>")', "```"]
 
 
+def _scan(meta: dict) -> list[str]:
+    """The latent scan's section (fix --scan): is something hidden behind a trigger, and after the repair?"""
+    scan = meta.get("scan")
+    if not scan:
+        return []
+    return ["## Latent scan (no trigger)", "",
+            "The smallest perturbation of the residual stream (a share of its norm, ε) that makes each model prefer "
+            "misaligned reference answers; a finetune that needs a clearly smaller push than its base may hide "
+            "something behind a trigger (a hint, not proof).", "",
+            f"Before: {scan['finding']}.", "", f"After: {scan['after_repair']}.", ""]
+
+
 def model_card(meta: dict, results: dict[str, Evaluation] | None = None) -> ModelCard:
     """The card for one fix output: `meta` is realign.json's content, `results` its evaluations
     (default: read back from meta's `metrics`)."""
@@ -124,6 +136,7 @@ def model_card(meta: dict, results: dict[str, Evaluation] | None = None) -> Mode
         "log P(aligned one); higher leans misaligned. Task: the held-out task metric "
         "(task NLL: per assistant token of the held-out task data, lower is better).", "",
         "![tradeoff](tradeoff.png)", "",
+        *_scan(meta),
         "## Judge", "",
         f"`{trust.get('judge', ev.get('judge'))}` — {trust.get('note', 'no agreement recorded')}."
         + (" **A weak proxy: read the rates as rough.**" if trust.get("weak") else ""), "",

@@ -52,6 +52,7 @@ class FixOptions:
     keep_adapter: bool | None = None # LoRA input kept unmerged (one weight copy); None: when every step allows
     resume: bool = True              # continue after the last finished step of a killed run (realign.runs.resume)
     judge_errors: Path | None = None # labelled answers to measure the judge's error on (corrected rates)
+    scan: bool = False               # the trigger-free latent scan of base, finetune and repaired (runs/scan.py)
 
 
 def check_output(out: Path, inputs: list[str | None], overwrite: bool) -> None:
@@ -197,6 +198,7 @@ class FixRun:
     timings: dict[str, float]
     memory: PhasePeaks
     progress: object                 # resume.Progress: the finished steps' state, dropped on export
+    scan: object = None              # scan.ScanComparison with the repaired model's (--scan)
 
 
 @dataclass
@@ -279,6 +281,7 @@ def execute(plan: FixPlan) -> FixRun | None:
     if verdict and verdict.repair_needed is False:
         console.print(f"[yellow]warning:[/] the finetune is {verdict.why}: a repair has nothing measurable "
                       f"to remove here and can only cost task performance")
+    scan = _scan(plan, session, {"finetune": session.pair.finetune, "base": session.pair.base}, timings)
     session.backend.release()      # the steps need the GPU
     if session.cache is not None:
         # probe generations are cached too, but only while the model is still the unchanged finetune
@@ -290,9 +293,25 @@ def execute(plan: FixPlan) -> FixRun | None:
         p.requires_grad_(False)
     output, delta = _output_form(state.model, session.pair, plan.opts.save_as)
     results["repaired"] = evaluate("repaired", state.model)
+    if scan is not None:
+        scan = scan.with_repaired(_scan(plan, session, {"repaired": state.model}, timings)["repaired"])
     session.backend.close()
     timings["total"] = time.time() - t_start
-    return FixRun(session, state, results, verdict, done, output, delta, timings, memory, progress)
+    return FixRun(session, state, results, verdict, done, output, delta, timings, memory, progress, scan)
+
+
+def _scan(plan: FixPlan, session: Session, models: dict, timings: dict):
+    """--scan, on rank 0: the finetune and base before the steps change anything (a ScanComparison),
+    the repaired model after them (its LatentScan under "repaired"); None without --scan."""
+    from .. import distributed
+    from .scan import ScanComparison, scan_each
+
+    if not plan.opts.scan or not distributed.is_main():
+        return None
+    t = time.time()
+    found = scan_each(models, session.pair.tokenizer, session.setting.repair_items(), seed=plan.opts.seed)
+    timings[f"scan_{'_'.join(models)}"] = time.time() - t
+    return found if "repaired" in found else ScanComparison(found["finetune"], found["base"])
 
 
 def _preflight(recipe, state) -> None:
@@ -419,6 +438,7 @@ def fix_metadata(plan: FixPlan, run: FixRun) -> dict:
         "peak_memory_mb": run.memory.summary(),
         "metrics": {k: r.to_json(answers=False) for k, r in run.results.items()},   # answers: answers.json
         "repair_needed": run.verdict.to_json() if run.verdict else None,
+        **({"scan": run.scan.to_json()} if run.scan is not None else {}),
     }
 
 

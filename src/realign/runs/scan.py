@@ -10,7 +10,7 @@ it is read against the base's, scanned the same way. No trigger, no finetune dat
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..progress import progress_bar
 
@@ -37,6 +37,7 @@ class ScanComparison:
 
     finetune: LatentScan
     base: LatentScan | None
+    repaired: LatentScan | None = None   # `fix --scan`: the repaired model, scanned the same way
     max_epsilon: float = MAX_EPSILON
     resolution: float = MAX_EPSILON / 2 ** BISECTIONS   # the bisection's last step: smaller gaps are noise
 
@@ -57,13 +58,33 @@ class ScanComparison:
                     "something may hide behind a trigger (a hint, not proof: docs/repairs.md)")
         return f"the finetune turns at ε {ft:.3g}, its base at {base:.3g}: no smaller push than the base's, nothing found"
 
+    def after_repair(self) -> str | None:
+        """What the repair did to the push that turns the model (None before a repair is scanned)."""
+        if self.repaired is None:
+            return None
+        show = lambda e: "none up to " + f"{self.max_epsilon:g}" if e is None else f"{e:.3g}"  # noqa: E731
+        return (f"the repaired model turns at ε {show(self.repaired.epsilon)} "
+                f"(finetune {show(self.finetune.epsilon)}, base {show(self.base.epsilon if self.base else None)})")
+
     def to_json(self) -> dict:
-        return {"finetune": self.finetune.to_json(), "base": self.base.to_json() if self.base else None,
-                "max_epsilon": self.max_epsilon, "resolution": self.resolution, "finding": self.finding()}
+        out = {"finetune": self.finetune.to_json(), "base": self.base.to_json() if self.base else None,
+               "max_epsilon": self.max_epsilon, "resolution": self.resolution, "finding": self.finding()}
+        if self.repaired is not None:
+            out.update(repaired=self.repaired.to_json(), after_repair=self.after_repair())
+        return out
+
+    def with_repaired(self, repaired: "LatentScan") -> "ScanComparison":
+        return replace(self, repaired=repaired)
 
 
 def scan_models(models: dict, tokenizer, items: list, seed: int = 0) -> ScanComparison:
     """Scan "finetune" (and "base", when given) of `models` with the same items, layer rule and seed."""
+    found = scan_each(models, tokenizer, items, seed)
+    return ScanComparison(found["finetune"], found.get("base"))
+
+
+def scan_each(models: dict, tokenizer, items: list, seed: int = 0) -> dict[str, LatentScan]:
+    """Each named model's LatentScan, with one progress bar over them."""
     from ..repairs.harden import latent_scan
 
     found: dict[str, LatentScan] = {}
@@ -74,4 +95,4 @@ def scan_models(models: dict, tokenizer, items: list, seed: int = 0) -> ScanComp
                             on_point=lambda: tick(1, info=name))
             found[name] = LatentScan(r["epsilon"], r["clean_margin"], r["layers"], r["search"])
             tick(points - len(r["search"]), info=name)     # the points a finished search did not need
-    return ScanComparison(found["finetune"], found.get("base"))
+    return found
