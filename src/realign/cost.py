@@ -262,7 +262,7 @@ def _passes(name: str, p: dict) -> dict[str, int]:
         return {"scoring": int(p.get("steps", 5)) + 4} if p.get("alpha", "auto") == "auto" else {}
     if name == "freeze":
         return {"scoring": 4 * int(p.get("verify", 3)), "backward": 2}
-    if name == "steer":
+    if name == "steer":       # + up to 3 scoring and KL passes each when even scale 0.25 is over the KL budget
         c = int(p.get("candidates", 3)) if p.get("layer", "auto") == "auto" else 1
         return {"activations": 1, "scoring": c + 4, "kl": c + 3}
     if name == "dpo":
