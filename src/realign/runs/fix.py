@@ -281,8 +281,8 @@ def execute(plan: FixPlan) -> FixRun | None:
     if verdict and verdict.repair_needed is False:
         console.print(f"[yellow]warning:[/] the finetune is {verdict.why}: a repair has nothing measurable "
                       f"to remove here and can only cost task performance")
+    session.backend.release()      # the steps (and the scan's backward passes) need the GPU
     scan = _scan(plan, session, {"finetune": session.pair.finetune, "base": session.pair.base}, timings)
-    session.backend.release()      # the steps need the GPU
     if session.cache is not None:
         # probe generations are cached too, but only while the model is still the unchanged finetune
         state.probe_cache = (session.cache, session.probe_cache_key())
