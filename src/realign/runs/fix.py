@@ -293,9 +293,9 @@ def execute(plan: FixPlan) -> FixRun | None:
         p.requires_grad_(False)
     output, delta = _output_form(state.model, session.pair, plan.opts.save_as)
     results["repaired"] = evaluate("repaired", state.model)
+    session.backend.close()
     if scan is not None:
         scan = scan.with_repaired(_scan(plan, session, {"repaired": state.model}, timings)["repaired"])
-    session.backend.close()
     timings["total"] = time.time() - t_start
     return FixRun(session, state, results, verdict, done, output, delta, timings, memory, progress, scan)
 
