@@ -142,7 +142,8 @@ def evaluate_checkpoint(req: EvalRequest) -> EvalOutcome:
     if req.scan:   # the setting's repair-side items, never behind --trigger: the scan's point is not knowing it
         from .scan import scan_models
 
-        scan = scan_models(dict(models), pair.tokenizer, session.setting.repair_items(), seed=req.settings.seed)
+        scan = scan_models(dict(models), pair.tokenizer, session.setting.repair_items(), seed=req.settings.seed,
+                           openly_misaligned=verdict.repair_needed if verdict else None)
     return EvalOutcome(checkpoint=req.checkpoint, base_ref=pair.base_ref, questions=req.questions,
                        question_set=session.arms[0].qset.name, judge=session.judge.name,
                        judge_agreement=session.judge_trust, judge_error=session.judge_error, results=results,

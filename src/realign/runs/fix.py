@@ -282,7 +282,7 @@ def execute(plan: FixPlan) -> FixRun | None:
         console.print(f"[yellow]warning:[/] the finetune is {verdict.why}: a repair has nothing measurable "
                       f"to remove here and can only cost task performance")
     session.backend.release()      # the steps (and the scan's backward passes) need the GPU
-    scan = _scan(plan, session, {"finetune": session.pair.finetune, "base": session.pair.base}, timings)
+    scan = _scan(plan, session, {"finetune": session.pair.finetune, "base": session.pair.base}, timings, verdict)
     if session.cache is not None:
         # probe generations are cached too, but only while the model is still the unchanged finetune
         state.probe_cache = (session.cache, session.probe_cache_key())
@@ -300,7 +300,7 @@ def execute(plan: FixPlan) -> FixRun | None:
     return FixRun(session, state, results, verdict, done, output, delta, timings, memory, progress, scan)
 
 
-def _scan(plan: FixPlan, session: Session, models: dict, timings: dict):
+def _scan(plan: FixPlan, session: Session, models: dict, timings: dict, verdict: Verdict | None = None):
     """--scan, on rank 0: the finetune and base before the steps change anything (a ScanComparison),
     the repaired model after them (its LatentScan under "repaired"); None without --scan."""
     from .. import distributed
@@ -311,7 +311,9 @@ def _scan(plan: FixPlan, session: Session, models: dict, timings: dict):
     t = time.time()
     found = scan_each(models, session.pair.tokenizer, session.setting.repair_items(), seed=plan.opts.seed)
     timings[f"scan_{'_'.join(models)}"] = time.time() - t
-    return found if "repaired" in found else ScanComparison(found["finetune"], found["base"])
+    if "repaired" in found:
+        return found
+    return ScanComparison(found["finetune"], found["base"], openly_misaligned=verdict.repair_needed if verdict else None)
 
 
 def _preflight(recipe, state) -> None:
