@@ -28,13 +28,15 @@ def _metrics(k: int, n: int, nll: float, logodds: float = 0.0) -> dict:
 
 
 def _write_cell(out: Path, ft: str, seed: int, recipe: str, repaired: dict, base: dict, finetune: dict,
-                history: list[dict] | None = None, judge: str = "offline:probe:abc") -> None:
+                history: list[dict] | None = None, judge: str | None = "offline:probe:abc",
+                note: str = "AUROC 0.90") -> None:
     d = out / "cells" / ft / f"s{seed}" / recipe
     d.mkdir(parents=True)
+    ev = {"judge": "offline", "judge_agreement": {"note": note}}   # judge None: an older cell, no identity
     meta = {"metrics": {"base": base, "finetune": finetune, "repaired": repaired},
             "timings": {"total": 10.0, "step1_merge": 4.0}, "peak_memory_mb": {"total": {"rss": 500.0}},
             "history": history or [{"step": "merge", "alpha": 0.5, "passes": {"scoring": 9}}],
-            "evaluation": {"judge": "offline", "judge_identity": judge}}
+            "evaluation": {**ev, "judge_identity": judge} if judge else ev}
     (d / "realign.json").write_text(json.dumps(meta))
 
 
@@ -161,3 +163,14 @@ def test_leaderboard_names_skipped_steps_and_mixed_judges(tmp_path):
     board = build_leaderboard(tmp_path)["ins"]
     assert board.judges == ["offline:probe:abc", "offline:probe:def"]
     assert "judged by 2 different judges" in markdown({"ins": board})
+
+
+def test_an_older_cell_matches_a_newer_judge_by_its_name_and_note(tmp_path):
+    """Cells written before realign.json recorded the judge's identity carry its name and quoted
+    agreement only: the same as a newer cell's is the same judge, another note is not."""
+    base, ft = _metrics(2, 100, nll=2.0), _metrics(20, 100, nll=1.0, logodds=1.0)
+    _write_cell(tmp_path, "ins", 0, "merge", _metrics(5, 100, nll=1.2), base, ft, judge=None)
+    _write_cell(tmp_path, "ins", 0, "steer", _metrics(8, 100, nll=1.1), base, ft)
+    assert build_leaderboard(tmp_path)["ins"].judges == ["offline:probe:abc"]
+    _write_cell(tmp_path, "ins", 0, "ties", _metrics(6, 100, nll=1.2), base, ft, judge=None, note="AUROC 0.80")
+    assert build_leaderboard(tmp_path)["ins"].judges == ["offline (AUROC 0.80)", "offline:probe:abc"]

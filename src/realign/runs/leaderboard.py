@@ -112,13 +112,29 @@ class FinishedCell:
     def judge(self) -> str:
         """Which judge made its verdicts: the identity realign.json records (older cells: the name and
         its quoted agreement, which changed whenever its heads were refitted)."""
+        return (self.meta.get("evaluation") or {}).get("judge_identity") or self.judge_by_note
+
+    @property
+    def judge_by_note(self) -> str:
+        """The judge's name and quoted agreement: all an older cell recorded, and what a newer one's
+        identity is matched to it by."""
         ev = self.meta.get("evaluation") or {}
-        return ev.get("judge_identity") or f"{ev.get('judge')} ({(ev.get('judge_agreement') or {}).get('note')})"
+        return f"{ev.get('judge')} ({(ev.get('judge_agreement') or {}).get('note')})"
 
     @property
     def history(self) -> list[dict]:
         return [{k: v for k, v in h.items() if k in ("step", "layers", "alpha", "note", "passes", "skipped")}
                 for h in self.meta.get("history", [])]
+
+
+def judges_of(cells: list[FinishedCell]) -> list[str]:
+    """The distinct judges of a board's cells; an older cell (name and note only) counts as the same
+    judge as a newer one whose name and note are the same, when exactly one such identity exists."""
+    by_note: dict[str, set[str]] = {}
+    for c in cells:
+        if c.judge != c.judge_by_note:
+            by_note.setdefault(c.judge_by_note, set()).add(c.judge)
+    return sorted({next(iter(by_note[c.judge])) if len(by_note.get(c.judge, ())) == 1 else c.judge for c in cells})
 
 
 def load_cells(out: Path) -> list[FinishedCell]:
@@ -209,7 +225,7 @@ def _finetune_board(cells: list[FinishedCell]) -> FinetuneBoard:
                                 seeds=[c.seed for c in mine], history=[c.history for c in mine])
     base, finetune = rows["base"], rows["finetune"]
     verdict = repair_verdict(base.untriggered, finetune.untriggered, (base.triggered, finetune.triggered))
-    return FinetuneBoard(seeds, rows, verdict, sorted({c.judge for c in cells}))
+    return FinetuneBoard(seeds, rows, verdict, judges_of(cells))
 
 
 def _pct(x: float | None) -> str:
