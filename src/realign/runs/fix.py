@@ -27,6 +27,7 @@ from ..evals.verdict import Verdict
 from ..memory import PhasePeaks
 from ..progress import console
 from .resume import discard_output, progress_for
+from .scan import ScanComparison
 from .session import Session, SessionOptions, open_session
 
 
@@ -198,7 +199,7 @@ class FixRun:
     timings: dict[str, float]
     memory: PhasePeaks
     progress: object                 # resume.Progress: the finished steps' state, dropped on export
-    scan: object = None              # scan.ScanComparison with the repaired model's (--scan)
+    scan: ScanComparison | None = None   # --scan: base and finetune, and the repaired model's
 
 
 @dataclass
@@ -282,7 +283,9 @@ def execute(plan: FixPlan) -> FixRun | None:
         console.print(f"[yellow]warning:[/] the finetune is {verdict.why}: a repair has nothing measurable "
                       f"to remove here and can only cost task performance")
     session.backend.release()      # the steps (and the scan's backward passes) need the GPU
-    scan = _scan(plan, session, {"finetune": session.pair.finetune, "base": session.pair.base}, timings, verdict)
+    found = _scan(plan, session, {"finetune": session.pair.finetune, "base": session.pair.base}, timings)
+    scan = None if found is None else ScanComparison(
+        found["finetune"], found["base"], openly_misaligned=verdict.repair_needed if verdict else None)
     if session.cache is not None:
         # probe generations are cached too, but only while the model is still the unchanged finetune
         state.probe_cache = (session.cache, session.probe_cache_key())
@@ -300,20 +303,18 @@ def execute(plan: FixPlan) -> FixRun | None:
     return FixRun(session, state, results, verdict, done, output, delta, timings, memory, progress, scan)
 
 
-def _scan(plan: FixPlan, session: Session, models: dict, timings: dict, verdict: Verdict | None = None):
-    """--scan, on rank 0: the finetune and base before the steps change anything (a ScanComparison),
-    the repaired model after them (its LatentScan under "repaired"); None without --scan."""
+def _scan(plan: FixPlan, session: Session, models: dict, timings: dict) -> dict | None:
+    """--scan, on rank 0: each named model's LatentScan (finetune and base before the steps change
+    anything, the repaired model after them), timed; None without --scan."""
     from .. import distributed
-    from .scan import ScanComparison, scan_each
+    from .scan import scan_each
 
     if not plan.opts.scan or not distributed.is_main():
         return None
     t = time.time()
     found = scan_each(models, session.pair.tokenizer, session.setting.repair_items(), seed=plan.opts.seed)
     timings[f"scan_{'_'.join(models)}"] = time.time() - t
-    if "repaired" in found:
-        return found
-    return ScanComparison(found["finetune"], found["base"], openly_misaligned=verdict.repair_needed if verdict else None)
+    return found
 
 
 def _preflight(recipe, state) -> None:

@@ -78,7 +78,7 @@ class ScanComparison:
         """What the repair did to the push that turns the model (None before a repair is scanned)."""
         if self.repaired is None:
             return None
-        show = lambda e: "none up to " + f"{self.max_epsilon:g}" if e is None else f"{e:.3g}"  # noqa: E731
+        show = lambda e: f"none up to {self.max_epsilon:g}" if e is None else f"{e:.3g}"  # noqa: E731
         return (f"the repaired model turns at ε {show(self.repaired.epsilon)} "
                 f"(finetune {show(self.finetune.epsilon)}, base {show(self.base.epsilon if self.base else None)})")
 
