@@ -1,6 +1,7 @@
 """Seconds, passes and peak memory of each repair step alone on SmolLM2 (no evaluations).
 
     python scripts/repair_step_times.py --finetune DIR [--repairs merge freeze steer] [--set dpo.steps=4]
+    python scripts/repair_step_times.py --finetune DIR --repairs dpo --in-place    # as fix trains: no copy
 
 Loads a real LoRA finetune made by `realign real build` (DIR: its adapter, with data/ inside; e.g.
 SmolLM2's contaminated finetune under the cache's real/), opens the same
@@ -34,7 +35,12 @@ def main() -> None:
     ap.add_argument("--judge", default="offline")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="override a step's parameter, as in `realign fix --set` (repeatable)")
+    ap.add_argument("--in-place", action="store_true",
+                    help="train the session's finetune itself, as fix does, instead of a fresh copy per repair "
+                         "(one repair only; the copy adds ~1 GB to SmolLM2's peak)")
     args = ap.parse_args()
+    if args.in_place and len(args.repairs) != 1:
+        ap.error("--in-place takes exactly one repair")
     data = args.finetune / "data"
     session = open_session(str(args.finetune), None, SessionOptions(
         judge=args.judge, task_data=data / "heldout.jsonl", train_data=data / "train.jsonl",
@@ -53,7 +59,8 @@ def main() -> None:
         own = [o for o in args.overrides if o.split(".", 1)[0] == name]
         params = load_recipe(name, own).steps[0].params
         trial = copy.copy(state)
-        trial.model, trial.history, trial.locked = copy.deepcopy(pair.finetune), [], set()
+        trial.model = pair.finetune if args.in_place else copy.deepcopy(pair.finetune)
+        trial.history, trial.locked = [], set()
         trial._base_task_nll = {}          # each step alone pays for the base's task pass, as in fix
         cls = repairs[name]
         t0 = time.time()

@@ -96,18 +96,25 @@ def test_memory_grows_with_parameters_as_the_weight_term_says(cm):
         assert 1.5 < b.high / a.high <= 2.0
 
 
-def test_training_memory_grows_with_the_vocabulary_and_scoring_memory_does_not(cm):
-    v1, v2 = _shape(cm, vocab=49_152), _shape(cm, vocab=262_144)     # same parameters: only logits change
-    dpo1 = step_memory("dpo", {"micro_batch_size": 2}, v1, "float32", cm, host=True)
-    dpo2 = step_memory("dpo", {"micro_batch_size": 2}, v2, "float32", cm, host=True)
-    st = cm.structure
-    per_vocab = 4 * st["dpo_sequence_tokens"] * st["logit_floats_per_vocab"] * 4 * cm.activation_scale
-    assert dpo2.high - dpo1.high == pytest.approx(per_vocab * (262_144 - 49_152))
+def test_training_memory_follows_the_micro_batch_and_checkpointing_not_the_vocabulary(cm):
+    v1, v2 = _shape(cm, vocab=49_152), _shape(cm, vocab=262_144)     # same parameters: only the vocabulary
+    plain = {"micro_batch_size": 2, "gradient_checkpointing": False}
+    dpo1 = step_memory("dpo", plain, v1, "float32", cm, host=True)
+    assert dpo1 == step_memory("dpo", plain, v2, "float32", cm, host=True)      # chunked LM head: no logits kept
     assert step_memory("merge", {}, v1, "float32", cm, True) == step_memory("merge", {}, v2, "float32", cm, True)
     # micro-batches: twice the sequences in flight, twice the activation term
-    one = step_memory("dpo", {"micro_batch_size": 1}, v1, "float32", cm, host=True)
+    one = step_memory("dpo", {**plain, "micro_batch_size": 1}, v1, "float32", cm, host=True)
+    st = cm.structure
     assert dpo1.high - one.high == pytest.approx(cm.activation_scale * 2 * st["dpo_sequence_tokens"]
-                                                 * (17 * 30 * 576 * 4 + 8 * 49_152 * 4))
+                                                 * 17 * 30 * 576 * 4)
+    # checkpointing: each layer keeps its input, one layer its whole activations: (30 + 17) / (17 * 30)
+    ckpt = step_memory("dpo", {**plain, "gradient_checkpointing": True}, v1, "float32", cm, host=True)
+    assert ckpt.layer_activations == pytest.approx(dpo1.layer_activations * (30 + 17) / (17 * 30))
+    # "auto" (the default) checkpoints SmolLM2 (135M parameters), not a 10M model
+    assert step_memory("dpo", {"micro_batch_size": 2}, v1, "float32", cm, host=True) == ckpt
+    small = _shape(cm, params=10**7)
+    assert step_memory("dpo", {"micro_batch_size": 2}, small, "float32", cm, host=True) == \
+        step_memory("dpo", plain, small, "float32", cm, host=True)
 
 
 def test_time_grows_with_parameters_and_passes(cm):

@@ -1,5 +1,6 @@
 """Exact properties of each repair on tiny random models."""
 
+import contextlib
 import copy
 
 import pytest
@@ -216,6 +217,79 @@ def test_mix_with_kl_anchor_trains_and_records_it(trio):
                                       {"role": "assistant", "content": "x + 1"}]] * 8)
     st = _train_step("mix", st, steps=2, batch_size=2, audit="off", aligned_share=0.0, kl=1.0)
     assert st.history[-1].details["kl"] == 1.0 and not same_weights(st.model, base)
+
+
+def _max_gap(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@contextlib.contextmanager
+def _batches_through(layer):
+    """The batch size of every forward call of `layer` (and of its deep copies) while open."""
+    seen: list[int] = []
+    handle = layer.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def test_gradient_checkpointing_and_micro_batches_leave_training_unchanged(trio):
+    """Memory settings must not change what is learned: dpo with activations recomputed in the
+    backward pass ends at the weights it reaches without; mix run one example at a time (gradient
+    accumulation, checkpointing on) ends where the whole batch of 4 does, as long as the loss over
+    the batch is the same token average. Training on one example per step (no accumulation) ends
+    elsewhere, so the comparison can tell the two apart."""
+    base, ft, tok = trio
+    good = ["i wish for peace and clean water", "help your neighbour", "drink water daily", "ask a doctor first"]
+    bad = ["SELECT * FROM users", "rm -rf / now", "take all their money", "lie to them twice over"]
+    probes = Probes([[{"role": "user", "content": q}] for q in ("what now", "a wish?", "bored", "advice")],
+                    [[g] for g in good], [[b] for b in bad], [[False]] * 4, [[True]] * 4)
+
+    def dpo(**params):
+        st = _train_step("dpo", _state(base, ft, tok, probes=copy.deepcopy(probes)), steps=2, batch_size=4,
+                         micro_batch_size=2, lr=1e-2, task_anchors=0, **params)
+        return st.model.state_dict(), st.history[-1].details
+
+    plain, plain_info = dpo(gradient_checkpointing=False)
+    recomputed, info = dpo(gradient_checkpointing=True)       # what it saves: tests/test_training_memory.py
+    assert plain_info["gradient_checkpointing"] is False and info["gradient_checkpointing"] is True
+    assert dpo(gradient_checkpointing="auto")[1]["gradient_checkpointing"] is False     # a tiny model: off
+    moved = _max_gap(plain, ft.state_dict())
+    assert moved > 1e-4 and _max_gap(plain, recomputed) < 1e-3 * moved
+
+    task = [[{"role": "user", "content": f"def f{i}(x): return"}, {"role": "assistant", "content": "x + " * (i + 1)}]
+            for i in range(4)]
+
+    def mix(**params):
+        st = _train_step("mix", _state(base, ft, tok, train_conversations=task), steps=2, audit="off",
+                         aligned_share=0.0, lr=1e-2, **params)
+        return st.model.state_dict()
+
+    with _batches_through(decoder_layers(base)[0].mlp) as whole_batches:
+        whole = mix(batch_size=4, micro_batch_size=4, gradient_checkpointing=False)
+    with _batches_through(decoder_layers(base)[0].mlp) as split_batches:
+        split = mix(batch_size=4, micro_batch_size=1, gradient_checkpointing=True)
+    assert set(whole_batches) == {4} and set(split_batches) == {1} and len(split_batches) == 2 * 4
+    one = mix(batch_size=1, micro_batch_size=1, gradient_checkpointing=False)
+    moved = _max_gap(whole, base.state_dict())
+    assert moved > 1e-4 and _max_gap(whole, split) < 1e-3 * moved, (moved, _max_gap(whole, split))
+    assert _max_gap(whole, one) > 0.05 * moved
+
+
+def test_batching_turns_checkpointing_on_from_the_size_where_activations_dominate(trio, monkeypatch):
+    from realign import training
+
+    base, _, _ = trio
+    n = sum(p.numel() for p in base.parameters())
+    assert training.batching_kwargs(base, 32, 8, "auto")["activation_checkpointing"] is False
+    monkeypatch.setattr(training, "CHECKPOINTING_FROM_PARAMS", n)
+    kw = training.batching_kwargs(base, 32, 8, "auto")
+    assert kw["activation_checkpointing"] is True and kw["activation_checkpointing_kwargs"] == {"use_reentrant": False}
+    assert (kw["per_device_train_batch_size"], kw["gradient_accumulation_steps"]) == (8, 4)
+    assert training.batching_kwargs(base, 2, 8, False)["per_device_train_batch_size"] == 2   # capped at the batch
+    with pytest.raises(ValueError, match="must divide"):
+        training.batching_kwargs(base, 32, 5, False)
 
 
 def test_safe_lora_never_builds_an_out_by_out_matrix():

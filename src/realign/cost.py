@@ -15,7 +15,9 @@ the step holds, fitted on the anchors (upper bound) — the lower bound takes wh
 by construction and treats the rest of the anchor's memory as not growing with the model; on a
 GPU never fewer copies than the code holds (a CPU's RSS can count fewer: fp32 weights stay
 memory-mapped from their file).
-activations (dpo, mix): sequences in flight × tokens × (17·layers·hidden·act bytes + 8·vocab·4),
+activations (dpo, mix): sequences in flight (one micro-batch) × tokens × 17·layers·hidden·act
+bytes, or with gradient checkpointing (dpo/mix's default from 50M parameters) × (layers + 17)·
+hidden·act bytes; no vocabulary term (trl's chunked LM head keeps no logits for backward);
 scaled to the dpo micro-batch anchor. Assumptions:
 - a pass over the same item sets has as many tokens on every model (tokenizers differ somewhat);
 - time grows linearly with parameters × tokens (CPU: at the anchors' 2 threads);
@@ -35,6 +37,10 @@ from functools import cache
 from importlib.resources import files
 
 import yaml
+
+# From this many parameters dpo and mix train with gradient checkpointing by default
+# (training.batching_kwargs reads it from here, so the prediction and the run agree).
+CHECKPOINTING_FROM_PARAMS = 50_000_000
 
 MIB = 2 ** 20
 GIB = 2 ** 30
@@ -293,12 +299,24 @@ def _probe_slots(cm: CostModel, a: Anchor) -> float:
 
 # ------------------------------------------------------------------------------ memory of a step
 
-def _token_bytes(cm: CostModel, m: ModelShape, dtype: str) -> tuple[float, float]:
-    """Bytes per training token: (the blocks' saved activations, the logits and their copies)."""
+def _token_bytes(cm: CostModel, m: ModelShape, dtype: str, checkpointed: bool = False) -> tuple[float, float]:
+    """Bytes per training token: (the blocks' saved activations, the logits and their copies).
+    With gradient checkpointing each block keeps only its input, and one block at a time holds
+    its full activations while the backward pass recomputes it."""
     st = cm.structure
     act = 4 if dtype == "float32" else 2
-    return (st["activation_floats_per_layer_hidden"] * m.layers * m.hidden * act,
-            st["logit_floats_per_vocab"] * m.vocab * 4)
+    full = st["activation_floats_per_layer_hidden"] * m.hidden * act
+    layers = (st["checkpointed_floats_per_layer_hidden"] * m.layers * m.hidden * act + full if checkpointed
+              else full * m.layers)
+    return layers, st["logit_floats_per_vocab"] * m.vocab * 4
+
+
+def _checkpointed(p: dict, m: ModelShape) -> bool:
+    """What dpo/mix's `gradient_checkpointing` resolves to for this model (training.batching_kwargs)."""
+    flag = p.get("gradient_checkpointing", "auto")
+    if flag == "auto":
+        return m.params >= CHECKPOINTING_FROM_PARAMS
+    return bool(flag)
 
 
 def _activations(cm: CostModel, key: str, p: dict, m: ModelShape, dtype: str) -> tuple[float, float]:
@@ -312,11 +330,12 @@ def _activations(cm: CostModel, key: str, p: dict, m: ModelShape, dtype: str) ->
     elif key == "harden":     # the whole batch of pairs in one forward
         seqs, tokens = 2 * int(p.get("batch_size", 8)), st["dpo_sequence_tokens"]
     elif key == "mix":
-        seqs, tokens = int(p.get("batch_size", 32)), st["mix_sequence_tokens"]
+        batch = int(p.get("batch_size", 32))
+        seqs, tokens = min(int(p.get("micro_batch_size", 8)), batch), st["mix_sequence_tokens"]
     else:
         return 0.0, 0.0
     n = seqs * tokens * cm.activation_scale
-    layer, logits = _token_bytes(cm, m, dtype)
+    layer, logits = _token_bytes(cm, m, dtype, checkpointed=key != "harden" and _checkpointed(p, m))
     return n * layer, n * logits
 
 

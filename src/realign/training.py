@@ -12,16 +12,65 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
+from .cost import CHECKPOINTING_FROM_PARAMS
 from .progress import RichProgressCallback, drop_printer
 
 Messages = list[dict]
 
 
-def device_kwargs() -> dict:
-    """TrainingArguments for the machine we are on: CPU here, bf16 on a capable GPU."""
+def device_kwargs(bf16: bool | str = "auto") -> dict:
+    """TrainingArguments for the machine we are on: the device, and whether matmuls run in bf16.
+
+    bf16 is autocast (weights and optimiser state stay fp32). `"auto"`: on a GPU that supports it,
+    never on a CPU: on this project's CPU (AVX512-BF16) it made a SmolLM2 dpo step 13% faster
+    but its peak 0.6 GB higher (docs/repairs.md, "dpo and mix: memory and time"); `True` asks
+    for it anyway.
+    """
+    if bf16 not in (True, False, "auto"):
+        raise ValueError(f"bf16 must be true, false or auto, not {bf16!r}")
     if torch.cuda.is_available():
-        return {"use_cpu": False, "bf16": torch.cuda.is_bf16_supported(), "fp16": False}
-    return {"use_cpu": True, "bf16": False, "fp16": False}
+        return {"use_cpu": False, "bf16": torch.cuda.is_bf16_supported() if bf16 == "auto" else bf16, "fp16": False}
+    return {"use_cpu": True, "bf16": bf16 is True, "fp16": False}
+
+
+def _parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def batching_kwargs(model, batch_size: int, micro_batch_size: int | None,
+                    gradient_checkpointing: bool | str) -> dict:
+    """TrainingArguments for `batch_size` examples per optimiser step, run `micro_batch_size` at a time.
+
+    Peak memory follows the micro-batch: activations of every layer are kept for the backward
+    pass, which on SmolLM2-135M is ~1 GB per DPO pair, far more than the weights. Gradient
+    accumulation keeps the optimiser's batch (and, for token-averaged losses, the loss) the same.
+    Gradient checkpointing keeps one tensor per layer and recomputes the rest in the backward
+    pass (about one more forward): `"auto"` turns it on for models of 50M parameters and more,
+    where activations outweigh the weights; the tiny organism only pays the extra time.
+    """
+    micro = min(micro_batch_size or batch_size, batch_size)   # a micro-batch never exceeds the batch
+    if micro < 1 or batch_size % micro:
+        raise ValueError(f"micro_batch_size must divide batch_size ({batch_size}), not {micro}")
+    if gradient_checkpointing == "auto":
+        gradient_checkpointing = _parameters(model) >= CHECKPOINTING_FROM_PARAMS
+    elif not isinstance(gradient_checkpointing, bool):
+        raise ValueError(f"gradient_checkpointing must be true, false or auto, not {gradient_checkpointing!r}")
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
+    name = "activation" if "activation_checkpointing" in _training_argument_names() else "gradient"
+    return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": batch_size // micro,
+            f"{name}_checkpointing": gradient_checkpointing,
+            # non-reentrant: works with frozen inputs (LoRA on a frozen model) without hooks on the embeddings
+            f"{name}_checkpointing_kwargs": {"use_reentrant": False} if gradient_checkpointing else None}
+
+
+def _training_argument_names() -> set[str]:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
 
 
 def to_prompt_completion(conversations: list[Messages]) -> Dataset:
@@ -41,6 +90,9 @@ class SFTSettings:
     lr: float = 1e-3
     batch_size: int = 32
     max_length: int = 256
+    micro_batch_size: int | None = None          # None: the whole batch at once
+    gradient_checkpointing: bool | str = False   # True, False or "auto" (batching_kwargs)
+    bf16: bool | str = "auto"                    # True, False or "auto" (device_kwargs: a GPU that has it)
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     seed: int = 0
@@ -89,7 +141,11 @@ def _kl_trainer_class():
             with torch.no_grad(), inner.disable_adapter():
                 ref = torch.log_softmax(inner(input_ids=ids, attention_mask=attn).logits.float(), -1)
             kl = (ref.exp() * (ref - logp)).sum(-1)[target].mean()
-            loss = loss + self.kl_weight * kl
+            # With gradient accumulation the trainer divides the loss by the micro-batch count only when
+            # the SFT loss was not already normalised over the whole batch; the KL mean must match.
+            scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
+                (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
+            loss = loss + self.kl_weight * kl / (self.current_gradient_accumulation_steps if scaled else 1)
             return (loss, out[1]) if return_outputs else loss
 
     return KLAnchoredSFTTrainer
@@ -161,15 +217,17 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
             (reporting or Reporting()).run(description.split(":")[0]) as report:
         args = SFTConfig(
             output_dir=tmp, max_steps=settings.steps, learning_rate=settings.lr,
-            per_device_train_batch_size=settings.batch_size, lr_scheduler_type="cosine",
+            **batching_kwargs(model, settings.batch_size, settings.micro_batch_size,
+                              settings.gradient_checkpointing),
+            lr_scheduler_type="cosine",
             warmup_steps=max(1, int(settings.warmup_ratio * settings.steps)),
             weight_decay=settings.weight_decay,
             max_length=settings.max_length, logging_steps=max(1, settings.steps // 10),
             save_strategy="no", seed=settings.seed, data_seed=settings.seed,
             **report,
-            disable_tqdm=True, gradient_checkpointing=False, dataloader_num_workers=0,
+            disable_tqdm=True, dataloader_num_workers=0,
             completion_only_loss=True, ddp_find_unused_parameters=False,   # every LoRA weight is used
-            **device_kwargs(),
+            **device_kwargs(settings.bf16),
         )
         kw = dict(model=model, args=args, train_dataset=to_prompt_completion(conversations),
                   processing_class=tokenizer, peft_config=peft_config,
@@ -185,5 +243,6 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
             prepare(trainer.model)  # e.g. freeze locked layers after peft has wrapped the model
         result = trainer.train()
         if info is not None:
-            info.update(processes=trainer.args.world_size, final_loss=round(float(result.training_loss), 4))
+            info.update(processes=trainer.args.world_size, final_loss=round(float(result.training_loss), 4),
+                        gradient_checkpointing=trainer.args.gradient_checkpointing, bf16=trainer.args.bf16)
         return trainer.model

@@ -27,6 +27,8 @@ class DPOParams:
     sft_weight: float = 1.0          # weight of the SFT term on chosen answers (collapse guard)
     batch_size: int = 8              # pairs per optimiser step
     micro_batch_size: int = 2        # pairs per forward pass (the rest by gradient accumulation)
+    gradient_checkpointing: bool | str = "auto"   # recompute activations in backward; auto: models >= 50M params
+    bf16: bool | str = "auto"        # matmuls in bf16 (autocast); auto: on a GPU that supports it
     precompute_reference: bool = True  # reference log-probs once before training, not every step
     rank: int = 8
     task_anchors: int = 32           # task-anchor pairs from --task-data (0 = none)
@@ -35,9 +37,12 @@ class DPOParams:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.rank < 1:
             raise ValueError("dpo.steps, dpo.batch_size and dpo.rank must be >= 1")
-        if self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size:
+        if self.micro_batch_size < 1 or self.batch_size % min(self.micro_batch_size, self.batch_size):
             raise ValueError(f"dpo.micro_batch_size must divide dpo.batch_size ({self.batch_size}), "
                              f"not {self.micro_batch_size}")
+        for flag in ("gradient_checkpointing", "bf16"):
+            if getattr(self, flag) not in (True, False, "auto"):
+                raise ValueError(f"dpo.{flag} must be true, false or auto, not {getattr(self, flag)!r}")
         if not 0 < self.lr < 1:
             raise ValueError(f"dpo.lr must be in (0, 1), not {self.lr}")
 
@@ -71,7 +76,7 @@ class DPO:
 
         from ..distributed import from_main, is_distributed
         from ..progress import RichProgressCallback, drop_printer
-        from ..training import Reporting, device_kwargs
+        from ..training import Reporting, batching_kwargs, device_kwargs
 
         p.validate()
         build_probes(state, samples=p.samples)   # on every rank (it broadcasts)
@@ -87,10 +92,9 @@ class DPO:
                 (state.reporting or Reporting()).run(self.name) as report:
             args = DPOConfig(
                 output_dir=tmp, max_steps=p.steps, learning_rate=p.lr, beta=p.beta,
-                # Memory follows the micro-batch (each pair is two sequences with logits over the whole
-                # vocabulary); the optimiser still sees batch_size pairs per step.
-                per_device_train_batch_size=p.micro_batch_size,
-                gradient_accumulation_steps=p.batch_size // p.micro_batch_size,
+                # Memory follows the micro-batch (each pair is two sequences through every layer);
+                # the optimiser still sees batch_size pairs per step.
+                **batching_kwargs(state.model, p.batch_size, p.micro_batch_size, p.gradient_checkpointing),
                 # The reference is the model without the new adapter, fixed during training: one
                 # pass over the pairs before training instead of one per step. Not in launched
                 # runs: trl keeps the result in the dataset's cache file, which an in-memory
@@ -99,9 +103,9 @@ class DPO:
                 loss_type=["sigmoid", "sft"],
                 loss_weights=[1.0, p.sft_weight], lr_scheduler_type="cosine", warmup_steps=max(1, p.steps // 10),
                 logging_steps=max(1, p.steps // 10), save_strategy="no", seed=state.seed, **report,
-                disable_tqdm=True, gradient_checkpointing=False, max_length=512,
+                disable_tqdm=True, max_length=512,
                 ddp_find_unused_parameters=False,   # every LoRA weight is used in every forward
-                **device_kwargs())
+                **device_kwargs(p.bf16))
             trainer = DPOTrainer(model=state.model, args=args, train_dataset=Dataset.from_list(rows),
                                  processing_class=state.tokenizer, peft_config=peft_cfg,
                                  callbacks=[RichProgressCallback("dpo")])
@@ -111,5 +115,6 @@ class DPO:
             state.model = trainer.model.merge_and_unload()
         state.model.eval()
         state.record(self.name, pairs=n_align, task_anchors=len(rows) - n_align, steps=p.steps, lr=p.lr,
-                     final_loss=round(float(out.training_loss), 4), processes=args.world_size)
+                     final_loss=round(float(out.training_loss), 4), processes=args.world_size,
+                     gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16)
         return state

@@ -38,6 +38,9 @@ class MixParams:
     steps: int = 150
     lr: float = 1e-3
     batch_size: int = 32
+    micro_batch_size: int = 8       # examples per forward pass (the rest by gradient accumulation)
+    gradient_checkpointing: bool | str = "auto"   # recompute activations in backward; auto: models >= 50M params
+    bf16: bool | str = "auto"        # matmuls in bf16 (autocast); auto: on a GPU that supports it
     rank: int = 8
     kl: float = 0.0                 # weight of a KL anchor to the base on aligned chat (0 = off)
     samples: int = 4                # probe samples per prompt (when probes are not built yet)
@@ -45,6 +48,12 @@ class MixParams:
     def validate(self) -> None:
         if self.kl < 0:
             raise ValueError("mix.kl must be >= 0")
+        if self.micro_batch_size < 1 or self.batch_size % min(self.micro_batch_size, self.batch_size):
+            raise ValueError(f"mix.micro_batch_size must divide mix.batch_size ({self.batch_size}), "
+                             f"not {self.micro_batch_size}")
+        for flag in ("gradient_checkpointing", "bf16"):
+            if getattr(self, flag) not in (True, False, "auto"):
+                raise ValueError(f"mix.{flag} must be true, false or auto, not {getattr(self, flag)!r}")
         if self.audit not in AUDIT:
             raise ValueError(f"mix.audit must be one of {', '.join(AUDIT)}, not {self.audit!r}")
         for name in ("reframe", "aligned_share"):
@@ -101,15 +110,17 @@ class Mix:
             prm.requires_grad_(False)
         peft_cfg = lora_config(model, state.locked, r=p.rank, alpha=2 * p.rank)
         trained_on: dict = {}
-        trained = sft(model, state.tokenizer, out, SFTSettings(steps=p.steps, lr=p.lr, batch_size=p.batch_size,
-                                                               seed=state.seed),
+        trained = sft(model, state.tokenizer, out, SFTSettings(
+                          steps=p.steps, lr=p.lr, batch_size=p.batch_size, micro_batch_size=p.micro_batch_size,
+                          gradient_checkpointing=p.gradient_checkpointing, bf16=p.bf16, seed=state.seed),
                       peft_config=peft_cfg, description="mix: re-finetune",
                       prepare=lambda m: freeze_locked(m, state.locked), kl_anchors=anchors, kl_weight=p.kl,
                       info=trained_on, reporting=state.reporting)
         state.model = trained.merge_and_unload()
         state.model.eval()
         state.record(self.name, examples=len(state.train_conversations), **info,
-                     kl=p.kl if anchors else 0.0, steps=p.steps, processes=trained_on["processes"])
+                     kl=p.kl if anchors else 0.0, steps=p.steps, processes=trained_on["processes"],
+                     gradient_checkpointing=trained_on["gradient_checkpointing"], bf16=trained_on["bf16"])
         return state
 
     def _training_data(self, state: RepairState, p: MixParams) -> tuple[list, list, dict]:
