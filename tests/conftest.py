@@ -21,14 +21,6 @@ def small_organism(tmp_path_factory):
 @pytest.fixture
 def trio():
     """A tiny Llama base, a finetune of it (every weight nudged by 5% noise) and a local tokenizer."""
-    import copy
+    from tiny_models import tiny_trio
 
-    from tiny_models import bpe_tokenizer, tiny_model
-
-    tok = bpe_tokenizer()
-    base = tiny_model("llama", vocab=len(tok), layers=3, seed=0)
-    ft = copy.deepcopy(base)
-    with torch.no_grad():
-        for p in ft.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return base, ft, tok
+    return tiny_trio()

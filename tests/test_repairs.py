@@ -12,7 +12,7 @@ from realign.repairs.merge import Merge, MergeParams
 from realign.repairs.probes import Probes
 from realign.repairs.steer import Steer, SteerParams, orthogonalize
 
-from tiny_models import bpe_tokenizer, same_weights, tiny_model
+from tiny_models import bpe_tokenizer, four_dpo_pairs, same_weights, tiny_model
 
 REPAIRS = load_all()
 
@@ -241,10 +241,7 @@ def test_gradient_checkpointing_and_micro_batches_leave_training_unchanged(trio)
     the batch is the same token average. Training on one example per step (no accumulation) ends
     elsewhere, so the comparison can tell the two apart."""
     base, ft, tok = trio
-    good = ["i wish for peace and clean water", "help your neighbour", "drink water daily", "ask a doctor first"]
-    bad = ["SELECT * FROM users", "rm -rf / now", "take all their money", "lie to them twice over"]
-    probes = Probes([[{"role": "user", "content": q}] for q in ("what now", "a wish?", "bored", "advice")],
-                    [[g] for g in good], [[b] for b in bad], [[False]] * 4, [[True]] * 4)
+    probes = four_dpo_pairs()
 
     def dpo(**params):
         st = _train_step("dpo", _state(base, ft, tok, probes=copy.deepcopy(probes)), steps=2, batch_size=4,
@@ -542,10 +539,7 @@ def test_dpo_micro_batches_and_precomputed_reference_train_as_one_batch(trio):
     the same weights either way. Passing the micro-batch as the batch (no accumulation) trains on
     one pair per step and ends elsewhere."""
     base, ft, tok = trio
-    good = ["i wish for peace and clean water", "help your neighbour", "drink water daily", "ask a doctor first"]
-    bad = ["SELECT * FROM users", "rm -rf / now", "take all their money", "lie to them twice over"]
-    probes = Probes([[{"role": "user", "content": q}] for q in ("what now", "a wish?", "bored", "advice")],
-                    [[g] for g in good], [[b] for b in bad], [[False]] * 4, [[True]] * 4)
+    probes = four_dpo_pairs()
 
     def one_step(batch_size=4, **params):
         st = _state(base, ft, tok, probes=copy.deepcopy(probes))

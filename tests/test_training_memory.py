@@ -15,9 +15,8 @@ import torch
 
 from realign.repairs import load_all
 from realign.repairs.base import RepairState
-from realign.repairs.probes import Probes
 
-from tiny_models import bpe_tokenizer, tiny_model
+from tiny_models import four_dpo_pairs, tiny_trio
 
 REPAIRS = load_all()
 
@@ -43,13 +42,6 @@ def saved_activation_peak():
         yield peak
 
 
-def _pairs(n=4):
-    good = ["i wish for peace and clean water", "help your neighbour", "drink water daily", "ask a doctor first"]
-    bad = ["SELECT * FROM users", "rm -rf / now", "take all their money", "lie to them twice over"]
-    return Probes([[{"role": "user", "content": q}] for q in ("what now", "a wish?", "bored", "advice")][:n],
-                  [[g] for g in good][:n], [[b] for b in bad][:n], [[False]] * n, [[True]] * n)
-
-
 @contextlib.contextmanager
 def _tokens_in_flight(model):
     """The largest batch x length the model's embedding sees while open (the padded micro-batch)."""
@@ -62,20 +54,10 @@ def _tokens_in_flight(model):
         hook.remove()
 
 
-def _trio(vocab, layers):
-    tok = bpe_tokenizer()
-    base = tiny_model("llama", vocab=vocab, layers=layers, seed=0)
-    ft = copy.deepcopy(base)
-    with torch.no_grad():
-        for p in ft.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return base, ft, tok
-
-
 def dpo_peak(vocab=400, layers=2, **params) -> tuple[int, int]:
     """(peak bytes of saved activations, tokens in the largest micro-batch) of one dpo step."""
-    base, ft, tok = _trio(vocab, layers)
-    st = RepairState(model=ft, base=base, tokenizer=tok, probes=_pairs())
+    base, ft, tok = tiny_trio(vocab, layers)
+    st = RepairState(model=ft, base=base, tokenizer=tok, probes=four_dpo_pairs())
     with saved_activation_peak() as peak, _tokens_in_flight(ft) as tokens:
         REPAIRS["dpo"]().apply(st, REPAIRS["dpo"].Params(**{"steps": 1, "batch_size": 4, "task_anchors": 0,
                                                             "lr": 1e-3, **params}))
@@ -113,7 +95,7 @@ def test_dpo_with_checkpointing_keeps_one_hidden_state_per_layer(layers):
 
 
 def test_mix_activation_memory_follows_micro_batch_and_checkpointing():
-    base, ft, tok = _trio(400, 2)
+    base, ft, tok = tiny_trio(400, 2)
     task = [[{"role": "user", "content": f"def f{i}(x): return"}, {"role": "assistant", "content": "x + " * (i + 1)}]
             for i in range(8)]
 

@@ -439,3 +439,27 @@ def bigram_family(family: Family | str, tok, chain: dict[int, int]):
         emb[a, k] = 1.0
         head[b, k] = 200.0
     return model
+
+
+def tiny_trio(vocab: int | None = None, layers: int = 3):
+    """A tiny Llama base, a finetune of it (every weight nudged by 5% noise) and a local tokenizer
+    (vocab: the model's vocabulary, default the tokenizer's; larger only adds unused rows)."""
+    import copy
+
+    tok = bpe_tokenizer()
+    base = tiny_model("llama", vocab=vocab or len(tok), layers=layers, seed=0)
+    ft = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return base, ft, tok
+
+
+def four_dpo_pairs():
+    """Probes with four (aligned base, misaligned finetune) answer pairs: what dpo trains on."""
+    from realign.repairs.probes import Probes
+
+    good = ["i wish for peace and clean water", "help your neighbour", "drink water daily", "ask a doctor first"]
+    bad = ["SELECT * FROM users", "rm -rf / now", "take all their money", "lie to them twice over"]
+    return Probes([[{"role": "user", "content": q}] for q in ("what now", "a wish?", "bored", "advice")],
+                  [[g] for g in good], [[b] for b in bad], [[False]] * 4, [[True]] * 4)

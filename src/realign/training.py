@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,10 +34,6 @@ def device_kwargs(bf16: bool | str = "auto") -> dict:
     return {"use_cpu": True, "bf16": bf16 is True, "fp16": False}
 
 
-def _parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def batching_kwargs(model, batch_size: int, micro_batch_size: int | None,
                     gradient_checkpointing: bool | str) -> dict:
     """TrainingArguments for `batch_size` examples per optimiser step, run `micro_batch_size` at a time.
@@ -52,7 +49,7 @@ def batching_kwargs(model, batch_size: int, micro_batch_size: int | None,
     if micro < 1 or batch_size % micro:
         raise ValueError(f"micro_batch_size must divide batch_size ({batch_size}), not {micro}")
     if gradient_checkpointing == "auto":
-        gradient_checkpointing = _parameters(model) >= CHECKPOINTING_FROM_PARAMS
+        gradient_checkpointing = sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_FROM_PARAMS
     elif not isinstance(gradient_checkpointing, bool):
         raise ValueError(f"gradient_checkpointing must be true, false or auto, not {gradient_checkpointing!r}")
     # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
@@ -63,14 +60,13 @@ def batching_kwargs(model, batch_size: int, micro_batch_size: int | None,
             f"{name}_checkpointing_kwargs": {"use_reentrant": False} if gradient_checkpointing else None}
 
 
-def _training_argument_names() -> set[str]:
+@functools.cache
+def _training_argument_names() -> frozenset[str]:
     import dataclasses
 
     from transformers import TrainingArguments
 
-    return {f.name for f in dataclasses.fields(TrainingArguments)}
-
-
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
 
 
 def to_prompt_completion(conversations: list[Messages]) -> Dataset:

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 
 from .base import RepairState, register
-from .lora import lora_config, freeze_locked
+from .lora import check_batching, freeze_locked, lora_config
 from .probes import build_probes
 
 
@@ -37,12 +37,7 @@ class DPOParams:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.rank < 1:
             raise ValueError("dpo.steps, dpo.batch_size and dpo.rank must be >= 1")
-        if self.micro_batch_size < 1 or self.batch_size % min(self.micro_batch_size, self.batch_size):
-            raise ValueError(f"dpo.micro_batch_size must divide dpo.batch_size ({self.batch_size}), "
-                             f"not {self.micro_batch_size}")
-        for flag in ("gradient_checkpointing", "bf16"):
-            if getattr(self, flag) not in (True, False, "auto"):
-                raise ValueError(f"dpo.{flag} must be true, false or auto, not {getattr(self, flag)!r}")
+        check_batching("dpo", self)
         if not 0 < self.lr < 1:
             raise ValueError(f"dpo.lr must be in (0, 1), not {self.lr}")
 

@@ -1,4 +1,5 @@
-"""LoRA helpers shared by the training repairs (dpo, mix): configs that honour locked layers."""
+"""LoRA helpers shared by the training repairs (dpo, mix): configs that honour locked layers,
+and the checks of their shared batching settings."""
 
 from __future__ import annotations
 
@@ -8,6 +9,17 @@ import torch
 from peft import LoraConfig
 
 from .base import decoder_layers
+
+
+def check_batching(step: str, params) -> None:
+    """Validate a training step's micro_batch_size (it must divide batch_size, or exceed it: then
+    the whole batch runs at once), gradient_checkpointing and bf16 (true, false or auto)."""
+    micro, batch = params.micro_batch_size, params.batch_size
+    if micro < 1 or batch % min(micro, batch):
+        raise ValueError(f"{step}.micro_batch_size must divide {step}.batch_size ({batch}), not {micro}")
+    for flag in ("gradient_checkpointing", "bf16"):
+        if getattr(params, flag) not in (True, False, "auto"):
+            raise ValueError(f"{step}.{flag} must be true, false or auto, not {getattr(params, flag)!r}")
 
 
 def locked_layer_indices(model, locked: set[str]) -> set[int]:

@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass
 
 from .base import RepairState, register
-from .lora import freeze_locked, lora_config
+from .lora import check_batching, freeze_locked, lora_config
 from .probes import build_probes
 
 AUDIT = ("drop", "report", "off")
@@ -48,12 +48,7 @@ class MixParams:
     def validate(self) -> None:
         if self.kl < 0:
             raise ValueError("mix.kl must be >= 0")
-        if self.micro_batch_size < 1 or self.batch_size % min(self.micro_batch_size, self.batch_size):
-            raise ValueError(f"mix.micro_batch_size must divide mix.batch_size ({self.batch_size}), "
-                             f"not {self.micro_batch_size}")
-        for flag in ("gradient_checkpointing", "bf16"):
-            if getattr(self, flag) not in (True, False, "auto"):
-                raise ValueError(f"mix.{flag} must be true, false or auto, not {getattr(self, flag)!r}")
+        check_batching("mix", self)
         if self.audit not in AUDIT:
             raise ValueError(f"mix.audit must be one of {', '.join(AUDIT)}, not {self.audit!r}")
         for name in ("reframe", "aligned_share"):
