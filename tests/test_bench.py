@@ -17,7 +17,7 @@ from realign.runs.bench import Finetune, overrides_for, plan, recipe_label
 from realign.cli import app
 from realign.evals.result import Evaluation
 from realign.evals.verdict import repair_verdict
-from realign.runs.leaderboard import build_leaderboard, retention
+from realign.runs.leaderboard import build_leaderboard, keep_cells, markdown, retention
 from realign.stats import seed_bootstrap_interval, wilson
 
 
@@ -90,6 +90,16 @@ def test_bench_refuses_bad_input_in_one_line(tmp_path):
     r = CliRunner().invoke(app, ["bench", "--finetune", str(tmp_path / "missing"), "--out", str(tmp_path / "b"),
                                  "--recipes", "merge"])
     assert r.exit_code == 2 and "does not exist" in r.output
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    (ft / "config.json").write_text("{}")
+    for workers, why in ((["--workers", "2", "--cluster", "k8s"], "--cluster must be one of local, slurm"),
+                         (["--workers", "-1"], "--workers must be at least 1"),
+                         (["--workers", "2", "--cluster-set", "partition"], "KEY=VALUE"),
+                         (["--workers", "2", "--cluster-set", "no_such=1"], "--cluster-set: ")):
+        r = CliRunner().invoke(app, ["bench", "--finetune", str(ft), "--out", str(tmp_path / "b"),
+                                     "--recipes", "merge", *workers])
+        assert r.exit_code == 2 and why in r.output and "Traceback" not in r.output, r.output
     assert not (tmp_path / "b").exists()            # bad input leaves nothing behind
 
 
@@ -146,7 +156,6 @@ def test_base_and_finetune_rows_keep_corrected_rates_whichever_cell_comes_last(t
 def test_leaderboard_names_skipped_steps_and_mixed_judges(tmp_path):
     """A step that chose to change nothing is named in the table (not read as a failed repair), and
     cells judged by different judges (e.g. heads refitted between runs) are flagged."""
-    from realign.runs.leaderboard import markdown
 
     base, ft = _metrics(2, 100, nll=2.0), _metrics(20, 100, nll=1.0, logodds=1.0)
     skipped = [{"step": "steer", "skipped": "every trial is over the KL budget"}]
@@ -174,3 +183,19 @@ def test_an_older_cell_matches_a_newer_judge_by_its_name_and_note(tmp_path):
     assert build_leaderboard(tmp_path)["ins"].judges == ["offline:probe:abc"]
     _write_cell(tmp_path, "ins", 0, "ties", _metrics(6, 100, nll=1.2), base, ft, judge=None, note="AUROC 0.80")
     assert build_leaderboard(tmp_path)["ins"].judges == ["offline (AUROC 0.80)", "offline:probe:abc"]
+
+
+def test_kept_cell_records_rebuild_the_same_board_and_merge_with_earlier_ones(tmp_path):
+    base, ft = _metrics(2, 100, nll=2.0), _metrics(20, 100, nll=1.0, logodds=1.0)
+    bench, kept = tmp_path / "bench", tmp_path / "results"
+    _write_cell(bench, "ins", 0, "merge", _metrics(5, 100, nll=1.2), base, ft)
+    (bench / "cells" / "ins" / "s0" / "merge" / "model.safetensors").write_bytes(b"weights")
+    keep_cells(bench, kept)
+    assert [p.name for p in kept.rglob("*") if p.is_file()] == ["realign.json"]     # no model travels
+    assert markdown(build_leaderboard(kept)) == markdown(build_leaderboard(bench))
+    later = tmp_path / "later"
+    _write_cell(later, "ins", 0, "dpo", _metrics(3, 100, nll=1.1), base, ft)
+    keep_cells(later, kept)
+    assert set(build_leaderboard(kept)["ins"].rows) == {"base", "finetune", "merge", "dpo"}
+    with pytest.raises(FileNotFoundError, match="no finished bench cells"):
+        keep_cells(tmp_path / "empty", kept)

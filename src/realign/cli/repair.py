@@ -164,6 +164,13 @@ def bench_cmd(
     dtype: DtypeOpt = "auto",
     backend: BackendOpt = "hf",
     report_to: ReportToOpt = None,
+    workers: Annotated[int, typer.Option(
+        help="run up to N cells at once, each a `fix` in its own submitit job (the cluster extra; "
+             "docs/scale-out.md); 0: one after another in this process")] = 0,
+    cluster: Annotated[str, typer.Option(help="where --workers run: local (processes here) | slurm")] = "local",
+    cluster_set: Annotated[list[str] | None, typer.Option(
+        help="a submitit parameter for the workers, KEY=VALUE, e.g. slurm_partition=gpu, gpus_per_node=1, "
+             "timeout_min=600")] = None,
 ) -> None:
     """Compare recipes across finetunes and seeds: every cell runs `fix`; a leaderboard pools them."""
     from ..model_io.checkpoint import LoadOptions
@@ -177,12 +184,24 @@ def bench_cmd(
         fail("--seeds must be at least 1")
     names = _recipe_names(recipes)
     opts = fix_options(locals(), LoadOptions(dtype=dtype))
+    settings = None
+    if workers:                        # checked before any organism is built
+        from ..runs.workers import WorkerSettings, parse_params
+
+        settings = WorkerSettings(workers, cluster, or_fail(parse_params, cluster_set or []))
+        or_fail(settings.validate)
     if organism:
         fts = or_fail(organism_fts, comma_list(organism_finetunes), organism_dir, organism_size)
     else:
         fts = or_fail(user_finetunes, finetune or [], base)
     cells = plan(fts, names, list(range(seeds)), out_dir)
-    counts = or_fail(run_bench, cells, set_ or [], opts, out_dir, on_cell_done=lambda: write_leaderboard(out_dir))
+    if settings:
+        from ..runs.workers import run_bench_on_workers
+
+        counts = or_fail(run_bench_on_workers, cells, set_ or [], opts, out_dir, settings,
+                         on_cell_done=lambda: write_leaderboard(out_dir))
+    else:
+        counts = or_fail(run_bench, cells, set_ or [], opts, out_dir, on_cell_done=lambda: write_leaderboard(out_dir))
     board = write_leaderboard(out_dir)
     out.print((out_dir / "leaderboard.md").read_text())
     for name, ft in board.items():

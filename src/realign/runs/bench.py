@@ -97,26 +97,54 @@ def overrides_for(recipe: str, global_sets: list[str]) -> tuple[str, list[str]]:
     return name, own + [kv for kv in global_sets if kv.split(".", 1)[0] in steps or kv.split(".", 1)[0].isdigit()]
 
 
-def run_bench(cells: list[Cell], global_sets: list[str], opts: FixOptions, out: Path,
-              on_cell_done: Callable[[], None] | None = None) -> dict[str, int]:
-    """Run every unfinished cell in order; returns counts of cells skipped (finished before) and run."""
-    from .fix import run_fix
+@dataclass
+class CellRun:
+    """One cell resolved into `run_fix`'s arguments: its finetune located (the organism built), its
+    recipe's overrides split off, the seed and trigger in the options. Picklable: a worker runs it."""
 
-    for c in cells:                       # bad recipes or overrides fail now, not after hours
+    checkpoint: str
+    base: str | None
+    recipe: str
+    overrides: list[str]
+    out: Path
+    opts: FixOptions
+
+    def __call__(self) -> None:
+        from .fix import run_fix
+
+        run_fix(self.checkpoint, self.base, self.recipe, self.overrides, self.out, self.opts)
+
+
+def resolve(cell: Cell, global_sets: list[str], opts: FixOptions) -> CellRun:
+    checkpoint, base = cell.finetune.locate(cell.seed)
+    name, overrides = overrides_for(cell.recipe, global_sets)
+    trigger = opts.trigger or cell.finetune.trigger
+    return CellRun(checkpoint, base, name, overrides, cell.out,
+                   replace(opts, seed=cell.seed, overwrite=False, trigger=trigger))
+
+
+def unfinished(cells: list[Cell], global_sets: list[str], out: Path) -> tuple[list[Cell], dict[str, int]]:
+    """The cells still to run (bad recipes or overrides fail now, not after hours), and the counts."""
+    for c in cells:
         overrides_for(c.recipe, global_sets)
     out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in cells if not c.done]
     counts = {"skipped": len(cells) - len(todo), "run": 0}
     if counts["skipped"]:
         console.print(f"[dim]{counts['skipped']} of {len(cells)} cells finished earlier: skipped[/]")
+    return todo, counts
+
+
+def run_bench(cells: list[Cell], global_sets: list[str], opts: FixOptions, out: Path,
+              on_cell_done: Callable[[], None] | None = None) -> dict[str, int]:
+    """Run every unfinished cell in order, in this process; returns counts of cells skipped (finished
+    before) and run. (realign.runs.workers runs them on several workers instead.)"""
+    todo, counts = unfinished(cells, global_sets, out)
     t0 = time.time()
     for i, c in enumerate(todo, 1):
         eta = "" if i == 1 else f" · about {(time.time() - t0) / (i - 1) * (len(todo) - i + 1) / 60:.0f} min left"
         console.rule(f"cell {i}/{len(todo)}: {c.finetune.name} · seed {c.seed} · {c.recipe}{eta}")
-        checkpoint, base = c.finetune.locate(c.seed)
-        name, overrides = overrides_for(c.recipe, global_sets)
-        trigger = opts.trigger or c.finetune.trigger
-        run_fix(checkpoint, base, name, overrides, c.out, replace(opts, seed=c.seed, overwrite=False, trigger=trigger))
+        resolve(c, global_sets, opts)()
         counts["run"] += 1
         if on_cell_done:
             on_cell_done()

@@ -137,10 +137,29 @@ def judges_of(cells: list[FinishedCell]) -> list[str]:
     return sorted({next(iter(by_note[c.judge])) if len(by_note.get(c.judge, ())) == 1 else c.judge for c in cells})
 
 
+CELL_RECORDS = "cells/*/s*/*/realign.json"
+
+
 def load_cells(out: Path) -> list[FinishedCell]:
     return [FinishedCell(finetune=path.parent.parent.parent.name, seed=int(path.parent.parent.name[1:]),
                          recipe=path.parent.name, meta=json.loads(path.read_text()))
-            for path in sorted((out / "cells").glob("*/s*/*/realign.json"))]
+            for path in sorted(out.glob(CELL_RECORDS))]
+
+
+def keep_cells(bench: Path, kept: Path) -> list[Path]:
+    """Copy a bench's finished cells' realign.json — all a leaderboard reads — into `kept` (same layout),
+    so that its board can be rebuilt where the bench's models and answers are gone (a repository's
+    results/ folder: a few kB per cell instead of a model). A cell already kept is replaced by the
+    bench's; other kept cells (earlier benches of other recipes or seeds) stay. Returns the files written."""
+    written = []
+    for path in sorted(bench.glob(CELL_RECORDS)):
+        target = kept / path.relative_to(bench)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+        written.append(target)
+    if not written:
+        raise FileNotFoundError(f"{bench} has no finished bench cells ({CELL_RECORDS})")
+    return written
 
 
 def _nll(m: Evaluation) -> float | None:
