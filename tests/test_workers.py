@@ -129,3 +129,23 @@ def test_two_local_workers_run_cells_at_once_and_share_the_cache(tmp_path):
     board = json.loads((out / "leaderboard.json").read_text())
     assert set(board) == {"planted", "insecure"} and set(board["planted"]["rows"]) == {"base", "finetune", "merge", "steer"}
     assert list((out / "workers").glob("*/*_log.err"))        # each job's log, where failures point
+
+
+@pytest.mark.slow
+def test_slurm_workers_through_a_stand_in_slurm(tmp_path):
+    """--cluster slurm end to end against tests/fake_slurm.py (sbatch/srun/sacct/scancel on this machine):
+    the submitit parameters reach the sbatch file, the job runs the cell, the driver sees it finish."""
+    from fake_slurm import install
+
+    env = {**os.environ, "REALIGN_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1",
+           **install(tmp_path / "bin", tmp_path / "slurm")}
+    out = tmp_path / "bench"
+    args = [*BENCH, "--organism-dir", str(tmp_path / "org"), "--organism-finetunes", "planted", "--recipes", "merge",
+            "--out", str(out), "--workers", "2", "--cluster", "slurm", "--cluster-set", "slurm_partition=test"]
+    res = subprocess.run([sys.executable, "-m", "realign.cli", *args], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
+    cell = json.loads((out / "cells" / "planted" / "s0" / "merge" / "realign.json").read_text())
+    assert cell["metrics"]["repaired"]["logodds"] < cell["metrics"]["finetune"]["logodds"]
+    sbatch = [p.read_text() for p in (out / "workers").rglob("*_submission.sh")]
+    assert len(sbatch) == 1 and "#SBATCH --partition=test" in sbatch[0] and "srun --unbuffered" in sbatch[0]
+    assert (tmp_path / "slurm" / "1000.rc").read_text() == "0"      # the stand-in ran it as job 1000
