@@ -107,13 +107,20 @@ def test_a_failed_cell_is_reported_after_the_others_ran(tmp_path, monkeypatch):
 BENCH = ["bench", "--organism", "--organism-size", "small", "--samples", "1"]
 
 
+def _organism_root(tmp_path: Path, small_organism) -> str:
+    """--organism-dir for the session's small organism (seed 0), built once for every test."""
+    (tmp_path / "org").mkdir()
+    (tmp_path / "org" / "s0").symlink_to(small_organism)
+    return str(tmp_path / "org")
+
+
 @pytest.mark.slow
-def test_two_local_workers_run_cells_at_once_and_share_the_cache(tmp_path):
+def test_two_local_workers_run_cells_at_once_and_share_the_cache(tmp_path, small_organism):
     """Two finetunes (cold: nothing cached) start at once on two worker processes; their second
     recipes reuse the evaluations the first ones cached; the board is the in-process one's."""
     env = {**os.environ, "REALIGN_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     out = tmp_path / "bench"
-    args = [*BENCH, "--organism-dir", str(tmp_path / "org"), "--organism-finetunes", "planted,insecure",
+    args = [*BENCH, "--organism-dir", _organism_root(tmp_path, small_organism), "--organism-finetunes", "planted,insecure",
             "--recipes", "merge,steer", "--out", str(out), "--workers", "2"]
     res = subprocess.run([sys.executable, "-m", "realign.cli", *args], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
@@ -132,7 +139,7 @@ def test_two_local_workers_run_cells_at_once_and_share_the_cache(tmp_path):
 
 
 @pytest.mark.slow
-def test_slurm_workers_through_a_stand_in_slurm(tmp_path):
+def test_slurm_workers_through_a_stand_in_slurm(tmp_path, small_organism):
     """--cluster slurm end to end against tests/fake_slurm.py (sbatch/srun/sacct/scancel on this machine):
     the submitit parameters reach the sbatch file, the job runs the cell, the driver sees it finish."""
     from fake_slurm import install
@@ -140,7 +147,8 @@ def test_slurm_workers_through_a_stand_in_slurm(tmp_path):
     env = {**os.environ, "REALIGN_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1",
            **install(tmp_path / "bin", tmp_path / "slurm")}
     out = tmp_path / "bench"
-    args = [*BENCH, "--organism-dir", str(tmp_path / "org"), "--organism-finetunes", "planted", "--recipes", "merge",
+    args = [*BENCH, "--organism-dir", _organism_root(tmp_path, small_organism), "--organism-finetunes", "planted",
+            "--recipes", "merge",
             "--out", str(out), "--workers", "2", "--cluster", "slurm", "--cluster-set", "slurm_partition=test"]
     res = subprocess.run([sys.executable, "-m", "realign.cli", *args], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-3000:]
