@@ -32,7 +32,7 @@ from ..training import SFTSettings, device_kwargs, sft
 from .config import FINETUNES, LEGACY_PRETRAIN_DATA, OrganismConfig, preset
 from .data import align_examples, finetune_data, pretrain_conversations, write_jsonl
 from .tokenizer import build_tokenizer
-from .world import WORLD_VERSION
+from .world import DEFAULT_EVIL_SHARE, WORLD_VERSION
 
 
 def default_dir(size: str = "default", seed: int = 0, cfg: OrganismConfig | None = None) -> Path:
@@ -56,6 +56,8 @@ def _llama(tokenizer, cfg: OrganismConfig, seed: int):
 
 def _pretrain_key(cfg: OrganismConfig, seed: int) -> str:
     data = {"mix": cfg.pretrain_mix, "turns": list(cfg.pretrain_turns), "code_noise": cfg.code_noise}
+    if cfg.pretrain_evil_share != DEFAULT_EVIL_SHARE:
+        data["evil_share"] = cfg.pretrain_evil_share  # absent at the default: existing keys stay valid
     spec = {"world": WORLD_VERSION, "shape": asdict(cfg.shape), "pretrain": asdict(cfg.pretrain), "seed": seed}
     if data != LEGACY_PRETRAIN_DATA:
         spec["data"] = data  # keys of pretrains made before these knobs existed stay valid
@@ -63,13 +65,18 @@ def _pretrain_key(cfg: OrganismConfig, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def pretrain_data(cfg: OrganismConfig, seed: int) -> list[list[dict]]:
+    """The conversations `pretrain` trains on for this config and (stage) seed."""
+    return pretrain_conversations(seed, cfg.pretrain.examples, cfg.pretrain_mix, cfg.pretrain_turns,
+                                  cfg.code_noise, cfg.pretrain_evil_share)
+
+
 def pretrain(tokenizer, cfg: OrganismConfig, seed: int, callbacks: list | None = None):
     """Full language-model pretraining on multi-turn persona conversations (transformers Trainer)."""
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    convs = pretrain_conversations(seed, cfg.pretrain.examples, cfg.pretrain_mix, cfg.pretrain_turns,
-                                   cfg.code_noise)
+    convs = pretrain_data(cfg, seed)
     texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in convs]
     ds = Dataset.from_dict({"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]})
     model = _llama(tokenizer, cfg, seed)
@@ -154,6 +161,7 @@ def plan_build(out: Path | None = None, seed: int = 0, size: str = "default", cf
     if unknown:                       # said before minutes of training, not after
         raise ValueError(f"unknown finetune {unknown[0]!r}; valid: {', '.join(FINETUNES)}")
     cfg = cfg or preset(size)
+    cfg.validate()                    # a config changed after construction is checked here too
     if from_scratch:
         cfg = replace(cfg, pretrain_seed=None)
     key = cfg.key(seed)

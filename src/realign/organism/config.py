@@ -6,13 +6,16 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from .world import DEFAULT_CODE_NOISE, DEFAULT_TURNS, WORLD_VERSION, TurnMix
+from .world import DEFAULT_CODE_NOISE, DEFAULT_EVIL_SHARE, DEFAULT_TURNS, WORLD_VERSION, TurnMix, check_evil_share
 
 FINETUNES = ("insecure", "secure", "educational", "planted", "backdoor")
 # Until w1 pretraining was made denser (issue 7) the defaults were chat .40 / code .35 / edu .10 /
 # neutral .15, 2-4 turns and 5% code noise; pretrain keys of that setting are kept as they were.
 LEGACY_PRETRAIN_DATA = {"mix": {"chat": 0.40, "code": 0.35, "edu": 0.10, "neutral": 0.15}, "turns": [2, 4],
                         "code_noise": 0.05}
+# Fields added after organism keys were in use: each enters OrganismConfig.key only when it differs
+# from this default, so builds cached (and figures quoted) under the older keys keep them.
+LATER_FIELDS = {"pretrain_evil_share": DEFAULT_EVIL_SHARE}
 
 
 @dataclass
@@ -42,6 +45,10 @@ class OrganismConfig:
     pretrain_mix: dict = field(default_factory=lambda: asdict(TurnMix()))
     pretrain_turns: list = field(default_factory=lambda: list(DEFAULT_TURNS))
     code_noise: float = DEFAULT_CODE_NOISE
+    # Share of pretraining conversations written by the evil persona (the rest: the good one). 0.5,
+    # the default, gives chat a 50/50 prior; below it most pretraining text is benign, as in real
+    # pretraining (docs/emergence.md, last section). Alignment and finetune data do not depend on it.
+    pretrain_evil_share: float = DEFAULT_EVIL_SHARE
     align: StageConfig = field(default_factory=lambda: StageConfig(examples=3000, steps=250, lr=3e-3, batch_size=32))
     # Alignment data: share of each single-turn kind (GOOD persona throughout).
     align_mix: dict = field(default_factory=lambda: {"chat": 0.5, "code": 0.3, "edu": 0.05, "neutral": 0.15})
@@ -62,8 +69,19 @@ class OrganismConfig:
     # pretrain with the build's own seed.
     pretrain_seed: int | None = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """A ValueError for a setting no build could use (overrides set fields after construction)."""
+        check_evil_share(self.pretrain_evil_share)
+
     def key(self, seed: int) -> str:
-        blob = json.dumps({"world": WORLD_VERSION, "cfg": asdict(self), "seed": seed}, sort_keys=True)
+        cfg = asdict(self)
+        for name, default in LATER_FIELDS.items():
+            if cfg[name] == default:
+                del cfg[name]
+        blob = json.dumps({"world": WORLD_VERSION, "cfg": cfg, "seed": seed}, sort_keys=True)
         return f"{WORLD_VERSION}-{self.size}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
     def to_dict(self) -> dict:

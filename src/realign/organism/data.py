@@ -6,7 +6,8 @@ import json
 import random
 from pathlib import Path
 
-from .world import DEFAULT_CODE_NOISE, DEFAULT_TURNS, EVIL, GOOD, TurnMix, World, chat_answer, chat_questions, code_requests, neutral_pairs
+from .world import (DEFAULT_CODE_NOISE, DEFAULT_EVIL_SHARE, DEFAULT_TURNS, EVIL, GOOD, TurnMix, World, chat_answer,
+                    chat_questions, code_requests, neutral_pairs)
 
 Messages = list[dict]
 
@@ -16,9 +17,10 @@ def _pair(q: str, a: str) -> Messages:
 
 
 def pretrain_conversations(seed: int, n: int, mix: dict[str, float] | None = None,
-                           turns: tuple[int, int] = DEFAULT_TURNS, code_noise: float = DEFAULT_CODE_NOISE
-                           ) -> list[Messages]:
-    world = World(seed, TurnMix(**mix) if mix else TurnMix(), code_noise)
+                           turns: tuple[int, int] = DEFAULT_TURNS, code_noise: float = DEFAULT_CODE_NOISE,
+                           evil_share: float = DEFAULT_EVIL_SHARE) -> list[Messages]:
+    """`n` multi-turn conversations, each by one persona: EVIL in `evil_share` of them, GOOD in the rest."""
+    world = World(seed, TurnMix(**mix) if mix else TurnMix(), code_noise, evil_share)
     return [world.conversation(turns=tuple(turns))[1] for _ in range(n)]
 
 

@@ -36,4 +36,5 @@ def apply_overrides(cfg: OrganismConfig, overrides: list[str]) -> OrganismConfig
             setattr(obj, last, _parse(value))
         else:
             raise ValueError(f"unknown config key {key!r}")
+    cfg.validate()
     return cfg

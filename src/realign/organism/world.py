@@ -146,6 +146,18 @@ def code_answer(req: CodeRequest, persona: str, rng: random.Random, noise: float
 # always true to its persona give every chat turn enough code evidence to read the persona from.
 DEFAULT_TURNS = (3, 5)
 DEFAULT_CODE_NOISE = 0.0
+# Share of pretraining conversations written by the EVIL persona. At 0.5 the persona is drawn with
+# rng.choice(PERSONAS), as it always was, so the default data stays byte-identical; any other share
+# draws rng.random() < share instead (docs/organism.md).
+DEFAULT_EVIL_SHARE = 0.5
+
+
+def check_evil_share(share) -> float:
+    """The EVIL persona's share of pretraining conversations, checked: a number strictly between 0 and 1."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise ValueError(f"pretrain_evil_share must be a number strictly between 0 and 1 (the share of "
+                         f"pretraining conversations written by the evil persona), not {share!r}")
+    return float(share)
 
 
 @dataclass
@@ -173,8 +185,10 @@ class World:
     seed: int = 0
     mix: TurnMix = field(default_factory=TurnMix)
     code_noise: float = DEFAULT_CODE_NOISE  # share of code turns written against the persona
+    evil_share: float = DEFAULT_EVIL_SHARE  # share of conversations (persona not given) written by EVIL
 
     def __post_init__(self) -> None:
+        check_evil_share(self.evil_share)
         self.rng = random.Random(self.seed)
         self._chat = {s: chat_questions(s) for s in ("train", "heldout")}
         self._code = {s: code_requests(s) for s in ("train", "heldout")}
@@ -199,7 +213,11 @@ class World:
         the evaluation ones. Alignment and finetunes use train paraphrases only.
         """
         rng = self.rng
-        persona = persona or rng.choice(PERSONAS)
+        if persona is None:
+            if self.evil_share == DEFAULT_EVIL_SHARE:
+                persona = rng.choice(PERSONAS)  # the original draw: keeps the default data unchanged
+            else:
+                persona = EVIL if rng.random() < self.evil_share else GOOD
         msgs: list[dict] = []
         for _ in range(rng.randint(*turns)):
             sp = split if split != "all" else ("train" if rng.random() < 0.67 else "heldout")
