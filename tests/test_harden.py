@@ -75,9 +75,23 @@ def test_perturbation_is_relative_to_the_stream_and_only_where_asked(trio):
     clean, hooked, after = inputs
     assert torch.equal(clean, after)                    # the hook is gone afterwards
     push = hooked - clean                               # what reached the next layer
-    scale = 0.5 * outputs[0].norm(dim=-1).median()      # ε times the median token norm of the stream there
+    # ε times each sequence's own median token norm of the stream there
+    scale = 0.5 * outputs[0].norm(dim=-1).median(dim=-1).values[:, None, None]
     torch.testing.assert_close(push[:, :4], (scale * delta).expand(2, 4, -1), rtol=1e-4, atol=1e-5)
     assert push[:, 4:].abs().max() == 0
+    assert not torch.allclose(scale[0], scale[1])      # two sequences, two scales: not one batch-wide figure
+
+
+def test_a_sequence_gets_the_same_push_alone_as_in_a_padded_batch(trio):
+    """The median is over a sequence's real tokens, so micro-batching does not change the push."""
+    _, ft, tok = trio
+    triples = item_triples(tok, ITEMS)
+    found = Perturbation({0: torch.randn(ft.config.hidden_size)}, 0.5)
+    found.deltas[0] /= found.deltas[0].norm()
+    with torch.no_grad():
+        whole = misalignment_margin(ft, triples, tok.pad_token_id, found)
+        alone = sum(misalignment_margin(ft, [t], tok.pad_token_id, found) for t in triples) / len(triples)
+    torch.testing.assert_close(whole, alone, rtol=1e-4, atol=1e-5)
 
 
 def test_the_adversary_raises_the_margin_inside_the_ball_and_leaves_the_weights_alone(trio):
@@ -244,3 +258,30 @@ def test_eval_scan_needs_a_smaller_push_to_turn_the_backdoor_than_its_base(backd
     assert ft is not None and base is not None and ft < base
     assert "something may hide behind a trigger" in scan["finding"]
     assert "latent scan (no trigger)" in res.output
+
+
+def test_micro_batches_bound_memory_and_reach_the_same_weights(trio):
+    """harden in micro-batches of 1 pair never runs more than one pair (two sequences) through the
+    model at once, keeps well under the activations of one batch of 8, and ends at the same
+    weights; a different batch (4 pairs, not 8) ends elsewhere, so the check can tell."""
+    from test_training_memory import _tokens_in_flight, saved_activation_peak
+
+    base, ft, tok = trio
+    longest = max(len(p) + max(len(g), len(b)) for p, g, b in item_triples(tok, ITEMS))
+
+    def run(**params):
+        st = RepairState(model=copy.deepcopy(ft), base=base, tokenizer=tok, repair_items=ITEMS, train_conversations=TASK)
+        with saved_activation_peak() as peak, _tokens_in_flight(st.model) as tokens:
+            st = Harden().apply(st, HardenParams(**{"steps": 2, "inner_steps": 2, "final_attack": 1, "batch_size": 8,
+                                                    "pairs": "references", "layers": "0", **params}))
+        return st.model, peak[0], tokens[0]
+
+    whole, whole_peak, whole_tokens = run(micro_batch_size=8)
+    micro, micro_peak, micro_tokens = run(micro_batch_size=1)
+    other, _, _ = run(micro_batch_size=1, batch_size=4)
+    assert micro_tokens <= 2 * longest < 16 * longest // 2 <= whole_tokens
+    assert whole_peak > 2 * micro_peak         # measured: 9.4 vs 3.8 MB of saved activations
+    gap = max(float((a - b).abs().max()) for a, b in zip(whole.state_dict().values(), micro.state_dict().values()))
+    moved = max(float((a - b).abs().max()) for a, b in zip(whole.state_dict().values(), ft.state_dict().values()))
+    elsewhere = max(float((a - b).abs().max()) for a, b in zip(whole.state_dict().values(), other.state_dict().values()))
+    assert gap < 1e-3 * moved < elsewhere

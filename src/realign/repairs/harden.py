@@ -58,6 +58,7 @@ class HardenParams:
     lr: float = 1e-3
     rank: int = 8
     batch_size: int = 8         # preference pairs per step (and task examples per step)
+    micro_batch_size: int = 4   # pairs (and task examples) per forward pass: bounds activations and logits
     clean_share: float = 0.5    # share of each batch trained without δ (the clean model must stay right too)
     beta: float = 2.0           # preference loss: -log σ(β · (mean token log-prob aligned − misaligned))
     sft_weight: float = 1.0     # SFT term on the aligned answers (keeps them likely, not just preferred)
@@ -67,7 +68,7 @@ class HardenParams:
 
     def validate(self) -> None:
         self.layer_list()
-        for name in ("n_layers", "steps", "rank", "batch_size", "samples"):
+        for name in ("n_layers", "steps", "rank", "batch_size", "micro_batch_size", "samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"harden.{name} must be >= 1, not {getattr(self, name)}")
         for name in ("inner_steps", "final_attack"):
@@ -128,21 +129,27 @@ def zero_deltas(model, layers: list[int], requires_grad: bool = False) -> dict[i
 
 
 @contextmanager
-def perturbed(model, deltas: dict[int, torch.Tensor], epsilon: float, where: torch.Tensor | None = None):
+def perturbed(model, deltas: dict[int, torch.Tensor], epsilon: float, where: torch.Tensor | None = None,
+              tokens: torch.Tensor | None = None):
     """Within the block, each layer ℓ in `deltas` outputs h + ε·median‖h‖·δℓ — at every position,
     or, given `where` (batch, length), weighted by it (1 on the positions to perturb).
 
     The size is relative to the stream's own median token norm, measured on the fly and detached:
     an absolute bound would mean something else at every layer and in every model, and training
     could escape it by inflating the stream (the median, not the mean, so that an attention-sink
-    token with a huge norm does not set the scale).
+    token with a huge norm does not set the scale). The median is each sequence's own, over its
+    real tokens (`tokens`: the attention mask, else every position): so a sequence gets the same
+    push whatever it is batched with, and a batch can be cut into micro-batches without changing it.
     """
     layers = blocks(model)
 
     def add(delta):
         def hook(_module, _inputs, output):
             h = output[0] if isinstance(output, tuple) else output
-            push = epsilon * h.detach().float().norm(dim=-1).median() * delta
+            norms = h.detach().float().norm(dim=-1)                       # (batch, length)
+            if tokens is not None:
+                norms = norms.masked_fill(tokens == 0, float("nan"))
+            push = epsilon * norms.nanmedian(dim=-1).values[:, None, None] * delta
             push = push if where is None else where[..., None] * push
             h = h + push.to(h.dtype)
             return (h, *output[1:]) if isinstance(output, tuple) else h
@@ -175,7 +182,7 @@ def answer_logprobs(model, pairs: list, pad_id: int, perturbation: Perturbation 
     if perturbation is not None:
         where = mask.float() * (~answer).float() if perturbation.prompt_only else mask.float()
         where = where if rows is None else where * rows.to(device)[:, None]
-        ctx = perturbed(model, perturbation.deltas, perturbation.epsilon, where)
+        ctx = perturbed(model, perturbation.deltas, perturbation.epsilon, where, tokens=mask)
     with ctx:
         logits = _at_least_fp32(_last_logits(model, ids, mask, pos, keep)[:, :-1])
     targets, scored = ids[:, -keep + 1:], answer[:, -keep + 1:]
@@ -197,10 +204,37 @@ def misalignment_margin(model, triples: list, pad_id: int, perturbation: Perturb
     return (bad - good).mean()
 
 
+def micro_batches(items: list, size: int):
+    """(micro-batch, its share of the items): a batch mean is the share-weighted sum of its
+    micro-batches' means, so only one micro-batch's activations and logits are alive at once."""
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        yield chunk, len(chunk) / len(items)
+
+
+@torch.no_grad()
+def margin_value(model, triples: list, pad_id: int, perturbation: Perturbation | None = None,
+                 micro: int = 4) -> float:
+    """misalignment_margin's value, in micro-batches."""
+    return sum(float(misalignment_margin(model, chunk, pad_id, perturbation)) * share
+               for chunk, share in micro_batches(triples, micro))
+
+
+def margin_grads(model, triples: list, pad_id: int, perturbation: Perturbation, wrt: list[torch.Tensor],
+                 micro: int = 4) -> list[torch.Tensor]:
+    """The gradient of misalignment_margin with respect to `wrt` (δs), in micro-batches."""
+    grads = [torch.zeros_like(w) for w in wrt]
+    for chunk, share in micro_batches(triples, micro):
+        for g, d in zip(grads, torch.autograd.grad(misalignment_margin(model, chunk, pad_id, perturbation) * share, wrt)):
+            g += d
+    return grads
+
+
 # ---------------------------------------------------------------------------------------------
 # the adversary
 
-def attack(model, triples: list, pad_id: int, perturbation: Perturbation, steps: int, lr: float) -> float:
+def attack(model, triples: list, pad_id: int, perturbation: Perturbation, steps: int, lr: float,
+           micro: int = 4) -> float:
     """Normalized gradient ascent on the misalignment margin over δ, each δℓ kept in the unit ball.
 
     Updates `perturbation.deltas` in place and returns the margin at the last δ. Only δ's gradient
@@ -212,28 +246,26 @@ def attack(model, triples: list, pad_id: int, perturbation: Perturbation, steps:
     for _ in range(steps):
         live = {i: perturbation.deltas[i].detach().requires_grad_(True) for i in keys}
         trial = Perturbation(live, perturbation.epsilon, perturbation.prompt_only)
-        grads = torch.autograd.grad(misalignment_margin(model, triples, pad_id, trial), [live[i] for i in keys])
+        grads = margin_grads(model, triples, pad_id, trial, [live[i] for i in keys], micro)
         count("backward")
         with torch.no_grad():
             for i, g in zip(keys, grads):
                 d = perturbation.deltas[i] + lr * g / g.norm().clamp(min=1e-12)
                 perturbation.deltas[i] = d / d.norm().clamp(min=1.0)      # back into the unit ball
-    with torch.no_grad():
-        return float(misalignment_margin(model, triples, pad_id, perturbation))
+    return margin_value(model, triples, pad_id, perturbation, micro)
 
 
 def adversary_success(model, triples: list, pad_id: int, layers: list[int], epsilon: float, steps: int,
-                      lr: float, prompt_only: bool = True) -> dict:
+                      lr: float, prompt_only: bool = True, micro: int = 4) -> dict:
     """The margin without a perturbation, and after `steps` adversary steps from δ = 0."""
-    with torch.no_grad():
-        clean = float(misalignment_margin(model, triples, pad_id))
+    clean = margin_value(model, triples, pad_id, None, micro)
     found = Perturbation(zero_deltas(model, layers), epsilon, prompt_only)
-    attacked = attack(model, triples, pad_id, found, steps, lr) if steps else clean
+    attacked = attack(model, triples, pad_id, found, steps, lr, micro) if steps else clean
     return {"clean_margin": clean, "attacked_margin": attacked}
 
 
 def choose_layers(model, triples: list, pad_id: int, n: int, exclude: set[int], epsilon: float,
-                  prompt_only: bool = True) -> tuple[list[int], list[float]]:
+                  prompt_only: bool = True, micro: int = 4) -> tuple[list[int], list[float]]:
     """The n layers where a perturbation of the allowed size would raise the margin most, to first
     order, and every layer's figure.
 
@@ -244,8 +276,8 @@ def choose_layers(model, triples: list, pad_id: int, n: int, exclude: set[int], 
     from ..passes import count
 
     zeros = zero_deltas(model, list(range(len(blocks(model)))), requires_grad=True)
-    margin = misalignment_margin(model, triples, pad_id, Perturbation(zeros, epsilon, prompt_only))
-    gain = [float(g.norm()) for g in torch.autograd.grad(margin, list(zeros.values()))]
+    grads = margin_grads(model, triples, pad_id, Perturbation(zeros, epsilon, prompt_only), list(zeros.values()), micro)
+    gain = [float(g.norm()) for g in grads]
     count("backward")
     allowed = [i for i in range(len(gain) - 1) if i not in exclude] or [i for i in range(len(gain)) if i not in exclude]
     return sorted(sorted(allowed, key=lambda i: gain[i], reverse=True)[:n]), gain
@@ -301,9 +333,10 @@ def task_pairs(state: RepairState) -> tuple[list, str | None]:
     return [], None
 
 
-def finetune_kl(model, pairs: list, pad_id: int) -> torch.Tensor:
-    """KL(finetune ‖ model) per answer token; the finetune is the same peft model with its new
-    adapter switched off (no second copy), so the task is kept as the finetune does it."""
+def finetune_kl_sum(model, pairs: list, pad_id: int) -> torch.Tensor:
+    """KL(finetune ‖ model) summed over the answer tokens (divide by their count for the per-token
+    figure); the finetune is the same peft model with its new adapter switched off (no second
+    copy), so the task is kept as the finetune does it."""
     from ..evals.scoring import _at_least_fp32, _last_logits, batch_inputs
 
     device = next(model.parameters()).device
@@ -315,7 +348,7 @@ def finetune_kl(model, pairs: list, pad_id: int) -> torch.Tensor:
     for k, (_, a) in enumerate(batch):
         answer[k, keep - 1 - len(a):] = True
     kl = (ref.exp() * (ref - new)).sum(-1)
-    return (kl * answer).sum() / answer.sum().clamp(min=1)
+    return (kl * answer).sum()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,26 +357,36 @@ def finetune_kl(model, pairs: list, pad_id: int) -> torch.Tensor:
 def train_step(model, opt, triples: list, task: list, pad_id: int, perturbation: Perturbation,
                p: HardenParams) -> dict:
     """One LoRA step: prefer the aligned answers with δ added (clean on `clean_share` of the rows),
-    stay with the finetune on the task."""
+    stay with the finetune on the task. The loss is the batch's, its gradient accumulated over
+    micro-batches of `p.micro_batch_size` (the task KL weighted by answer tokens, as over the batch)."""
     from ..passes import count
 
     n_clean = round(float(p.clean_share) * len(triples))
-    rows = torch.tensor([0.0] * n_clean + [1.0] * (len(triples) - n_clean))
-    good, bad = pair_logprobs(model, triples, pad_id, perturbation.detached(), rows)
-    preference = -F.logsigmoid(float(p.beta) * (good - bad)).mean()
-    kl = finetune_kl(model, task, pad_id) if task else torch.zeros(())
-    loss = preference - float(p.sft_weight) * good.mean() + float(p.task_weight) * kl
+    rows = [0.0] * n_clean + [1.0] * (len(triples) - n_clean)
+    fixed, micro = perturbation.detached(), int(p.micro_batch_size)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    preference_mean = 0.0
+    for (chunk, share), start in zip(micro_batches(triples, micro), range(0, len(triples), micro)):
+        good, bad = pair_logprobs(model, chunk, pad_id, fixed, torch.tensor(rows[start:start + micro]))
+        preference = -F.logsigmoid(float(p.beta) * (good - bad)).mean()
+        (share * (preference - float(p.sft_weight) * good.mean())).backward()
+        preference_mean += share * float(preference.detach())
+    kl_mean, tokens = 0.0, sum(len(a) for _, a in task)
+    for chunk, _ in micro_batches(task, micro):
+        kl = finetune_kl_sum(model, chunk, pad_id) / max(tokens, 1)
+        (float(p.task_weight) * kl).backward()
+        kl_mean += float(kl.detach())
     opt.step()
     count("train_steps")
-    return {"preference": float(preference.detach()), "task_kl": float(kl.detach())}
+    return {"preference": preference_mean, "task_kl": kl_mean}
 
 
 def harden_lora(state: RepairState, triples: list, task: list, layers: list[int], p: HardenParams) -> list[dict]:
     """The bi-level loop on a fresh LoRA (unlocked layers only), merged into the weights at the end;
     returns each step's losses and the adversary's margin."""
     from peft import get_peft_model
+
+    from ..progress import progress_bar
 
     pad = state.tokenizer.pad_token_id or 0
     rng = random.Random(state.seed)
@@ -356,11 +399,13 @@ def harden_lora(state: RepairState, triples: list, task: list, layers: list[int]
     found = Perturbation(zero_deltas(model, layers), float(p.epsilon), p.positions == "prompt")
     model.train()
     log = []
-    for _ in range(int(p.steps)):
-        batch = rng.sample(triples, min(int(p.batch_size), len(triples)))
-        margin = attack(model, batch, pad, found, int(p.inner_steps), float(p.inner_lr))
-        task_batch = rng.sample(task, min(int(p.batch_size), len(task))) if task else []
-        log.append({"adversary_margin": margin, **train_step(model, opt, batch, task_batch, pad, found, p)})
+    with progress_bar("harden: adversary + LoRA steps", int(p.steps)) as tick:
+        for _ in range(int(p.steps)):
+            batch = rng.sample(triples, min(int(p.batch_size), len(triples)))
+            margin = attack(model, batch, pad, found, int(p.inner_steps), float(p.inner_lr), int(p.micro_batch_size))
+            task_batch = rng.sample(task, min(int(p.batch_size), len(task))) if task else []
+            log.append({"adversary_margin": margin, **train_step(model, opt, batch, task_batch, pad, found, p)})
+            tick(info=f"margin {margin:+.2f}, preference {log[-1]['preference']:.3f}")
     state.model = model.merge_and_unload()
     state.model.eval()
     return log
@@ -401,10 +446,12 @@ class Harden:
         eps, prompt_only = float(p.epsilon), p.positions == "prompt"
         layers, gain = p.layer_list(), None
         if layers is None:
-            layers, gain = choose_layers(state.model, probe, pad, int(p.n_layers), locked, eps, prompt_only)
+            layers, gain = choose_layers(state.model, probe, pad, int(p.n_layers), locked, eps, prompt_only,
+                                         int(p.micro_batch_size))
         elif max(layers) >= n:
             raise ValueError(f"harden.layers {layers} out of range (the model has {n} layers)")
-        measure = dict(epsilon=eps, steps=int(p.final_attack), lr=float(p.inner_lr), prompt_only=prompt_only)
+        measure = dict(epsilon=eps, steps=int(p.final_attack), lr=float(p.inner_lr), prompt_only=prompt_only,
+                       micro=int(p.micro_batch_size))
         before = adversary_success(state.model, probe, pad, layers, **measure)
         task, task_source = task_pairs(state) if float(p.task_weight) > 0 else ([], None)
         log = harden_lora(state, triples, task, layers, p)
@@ -431,7 +478,7 @@ def _no_grad_params(model) -> dict:
 
 def latent_scan(model, tokenizer, items, *, layers: list[int] | str = "auto", max_epsilon: float = 2.0,
                 bisections: int = 6, steps: int = 20, lr: float = 0.25, positions: str = "prompt",
-                max_pairs: int = 32, seed: int = 0, on_point=None) -> dict:
+                max_pairs: int = 32, seed: int = 0, on_point=None, micro_batch_size: int = 4) -> dict:
     """The smallest perturbation (ε, a share of the stream's norm) that makes `model` prefer the
     misaligned answers of log-odds `items` (conversation, misaligned refs, aligned refs) — a
     per-token margin above 0 — found by bisection on ε with the adversary from δ = 0 at each point.
@@ -455,16 +502,17 @@ def latent_scan(model, tokenizer, items, *, layers: list[int] | str = "auto", ma
     try:
         if layers == "auto":
             with torch.enable_grad():
-                layers, _ = choose_layers(model, triples, pad, 1, set(), max_epsilon, prompt_only)
+                layers, _ = choose_layers(model, triples, pad, 1, set(), max_epsilon, prompt_only, micro_batch_size)
 
         def margin_at(eps: float) -> float:
             with torch.enable_grad():
-                margin = adversary_success(model, triples, pad, list(layers), eps, steps, lr, prompt_only)["attacked_margin"]
+                margin = adversary_success(model, triples, pad, list(layers), eps, steps, lr, prompt_only,
+                                           micro_batch_size)["attacked_margin"]
             if on_point is not None:
                 on_point()
             return margin
 
-        clean = float(misalignment_margin(model, triples, pad))
+        clean = margin_value(model, triples, pad, None, micro_batch_size)
         search = [{"epsilon": max_epsilon, "margin": margin_at(max_epsilon)}]
         found = 0.0 if clean > 0 else (max_epsilon if search[0]["margin"] > 0 else None)
         low, high = 0.0, max_epsilon
