@@ -46,7 +46,7 @@ MIB = 2 ** 20
 GIB = 2 ** 30
 BYTES_PER_PARAM = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "8bit": 1.0, "4bit": 0.5}
 SCORING_REPAIRS = ("merge", "merge:ties", "freeze", "steer")
-STEP_REPAIRS = ("merge", "freeze", "steer", "dpo", "mix")   # the repairs with step anchors of their own
+STEP_REPAIRS = ("merge", "freeze", "steer", "dpo", "mix", "harden")   # the repairs with step anchors of their own
 PROBE_REPAIRS = ("steer", "dpo", "mix")      # build the shared probes when they are not built yet
 
 
