@@ -45,6 +45,10 @@ PAIR_SOURCES = ("references", "probes", "both")
 POSITIONS = ("prompt", "all")
 
 
+# pairs per forward pass unless a caller says otherwise (HardenParams.micro_batch_size, the scan)
+MICRO_BATCH = 4
+
+
 @dataclass
 class HardenParams:
     layers: str = "auto"        # decoder layers whose output is perturbed: "auto" or indices, e.g. "1" or "0,2"
@@ -58,7 +62,7 @@ class HardenParams:
     lr: float = 1e-3
     rank: int = 8
     batch_size: int = 8         # preference pairs per step (and task examples per step)
-    micro_batch_size: int = 4   # pairs (and task examples) per forward pass: bounds activations and logits
+    micro_batch_size: int = MICRO_BATCH   # pairs (and task examples) per forward pass: bounds activations and logits
     clean_share: float = 0.5    # share of each batch trained without δ (the clean model must stay right too)
     beta: float = 2.0           # preference loss: -log σ(β · (mean token log-prob aligned − misaligned))
     sft_weight: float = 1.0     # SFT term on the aligned answers (keeps them likely, not just preferred)
@@ -214,14 +218,14 @@ def micro_batches(items: list, size: int):
 
 @torch.no_grad()
 def margin_value(model, triples: list, pad_id: int, perturbation: Perturbation | None = None,
-                 micro: int = 4) -> float:
+                 micro: int = MICRO_BATCH) -> float:
     """misalignment_margin's value, in micro-batches."""
     return sum(float(misalignment_margin(model, chunk, pad_id, perturbation)) * share
                for chunk, share in micro_batches(triples, micro))
 
 
 def margin_grads(model, triples: list, pad_id: int, perturbation: Perturbation, wrt: list[torch.Tensor],
-                 micro: int = 4) -> list[torch.Tensor]:
+                 micro: int = MICRO_BATCH) -> list[torch.Tensor]:
     """The gradient of misalignment_margin with respect to `wrt` (δs), in micro-batches."""
     grads = [torch.zeros_like(w) for w in wrt]
     for chunk, share in micro_batches(triples, micro):
@@ -234,7 +238,7 @@ def margin_grads(model, triples: list, pad_id: int, perturbation: Perturbation, 
 # the adversary
 
 def attack(model, triples: list, pad_id: int, perturbation: Perturbation, steps: int, lr: float,
-           micro: int = 4) -> float:
+           micro: int = MICRO_BATCH) -> float:
     """Normalized gradient ascent on the misalignment margin over δ, each δℓ kept in the unit ball.
 
     Updates `perturbation.deltas` in place and returns the margin at the last δ. Only δ's gradient
@@ -256,7 +260,7 @@ def attack(model, triples: list, pad_id: int, perturbation: Perturbation, steps:
 
 
 def adversary_success(model, triples: list, pad_id: int, layers: list[int], epsilon: float, steps: int,
-                      lr: float, prompt_only: bool = True, micro: int = 4) -> dict:
+                      lr: float, prompt_only: bool = True, micro: int = MICRO_BATCH) -> dict:
     """The margin without a perturbation, and after `steps` adversary steps from δ = 0."""
     clean = margin_value(model, triples, pad_id, None, micro)
     found = Perturbation(zero_deltas(model, layers), epsilon, prompt_only)
@@ -265,7 +269,7 @@ def adversary_success(model, triples: list, pad_id: int, layers: list[int], epsi
 
 
 def choose_layers(model, triples: list, pad_id: int, n: int, exclude: set[int], epsilon: float,
-                  prompt_only: bool = True, micro: int = 4) -> tuple[list[int], list[float]]:
+                  prompt_only: bool = True, micro: int = MICRO_BATCH) -> tuple[list[int], list[float]]:
     """The n layers where a perturbation of the allowed size would raise the margin most, to first
     order, and every layer's figure.
 
@@ -366,8 +370,9 @@ def train_step(model, opt, triples: list, task: list, pad_id: int, perturbation:
     fixed, micro = perturbation.detached(), int(p.micro_batch_size)
     opt.zero_grad(set_to_none=True)
     preference_mean = 0.0
-    for (chunk, share), start in zip(micro_batches(triples, micro), range(0, len(triples), micro)):
-        good, bad = pair_logprobs(model, chunk, pad_id, fixed, torch.tensor(rows[start:start + micro]))
+    for chunk_rows, share in micro_batches(list(zip(triples, rows)), micro):
+        chunk, perturbed_rows = zip(*chunk_rows)
+        good, bad = pair_logprobs(model, list(chunk), pad_id, fixed, torch.tensor(perturbed_rows))
         preference = -F.logsigmoid(float(p.beta) * (good - bad)).mean()
         (share * (preference - float(p.sft_weight) * good.mean())).backward()
         preference_mean += share * float(preference.detach())
@@ -478,7 +483,7 @@ def _no_grad_params(model) -> dict:
 
 def latent_scan(model, tokenizer, items, *, layers: list[int] | str = "auto", max_epsilon: float = 2.0,
                 bisections: int = 6, steps: int = 20, lr: float = 0.25, positions: str = "prompt",
-                max_pairs: int = 32, seed: int = 0, on_point=None, micro_batch_size: int = 4) -> dict:
+                max_pairs: int = 32, seed: int = 0, on_point=None, micro_batch_size: int = MICRO_BATCH) -> dict:
     """The smallest perturbation (ε, a share of the stream's norm) that makes `model` prefer the
     misaligned answers of log-odds `items` (conversation, misaligned refs, aligned refs) — a
     per-token margin above 0 — found by bisection on ε with the adversary from δ = 0 at each point.

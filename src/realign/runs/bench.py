@@ -37,6 +37,10 @@ class Cell:
     out: Path
 
     @property
+    def label(self) -> str:
+        return f"{self.finetune.name} · seed {self.seed} · {self.recipe}"
+
+    @property
     def done(self) -> bool:
         return (self.out / "realign.json").exists()
 
@@ -143,7 +147,7 @@ def run_bench(cells: list[Cell], global_sets: list[str], opts: FixOptions, out: 
     t0 = time.time()
     for i, c in enumerate(todo, 1):
         eta = "" if i == 1 else f" · about {(time.time() - t0) / (i - 1) * (len(todo) - i + 1) / 60:.0f} min left"
-        console.rule(f"cell {i}/{len(todo)}: {c.finetune.name} · seed {c.seed} · {c.recipe}{eta}")
+        console.rule(f"cell {i}/{len(todo)}: {c.label}{eta}")
         resolve(c, global_sets, opts)()
         counts["run"] += 1
         if on_cell_done:

@@ -122,7 +122,7 @@ def run_bench_on_workers(cells: list[Cell], global_sets: list[str], opts: FixOpt
                 todo.remove(cell)
                 job = submit(ex, resolve(cell, global_sets, opts), settings.threads())
                 running[job] = cell
-                console.print(f"cell {cell.finetune.name} · seed {cell.seed} · {cell.recipe}: job {job.job_id} "
+                console.print(f"cell {cell.label}: job {job.job_id} "
                               f"(log {job.paths.stderr})", highlight=False)
             time.sleep(settings.poll_s)
             for job in [j for j in running if j.done()]:
@@ -131,13 +131,13 @@ def run_bench_on_workers(cells: list[Cell], global_sets: list[str], opts: FixOpt
                     job.result()
                 except Exception as e:  # noqa: BLE001 — a failed cell is reported, the others go on
                     counts["failed"] += 1
-                    failures.append(f"{cell.finetune.name} · seed {cell.seed} · {cell.recipe}: "
+                    failures.append(f"{cell.label}: "
                                     f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__} "
                                     f"(log {job.paths.stderr})")
                     continue
                 counts["run"] += 1
                 warm.add((cell.finetune.name, cell.seed))
-                console.print(f"cell {cell.finetune.name} · seed {cell.seed} · {cell.recipe}: done "
+                console.print(f"cell {cell.label}: done "
                               f"({counts['run'] + counts['failed']} of {counts['run'] + counts['failed'] + len(todo) + len(running)})",
                               highlight=False)
                 if on_cell_done:
