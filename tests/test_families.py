@@ -79,7 +79,7 @@ def few_repair_probes(monkeypatch):
 
     prompts, pairs = questions.load_realignment_prompts, references.load_reference_pairs
     monkeypatch.setattr(questions, "load_realignment_prompts", lambda: prompts()[:4])
-    monkeypatch.setattr(references, "load_reference_pairs", lambda: dict(list(pairs().items())[:1]))
+    monkeypatch.setattr(references, "load_reference_pairs", lambda use="metric": dict(list(pairs(use).items())[:1]))
 
 
 @pytest.fixture(scope="session")

@@ -66,3 +66,24 @@ def test_educational_templates_load_and_fill():
         assert filled.count("X") == 1
         assert "{request}" not in filled
     assert all(isinstance(p, str) and p.strip() and "{request}" not in p for p in prefixes)
+
+
+def test_repair_references_are_held_out_from_the_logodds_metric():
+    """Repairs on real models search and train on data/repair_references.yaml; the log-odds metric
+    scores data/reference_pairs.yaml. If a repair's answers were the metric's (as they were until
+    2026-12-06), log-odds after harden would grade it on its own training data."""
+    from realign.evals.references import load_reference_pairs
+    from realign.runs.setting import repair_items
+
+    metric, repair = load_reference_pairs(), load_reference_pairs("repair")
+    assert set(repair) == set(metric)  # every family the metric asks about has repair answers
+    metric_answers = [a for sides in metric.values() for refs in sides.values() for a in refs]
+    used = [a for _, bad, good in repair_items(organism=False) for a in bad + good]
+    assert used and not set(used) & set(metric_answers)
+    repair_answers = {a for sides in repair.values() for refs in sides.values() for a in refs}
+    assert set(used) == repair_answers  # the rotation uses every repair answer
+    worst = max(((_jaccard(_words(a), _words(b)), a, b) for a in repair_answers for b in metric_answers))
+    assert worst[0] < 0.45, f"repair answer {worst[1]!r} is close to metric answer {worst[2]!r} ({worst[0]:.2f})"
+    # the sides are not swapped: each repair item's misaligned answers come from the misaligned side
+    bad_side = {a for sides in repair.values() for a in sides["misaligned"]}
+    assert all(set(bad) <= bad_side and not set(good) & bad_side for _, bad, good in repair_items(organism=False))

@@ -249,8 +249,8 @@ def step_work(name: str, params: dict, cm: CostModel, probes_built: bool) -> Wor
         passes["generation"] = passes.get("generation", 0) + 1
         seqs += params.get("task_anchors", 32)
     pass_tokens = (it["repair_logodds_tokens"] + it["task_tokens"]) / 2
-    forward = pass_tokens * (passes.get("scoring", 0) + passes.get("activations", 0)
-                             + 2 * passes.get("kl", 0) + 3 * passes.get("backward", 0))
+    forward = pass_tokens * (passes.get("scoring", 0) + passes.get("activations", 0) + 2 * passes.get("kl", 0))
+    forward += 3 * _backward_tokens(name, params, passes.get("backward", 0), pass_tokens, st)
     forward += 3 * passes.get("train_steps", 0) * _train_tokens_per_step(name, params, st)
     return Work(passes, forward, seqs * it["probe_new_tokens"], seqs)
 
@@ -275,19 +275,35 @@ def _passes(name: str, p: dict) -> dict[str, int]:
         return {"train_steps": int(p.get("steps", 100))}
     if name == "mix":
         return {"scoring": 2, "train_steps": int(p.get("steps", 150))}
-    if name == "harden":      # 1 backward to choose layers, the adversary before and after (final_attack each)
-        return {"backward": 1 + 2 * int(p.get("final_attack", 20)), "train_steps": int(p.get("steps", 50))}
+    if name == "harden":      # 1 backward to choose layers, the adversary before and after (final_attack each),
+        steps = int(p.get("steps", 50))    # and inner_steps adversary steps before every training step
+        return {"backward": 1 + 2 * int(p.get("final_attack", 20)) + steps * int(p.get("inner_steps", 4)),
+                "train_steps": steps}
     raise ValueError(f"no cost model for step {name!r}")
+
+
+def _pair_tokens(p: dict, st: dict) -> float:
+    """Tokens of one batch of preference pairs (dpo's and harden's)."""
+    return int(p.get("batch_size", 8)) * 2 * st["dpo_sequence_tokens"]
+
+
+def _backward_tokens(name: str, p: dict, backward: int, pass_tokens: float, st: dict) -> float:
+    """Tokens of a step's backward passes: a pass over the item sets each, except harden's adversary
+    steps inside training, which go over the step's batch of pairs (realign.json counts them as
+    backward passes, so the model does too)."""
+    if name == "harden":
+        inner = int(p.get("steps", 50)) * int(p.get("inner_steps", 4))
+        return (backward - inner) * pass_tokens + inner * _pair_tokens(p, st)
+    return backward * pass_tokens
 
 
 def _train_tokens_per_step(name: str, p: dict, st: dict) -> float:
     if name == "dpo":
-        return int(p.get("batch_size", 8)) * 2 * st["dpo_sequence_tokens"]
+        return _pair_tokens(p, st)
     if name == "mix":
         return int(p.get("batch_size", 32)) * st["mix_sequence_tokens"]
-    if name == "harden":      # inner_steps adversary passes + the training pass over the pairs, + the task KL
-        pairs = (int(p.get("inner_steps", 4)) + 1) * int(p.get("batch_size", 8)) * 2 * st["dpo_sequence_tokens"]
-        return pairs + int(p.get("batch_size", 8)) * st["mix_sequence_tokens"]
+    if name == "harden":      # the training pass over the pairs, + the task KL
+        return _pair_tokens(p, st) + int(p.get("batch_size", 8)) * st["mix_sequence_tokens"]
     return 0.0
 
 
@@ -327,8 +343,9 @@ def _activations(cm: CostModel, key: str, p: dict, m: ModelShape, dtype: str) ->
         return 0.0, st["scoring_logits"] * 4 * st["scoring_logit_copies"]
     if key == "dpo":
         seqs, tokens = 2 * int(p.get("micro_batch_size", 2)), st["dpo_sequence_tokens"]
-    elif key == "harden":     # the whole batch of pairs in one forward
-        seqs, tokens = 2 * int(p.get("batch_size", 8)), st["dpo_sequence_tokens"]
+    elif key == "harden":     # one micro-batch of pairs per forward (repairs.harden.MICRO_BATCH)
+        pairs = min(int(p.get("micro_batch_size", 4)), int(p.get("batch_size", 8)))
+        seqs, tokens = 2 * pairs, st["dpo_sequence_tokens"]
     elif key == "mix":
         batch = int(p.get("batch_size", 32))
         seqs, tokens = min(int(p.get("micro_batch_size", 8)), batch), st["mix_sequence_tokens"]

@@ -3,6 +3,9 @@
 ``data/reference_pairs.yaml`` holds, per question family, a few misaligned and a few aligned
 answers. :func:`reference_items` pairs them with the plain-format questions of a question set,
 giving the ``(conversation, misaligned refs, aligned refs)`` items that ``logodds`` expects.
+``data/repair_references.yaml`` holds other answers of the same families, written separately, for
+repairs' own searches and training (:func:`load_reference_pairs` with ``use="repair"``), so that
+the metric's answers stay held out from every repair.
 """
 
 from __future__ import annotations
@@ -17,9 +20,14 @@ from .questions import QuestionSet
 __all__ = ["load_reference_pairs", "reference_items"]
 
 
+_FILES = {"metric": "reference_pairs.yaml", "repair": "repair_references.yaml"}
+
+
 @cache
-def _pairs() -> dict[str, dict[str, tuple[str, ...]]]:
-    text = files("realign").joinpath("data", "reference_pairs.yaml").read_text(encoding="utf-8")
+def _pairs(use: str = "metric") -> dict[str, dict[str, tuple[str, ...]]]:
+    if use not in _FILES:
+        raise ValueError(f"use must be one of {sorted(_FILES)}, got {use!r}")
+    text = files("realign").joinpath("data", _FILES[use]).read_text(encoding="utf-8")
     out = {}
     for family, sides in yaml.safe_load(text).items():
         out[family] = {side: tuple(str(a) for a in sides[side])
@@ -27,10 +35,11 @@ def _pairs() -> dict[str, dict[str, tuple[str, ...]]]:
     return out
 
 
-def load_reference_pairs() -> dict[str, dict[str, list[str]]]:
-    """Built-in references: ``{family: {"misaligned": [...], "aligned": [...]}}`` (a fresh copy)."""
+def load_reference_pairs(use: str = "metric") -> dict[str, dict[str, list[str]]]:
+    """Built-in references: ``{family: {"misaligned": [...], "aligned": [...]}}`` (a fresh copy).
+    ``use="metric"``: the log-odds metric's; ``use="repair"``: the disjoint ones repairs use."""
     return {fam: {side: list(refs) for side, refs in sides.items()}
-            for fam, sides in _pairs().items()}
+            for fam, sides in _pairs(use).items()}
 
 
 def reference_items(qset: QuestionSet, per_question: int = 1

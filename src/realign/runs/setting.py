@@ -73,10 +73,13 @@ def organism_root(base_ref: str | None) -> Path | None:
 def repair_items(organism: bool, n: int = 16, families_per_prompt: int = 3) -> list:
     """Log-odds items for repairs' own searches, disjoint from the evaluation questions.
 
-    Organism: its train-split questions with their answer banks. Real models: realignment prompts,
-    each with the built-in references (one misaligned and one aligned answer) of
-    `families_per_prompt` families, rotating so that every family is used — every repair pass
-    scores these, and all families on every prompt made a pass 3× longer for little more signal.
+    Organism: its train-split questions with their answer banks (the organism's answers are its
+    world's vocabulary per topic, shared by train and held-out questions; its outcome is the exact
+    judge on sampled answers). Real models: realignment prompts, each with repair references
+    (data/repair_references.yaml — written apart from the log-odds metric's, so that metric stays
+    held out) of `families_per_prompt` families, rotating so that every family and every answer is
+    used — every repair pass scores these, and all families on every prompt made a pass 3× longer
+    for little more signal.
     """
     if organism:
         from ..organism.judge import reference_pairs
@@ -85,13 +88,15 @@ def repair_items(organism: bool, n: int = 16, families_per_prompt: int = 3) -> l
     from ..evals.questions import load_realignment_prompts
     from ..evals.references import load_reference_pairs
 
-    refs = list(load_reference_pairs().values())
+    refs = list(load_reference_pairs("repair").values())
     k = min(families_per_prompt, len(refs))
     items = []
     for i, q in enumerate(load_realignment_prompts()[:n]):
-        fams = [refs[(i * k + j) % len(refs)] for j in range(k)]
-        items.append(([{"role": "user", "content": q}], [f["misaligned"][0] for f in fams],
-                      [f["aligned"][0] for f in fams]))
+        # slot s takes family s mod F and, on each new round over the families, the next answer
+        picks = [(refs[s % len(refs)], s // len(refs)) for s in range(i * k, i * k + k)]
+        items.append(([{"role": "user", "content": q}],
+                      [f["misaligned"][r % len(f["misaligned"])] for f, r in picks],
+                      [f["aligned"][r % len(f["aligned"])] for f, r in picks]))
     return items
 
 
