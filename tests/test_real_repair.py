@@ -63,10 +63,12 @@ def test_freeze_restores_the_layer_that_carries_the_shift_not_the_one_it_ranks_l
     from realign.repairs.base import RepairState, decoder_layers
     from realign.repairs.freeze import Freeze, FreezeParams, _copy_layer
 
+    from realign.runs.setting import repair_items
+
     pair = contaminated
-    items = reference_items(load_questions("builtin"))
+    items = reference_items(load_questions("builtin"))    # what freeze is judged on: held out from ...
     state = RepairState(model=copy.deepcopy(pair.finetune), base=pair.base, tokenizer=pair.tokenizer,
-                        repair_items=items)
+                        repair_items=repair_items(organism=False))   # ... what it searches on, as in `fix`
     state = Freeze().apply(state, FreezeParams(k=1, verify=1))
     rec = state.history[-1].details
     ranked = sorted(rec["attribution"], key=lambda r: r["predicted_score"], reverse=True)
@@ -79,6 +81,7 @@ def test_freeze_restores_the_layer_that_carries_the_shift_not_the_one_it_ranks_l
         lo_first = logodds(state.model, pair.tokenizer, items)
         lo_last = logodds(worst, pair.tokenizer, items)
     print(f"log-odds: finetune {lo_ft:+.2f}, layer {first} restored {lo_first:+.2f}, layer {last} restored {lo_last:+.2f}")
-    # measured: +4.84 -> +3.79 restoring layer 18 (ranked first), +5.30 restoring layer 29 (ranked last)
+    # measured (searching on the repair references, 2026-12-06): +4.84 -> +3.86 restoring layer 15 (ranked
+    # first), +4.78 restoring layer 22 (ranked last); on the metric's own answers it was layer 18 vs 29
     assert lo_ft - lo_first >= 0.5
     assert (lo_ft - lo_first) - (lo_ft - lo_last) >= 0.5
