@@ -53,11 +53,11 @@ def test_predicted_passes_are_the_passes_each_anchor_recorded(cm):
 
 
 def test_anchor_figures_are_those_of_their_realign_json(cm):
-    """Where the bench cells are on this machine (runs/ is not committed), the YAML copies them exactly."""
+    """Where the bench cells are on this machine (runs/ is not committed; results/ is), the YAML copies them exactly."""
     seen = 0
     for a in cm.anchors:
         path = ROOT / a.source.split(" ")[0]
-        if not (a.source.startswith("runs/") and path.exists()):
+        if not (a.source.startswith(("runs/", "results/")) and path.exists()):
             continue
         meta = json.loads(path.read_text())
         phase = a.source.split("(")[1].rstrip(")") if "(" in a.source else \
