@@ -276,10 +276,14 @@ def _passes(name: str, p: dict) -> dict[str, int]:
     if name == "mix":
         return {"scoring": 2, "train_steps": int(p.get("steps", 150))}
     if name == "harden":      # 1 backward to choose layers, the adversary before and after (final_attack each),
-        steps = int(p.get("steps", 50))    # and inner_steps adversary steps before every training step
-        return {"backward": 1 + 2 * int(p.get("final_attack", 20)) + steps * int(p.get("inner_steps", 4)),
-                "train_steps": steps}
+        return {"backward": 1 + 2 * int(p.get("final_attack", 20)) + _adversary_steps(p),   # and in training
+                "train_steps": int(p.get("steps", 50))}
     raise ValueError(f"no cost model for step {name!r}")
+
+
+def _adversary_steps(p: dict) -> int:
+    """harden's adversary steps inside training: inner_steps before each of its steps."""
+    return int(p.get("steps", 50)) * int(p.get("inner_steps", 4))
 
 
 def _pair_tokens(p: dict, st: dict) -> float:
@@ -292,7 +296,7 @@ def _backward_tokens(name: str, p: dict, backward: int, pass_tokens: float, st: 
     steps inside training, which go over the step's batch of pairs (realign.json counts them as
     backward passes, so the model does too)."""
     if name == "harden":
-        inner = int(p.get("steps", 50)) * int(p.get("inner_steps", 4))
+        inner = _adversary_steps(p)
         return (backward - inner) * pass_tokens + inner * _pair_tokens(p, st)
     return backward * pass_tokens
 
