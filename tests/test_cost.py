@@ -48,7 +48,7 @@ def test_each_fitted_anchor_is_reproduced_on_its_own_model(cm):
 
 def test_predicted_passes_are_the_passes_each_anchor_recorded(cm):
     for a in cm.anchors:
-        if a.repair in ("merge", "freeze", "steer", "dpo") and a.use != "superseded":
+        if a.repair in ("merge", "freeze", "steer", "dpo", "mix", "harden") and a.use != "superseded":
             assert step_work(a.repair, a.params, cm, a.probes_built).passes == a.passes, a.id
 
 
@@ -115,6 +115,12 @@ def test_training_memory_follows_the_micro_batch_and_checkpointing_not_the_vocab
     small = _shape(cm, params=10**7)
     assert step_memory("dpo", {"micro_batch_size": 2}, small, "float32", cm, host=True) == \
         step_memory("dpo", plain, small, "float32", cm, host=True)
+    # harden holds one micro-batch of pairs in flight, never its whole batch (capped at the batch)
+    def harden(**p):
+        return step_memory("harden", p, v1, "float32", cm, host=True).layer_activations
+    assert harden(batch_size=8, micro_batch_size=4) == harden(batch_size=32, micro_batch_size=4)
+    assert harden(batch_size=8, micro_batch_size=4) == pytest.approx(2 * harden(batch_size=8, micro_batch_size=2))
+    assert harden(batch_size=2, micro_batch_size=4) == harden(batch_size=2, micro_batch_size=2)
 
 
 def test_time_grows_with_parameters_and_passes(cm):
