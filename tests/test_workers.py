@@ -128,11 +128,19 @@ def test_two_local_workers_run_cells_at_once_and_share_the_cache(tmp_path, small
     first_done = next(i for i, line in enumerate(log) if line.endswith(")") and ": done (" in line)
     started_before = [line for line in log[:first_done] if ": job " in line]
     assert len(started_before) == 2 and {"planted", "insecure"} == {line.split()[1] for line in started_before}
+    base_evaluated = 0
     for ft in ("planted", "insecure"):
         cells = {r: json.loads((out / "cells" / ft / "s0" / r / "realign.json").read_text()) for r in ("merge", "steer")}
-        cached = sorted(bool(c["evaluation"]["cached"]) for c in cells.values())
-        assert cached == [False, True]          # one cell evaluated base and finetune, its sibling reused them
+        base_evaluated += sum("base" not in c["evaluation"]["cached"] for c in cells.values())
+        # one cell evaluated the finetune, its sibling reused it. (Not "nothing cached" for the first:
+        # both finetunes share the base, so whichever first cell reached the base second may read
+        # the other's cached base evaluation — a race, not a fault.)
+        cached_finetune = sorted("finetune" in c["evaluation"]["cached"] for c in cells.values())
+        assert cached_finetune == [False, True]
+        assert all("base" in cells[r]["evaluation"]["cached"] for r in ("merge", "steer")
+                   if "finetune" in cells[r]["evaluation"]["cached"])
         assert cells["merge"]["metrics"]["repaired"]["logodds"] < cells["merge"]["metrics"]["finetune"]["logodds"]
+    assert 1 <= base_evaluated <= 2          # the shared base: evaluated by one first cell, or both at once
     board = json.loads((out / "leaderboard.json").read_text())
     assert set(board) == {"planted", "insecure"} and set(board["planted"]["rows"]) == {"base", "finetune", "merge", "steer"}
     assert list((out / "workers").glob("*/*_log.err"))        # each job's log, where failures point
