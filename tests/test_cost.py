@@ -287,3 +287,22 @@ def test_cost_table_sizes_are_the_public_models_parameter_counts():
 
 def test_gigabytes_are_gib():
     assert GIB == 1024 * MIB
+
+
+@pytest.mark.parametrize("name", ["merge", "freeze", "steer", "dpo", "mix", "harden"])
+def test_a_step_given_no_params_is_predicted_as_its_repair_defaults(cm, name):
+    """The cost model fills a missing parameter with a literal (anchors and partial dicts give few);
+    those literals must be the repair's own Params defaults, or a default changed in the repair
+    silently leaves predictions on the old one."""
+    from realign.cost import _needs_probes, repair_key, step_memory, step_work
+    from realign.repairs import load_all
+
+    full = dataclasses.asdict(load_all()[name].Params())
+    shape = _shape(cm)
+    for probes_built in (False, True):
+        assert step_work(name, {}, cm, probes_built) == step_work(name, full, cm, probes_built)
+    assert _needs_probes(name, {}) == _needs_probes(name, full)
+    assert repair_key(name, {}) == repair_key(name, full)
+    for host in (False, True):
+        assert step_memory(repair_key(name, full), {}, shape, "float32", cm, host) == \
+            step_memory(repair_key(name, full), full, shape, "float32", cm, host)
