@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from realign.cli import app
 from realign.cost import (GIB, MIB, ModelShape, Setting, anchor_residuals, count_parameters, load_cost_model,
                           predict, step_memory, step_work)
+from realign.repairs import load_all
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS_TOLERANCE, PEAK_TOLERANCE = 0.15, 0.10
@@ -289,13 +290,13 @@ def test_gigabytes_are_gib():
     assert GIB == 1024 * MIB
 
 
-@pytest.mark.parametrize("name", ["merge", "freeze", "steer", "dpo", "mix", "harden"])
+@pytest.mark.parametrize("name", sorted(load_all()))
 def test_a_step_given_no_params_is_predicted_as_its_repair_defaults(cm, name):
     """The cost model fills a missing parameter with a literal (anchors and partial dicts give few);
     those literals must be the repair's own Params defaults, or a default changed in the repair
-    silently leaves predictions on the old one."""
-    from realign.cost import _needs_probes, repair_key, step_memory, step_work
-    from realign.repairs import load_all
+    silently leaves predictions on the old one. Every registered repair is checked, so a new one
+    without a cost model fails here too."""
+    from realign.cost import _needs_probes, repair_key
 
     full = dataclasses.asdict(load_all()[name].Params())
     shape = _shape(cm)
