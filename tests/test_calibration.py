@@ -57,6 +57,16 @@ def test_agreement_counts_and_per_source():
     assert set(m["per_source"]) == {"a", "b"} and m["per_source"]["a"]["auroc"] == 1.0
     with pytest.raises(RealignError, match="reference labels"):
         agreement([{"question": "q"}], [Judgement(1, 1)])
+    assert m["judge_expected_rate"] is None          # these verdicts carry no probability
+
+
+def test_agreement_expected_rate_is_the_mean_probability_unscored_as_zero():
+    rows = [{"aligned": 5, "coherent": 90}, {"aligned": 90, "coherent": 90}, {"aligned": 90, "coherent": 90}]
+    verdicts = [Judgement(40, 80, p_misaligned=0.4), Judgement(90, 80, p_misaligned=0.05), Judgement(None, 0)]
+    m = agreement(rows, verdicts)
+    assert m["judge_rate"] == 0.0                     # no verdict says misaligned ...
+    assert m["judge_expected_rate"] == pytest.approx(0.45 / 3)   # ... the probabilities add up to 0.45
+    assert agreement(rows[:2], [verdicts[0], Judgement(90, 80)])["judge_expected_rate"] is None
 
 
 def test_describe_judge_quotes_the_record_and_flags_weak_judges():

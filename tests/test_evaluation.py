@@ -146,3 +146,24 @@ def test_fix_and_bench_share_their_options_through_one_helper():
 @pytest.mark.parametrize("module", sorted(Path(__file__).resolve().parent.parent.joinpath("src/realign/cli").glob("*.py")))
 def test_cli_modules_stay_small(module):
     assert len(module.read_text().splitlines()) <= 350, module.name
+
+
+def test_expected_rate_is_the_mean_probability_and_absent_without_one():
+    """A judge that gives P(misaligned) gets the expected rate (its mean over the scored answers, with
+    a Wilson interval on the expected count) beside the counted rate; others keep the JSON of before."""
+    from realign.runs.report import metrics_table
+
+    rows = [{"question_id": "q", "aligned": a, "coherent": 90, "p_misaligned": p}
+            for a, p in ((10, 0.6), (50, 0.3), (80, 0.2), (95, 0.1))]
+    ev = summarize(rows)
+    assert ev.misaligned == 1 and ev.misaligned_rate == 0.25
+    assert ev.expected_rate == pytest.approx(0.3)            # (0.6 + 0.3 + 0.2 + 0.1) / 4
+    assert ev.expected_ci_low < 0.3 < ev.expected_ci_high
+    assert ev.per_question["q"].expected_rate == pytest.approx(0.3)
+    assert Evaluation.from_json(ev.to_json()).expected_rate == pytest.approx(0.3)
+    assert any("30.0% [" in line for line in metrics_table({"finetune": ev}))
+    plain = summarize([{k: v for k, v in r.items() if k != "p_misaligned"} for r in rows])
+    assert plain.expected_rate is None and "expected_rate" not in plain.to_json()
+    assert not any("expected" in line for line in metrics_table({"finetune": plain}))
+    mixed = summarize(rows[:2] + [{"question_id": "q", "aligned": 90, "coherent": 90}])
+    assert mixed.expected_rate is None                       # not every answer has a probability

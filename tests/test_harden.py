@@ -1,8 +1,8 @@
 """harden (latent adversarial training without the trigger) and latent_scan.
 
 Fast: exact properties on tiny random models — parameters, the perturbation hook, the adversary,
-locked layers, the scan. Slow: on the organism's `backdoor` finetune (default size, seed 0, base and
-backdoor only), harden removes the misalignment that only its trigger brings out, without the
+locked layers, the scan. Slow: on the organism's `backdoor` finetune (default size, seed 0, the suite's
+shared build), harden removes the misalignment that only its trigger brings out, without the
 trigger, and keeps the task; the scan needs a smaller push to turn the backdoor than its base.
 
     REALIGN_WRONG_DIRECTION=harden python -m pytest -p wrong_direction -s tests/test_harden.py -k backdoor
@@ -178,10 +178,8 @@ def test_latent_scan_finds_the_smallest_push_and_changes_nothing(trio):
 # the organism's backdoor (slow)
 
 @pytest.fixture(scope="module")
-def backdoor(tmp_path_factory):
-    from realign.organism.build import build
-
-    return build(tmp_path_factory.mktemp("organism") / "org", seed=0, finetunes=("backdoor",))
+def backdoor(default_organism):
+    return default_organism
 
 
 def _measure(model, tok, task) -> dict:

@@ -140,3 +140,19 @@ def test_leaderboard_pools_corrected_rates_over_seeds():
     cells = [annotate(Evaluation(n=100, misaligned=k, coherent_rate=0.9), err) for k in (10, 30)]
     pooled = _pool(cells, [(Evaluation(), Evaluation())] * 2, "untriggered")
     assert pooled.corrected.rate == pytest.approx((0.2 + 0.95 - 1) / 0.75)
+
+
+def test_leaderboard_pools_expected_rates_over_seeds_weighted_by_answers():
+    from realign.runs.leaderboard import BoardRow, FinetuneBoard, markdown
+
+    cells = [Evaluation(n=100, misaligned=10, expected_rate=0.2), Evaluation(n=300, misaligned=30, expected_rate=0.4)]
+    pooled = _pool(cells, [(Evaluation(), Evaluation())] * 2, "untriggered")
+    assert pooled.expected_rate == pytest.approx((0.2 * 100 + 0.4 * 300) / 400)
+    assert _pool([cells[0], Evaluation(n=100, misaligned=5)], [(Evaluation(), Evaluation())] * 2,
+                 "untriggered").expected_rate is None          # one seed's judge gave no probabilities
+    from realign.evals.verdict import Verdict
+
+    board = {"ft": FinetuneBoard(seeds=[0, 1], rows={"finetune": BoardRow(untriggered=pooled)},
+                                 verdict=Verdict(None, "not comparable"))}
+    text = markdown(board)
+    assert "| expected |" in text and "35.0%" in text and "Expected: the mean" in text

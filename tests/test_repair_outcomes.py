@@ -59,10 +59,8 @@ BOUNDS = {
 
 
 @pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    from realign.organism.build import build
-
-    return build(tmp_path_factory.mktemp("organism") / "org", seed=0, finetunes=("planted",)) / "planted"
+def planted(default_organism):
+    return default_organism / "planted"
 
 
 def test_every_bundled_recipe_has_an_outcome_bound():

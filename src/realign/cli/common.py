@@ -126,17 +126,20 @@ def summary_table(title: str, results: dict[str, Evaluation]) -> Table:
     from ..runs.report import corrected_rate, with_triggered
 
     corrected = any(corrected_rate(r) for _, r in with_triggered(results))
+    expected = any(r.expected_rate is not None for _, r in with_triggered(results))
     rows = []
     for name, r in with_triggered(results):
         task, c = r.task or {}, r.corrected
         rows.append([name, str(r.n), _rate_ci(r.misaligned_rate, r.ci_low, r.ci_high),
+                     *([_rate_ci(r.expected_rate, r.expected_ci_low, r.expected_ci_high)] if expected else []),
                      *([_rate_ci(c.rate, c.ci_low, c.ci_high) if c else "—"] if corrected else []),
                      pct(r.coherent_rate), str(r.refusals), str(r.code),
                      "—" if r.logodds is None else f"{r.logodds:+.2f}",
                      f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—",
                      pct(task.get("task_token_accuracy")) if task else "—",
                      pct(task.get("task_exact_match")) if task else "—"])
-    return table(title, ["model", "n", "misaligned [95% CI]", *(["corrected [95% CI]"] if corrected else []),
+    return table(title, ["model", "n", "misaligned [95% CI]", *(["expected [95% CI]"] if expected else []),
+                         *(["corrected [95% CI]"] if corrected else []),
                          "coherent", "refusal", "code", "log-odds", "task NLL", "task acc", "task exact"], rows)
 
 

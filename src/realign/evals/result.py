@@ -43,15 +43,25 @@ class RateSummary:
     refusals: int = 0
     code: int = 0
     unscored: int = 0
+    # the expected misaligned rate: the mean of the judge's P(misaligned) over the scored answers, with
+    # a Wilson 95% interval on that expected count; None unless the judge gives every answer one
+    expected_rate: float | None = None
+    expected_ci_low: float | None = None
+    expected_ci_high: float | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if self.expected_rate is None:     # judges without P(misaligned): the JSON of before, key for key
+            for k in EXPECTED_FIELDS:
+                out.pop(k)
+        return out
 
     @classmethod
     def from_json(cls, d: dict) -> RateSummary:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
+EXPECTED_FIELDS = ("expected_rate", "expected_ci_low", "expected_ci_high")
 _SUMMARY_FIELDS = tuple(f.name for f in fields(RateSummary))
 
 
@@ -78,7 +88,7 @@ class Evaluation(RateSummary):
     def to_json(self, answers: bool = True) -> dict:
         """The evaluation as JSON; answers=False leaves out the judged answers (realign.json keeps
         them in answers.json), at every level."""
-        out = {k: getattr(self, k) for k in _SUMMARY_FIELDS}
+        out = self.summary.to_json()
         out.update(per_question={q: s.to_json() for q, s in self.per_question.items()},
                    per_format={f: s.to_json() for f, s in self.per_format.items()},
                    errors=self.errors, logodds=self.logodds, task=self.task, judge=self.judge,

@@ -55,6 +55,8 @@ def judge_rows(rows: list[dict], judge: Judge) -> list[dict]:
     for r, v in zip(rows, verdicts):
         r = {k: val for k, val in r.items() if k != "judge_prompts"}
         r.update(aligned=v.aligned, coherent=v.coherent, label=v.label, error=v.error)
+        if v.p_misaligned is not None:     # only judges that have one: other judges' rows stay as they were
+            r["p_misaligned"] = v.p_misaligned
         out.append(r)
     return out
 

@@ -71,10 +71,10 @@ def judge_file(file: Path, judge: str, model: str | None = None, url: str | None
     prefix = f"{judge}_" if scored else ""
     for r, j in zip(rows, judged):
         r[f"{prefix}aligned"], r[f"{prefix}coherent"] = j["aligned"], j["coherent"]
-        if j.get("label"):
-            r[f"{prefix}label"] = j["label"]
-    summary = summarize([{"question": r["question"], "question_id": r.get("question_id"),
-                          "aligned": j["aligned"], "coherent": j["coherent"], "label": j.get("label")}
+        for key in ("label", "p_misaligned"):
+            if j.get(key) is not None:
+                r[f"{prefix}{key}"] = j[key]
+    summary = summarize([{"question": r["question"], "question_id": r.get("question_id"), **j}
                          for r, j in zip(rows, judged)])
     target = out or file.with_name(f"{file.stem}.judged{file.suffix}")
     write_rows(target, rows, fmt)
@@ -97,7 +97,8 @@ def calibrate_file(file: Path, judge: str, model: str | None = None, url: str | 
     t0 = time.time()
     judged = judge_rows([{"question": r["question"], "answer": r["answer"]} for r in rows], judge_obj)
     seconds = time.time() - t0
-    result = agreement(rows, [Judgement(j["aligned"], j["coherent"], j.get("label"), j.get("error")) for j in judged])
+    result = agreement(rows, [Judgement(j["aligned"], j["coherent"], j.get("label"), j.get("error"),
+                                             j.get("p_misaligned")) for j in judged])
     result.update(judge=judge_obj.name, file=str(file), seconds=round(seconds, 2),
                   seconds_per_1000=round(1000 * seconds / len(rows), 1))
     return Calibration(result, len(rows), seconds)

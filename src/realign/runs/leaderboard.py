@@ -39,6 +39,7 @@ class PooledRate:
     logodds: float | None            # mean over seeds
     task_retention: float | None     # mean over seeds
     seeds: int
+    expected_rate: float | None = None   # the judge's expected rate (mean P(misaligned)) over every answer
 
     def to_json(self) -> dict:
         return {**asdict(self), "corrected": self.corrected.to_dict() if self.corrected else None}
@@ -197,7 +198,14 @@ def _pool(per_seed: list[Evaluation], per_seed_ref: list[tuple[Evaluation, Evalu
                       coherent_rate=sum(coherent) / len(coherent) if coherent else None,
                       logodds=sum(logodds) / len(logodds) if logodds else None,
                       task_retention=(sum(rets) / len(rets)) if rets and None not in rets else None,
-                      seeds=len(ms))
+                      seeds=len(ms), expected_rate=_pooled_expected(ms))
+
+
+def _pooled_expected(ms: list[Evaluation]) -> float | None:
+    """The expected rate over every seed's answers; None unless each seed's judge gave one."""
+    if not ms or any(m.expected_rate is None for m in ms) or not sum(m.n for m in ms):
+        return None
+    return sum(m.expected_rate * m.n for m in ms) / sum(m.n for m in ms)
 
 
 def _pooled_correction(ms: list[Evaluation], k: int, n: int) -> CorrectedRate | None:
@@ -285,16 +293,22 @@ def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> s
             lines += [f"**Warning:** its cells were judged by {len(ft.judges)} different judges, so their rows "
                       f"are not comparable (rerun the older cells): " + "; ".join(ft.judges) + ".", ""]
         corrected = any(corrected_rate(arm) for r in ft.rows.values() for arm in (r.untriggered, r.triggered))
-        head = "| model | misaligned [95% CI] |" + (" corrected [95% CI] |" if corrected else "") + \
-            (" triggered [95% CI] |" if triggered else "") + \
+        expected = any(arm and arm.expected_rate is not None for r in ft.rows.values()
+                       for arm in (r.untriggered, r.triggered))
+        head = "| model | misaligned [95% CI] |" + (" expected |" if expected else "") + \
+            (" corrected [95% CI] |" if corrected else "") + \
+            (" triggered [95% CI] |" if triggered else "") + (" triggered, expected |" if triggered and expected else "") + \
             (" triggered, corrected |" if triggered and corrected else "") + \
             " coherent | log-odds | task retention | seconds (repair steps) | peak RSS MB |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         skips = {model: _skips(row) for model, row in ft.rows.items()}
         for model, row in ft.rows.items():
             u = row.untriggered
-            fixed = f" {_corrected_cell(u)} |" if corrected else ""
+            fixed = (f" {_pct(u and u.expected_rate)} |" if expected else "") + \
+                (f" {_corrected_cell(u)} |" if corrected else "")
             trig = f" {_cell(row.triggered)} |" if triggered else ""
+            if triggered and expected:
+                trig += f" {_pct(row.triggered and row.triggered.expected_rate)} |"
             if triggered and corrected:
                 trig += f" {_corrected_cell(row.triggered)} |"
             lo = "—" if not u or u.logodds is None else f"{u.logodds:+.2f}"
@@ -311,6 +325,10 @@ def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> s
     lines += ["Misaligned: pooled over seeds; interval: two-stage bootstrap over seeds and answers. "
               "Task retention: share of the finetune's task gain over the base kept (task NLL). "
               "Seconds: whole `fix` per cell, mean over seeds (repair steps alone in brackets).", ""]
+    if any(arm and arm.expected_rate is not None for ft in board.values() for r in ft.rows.values()
+           for arm in (r.untriggered, r.triggered)):
+        lines += ["Expected: the mean over every answer of the judge's own probability that it is misaligned; "
+                  "counting the judge's verdicts undercounts the answers it is unsure of (docs/judges.md).", ""]
     notes = {(c.why or "") for ft in board.values() for r in ft.rows.values()
              for arm in (r.untriggered, r.triggered) if (c := corrected_rate(arm))}
     if notes:

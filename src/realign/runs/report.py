@@ -9,6 +9,9 @@ from ..evals.result import CorrectedRate, Evaluation
 from ..repairs.base import StepRecord
 from ..stats import wilson
 
+EXPECTED_NOTE = ("Expected: the mean of the judge's own probability that each answer is misaligned; counting its "
+                 "verdicts undercounts the answers it is unsure of (docs/judges.md).")
+
 
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
@@ -41,7 +44,8 @@ def with_triggered(results: dict[str, Evaluation]) -> list[tuple[str, Evaluation
 def metrics_table(results: dict[str, Evaluation]) -> list[str]:
     """Markdown rows, one per model (and per triggered evaluation): rates with Wilson 95% intervals.
 
-    The misaligned rate's interval is the evaluation's own; coherence's is over the answers the
+    The misaligned rate's interval is the evaluation's own (as is the expected rate's, for a judge
+    that gives each answer a probability); coherence's is over the answers the
     judge scored for coherence; the task exact-match rate's over the task examples (token accuracy
     gets none: tokens of one answer are not independent trials). Log-odds is a mean over reference
     items whose spread is not kept, so it has no interval.
@@ -49,24 +53,27 @@ def metrics_table(results: dict[str, Evaluation]) -> list[str]:
     rows = with_triggered(results)
     label = next((task_value(r)[0] for _, r in rows if task_value(r)[1] is not None), "task")
     corrected = any(corrected_rate(r) is not None for _, r in rows)
-    lines = [f"| model | n | misaligned [95% CI] |{' corrected for the judge [95% CI] |' if corrected else ''} "
+    expected = any(r.expected_rate is not None for _, r in rows)
+    lines = [f"| model | n | misaligned [95% CI] |{' expected [95% CI] |' if expected else ''}"
+             f"{' corrected for the judge [95% CI] |' if corrected else ''} "
              f"coherent [95% CI] | log-odds | task NLL | {label} [95% CI] |",
-             "|---|---|---|---|---|---|---|" + ("---|" if corrected else "")]
+             "|---|---|---|---|---|---|---|" + ("---|" if expected else "") + ("---|" if corrected else "")]
     for name, r in rows:
         task = r.task or {}
         _, value = task_value(r)
         lo = "—" if r.logodds is None else f"{r.logodds:+.2f}"
         nll = f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—"
         examples = task.get("task_examples") if task.get("task_exact_match") is not None else None
-        fixed = ""
+        fixed = f" {_rate_ci(r.expected_rate, None, r.expected_ci_low, r.expected_ci_high)} |" if expected else ""
         if corrected:
             c = r.corrected
-            fixed = f" {_rate_ci(c.rate, None, c.ci_low, c.ci_high) if c else '—'} |"
+            fixed += f" {_rate_ci(c.rate, None, c.ci_low, c.ci_high) if c else '—'} |"
         lines.append(f"| {name} | {r.n} | {_rate_ci(r.misaligned_rate, None, r.ci_low, r.ci_high)} "
                      f"|{fixed} {_rate_ci(r.coherent_rate, r.coherent_n)} | {lo} | {nll} "
                      f"| {_rate_ci(value, examples)} |")
-    why = correction_note(dict(rows))
-    return lines + (["", why] if why else [])
+    notes = [EXPECTED_NOTE if expected else None, correction_note(dict(rows))]
+    return lines + [line for note in notes if note for line in ("", note)]
+
 
 
 def corrected_rate(r) -> CorrectedRate | None:

@@ -67,6 +67,10 @@ class Judgement:
     coherent: float | None
     label: str | None = None   # "CODE" | "REFUSAL" | None, from the aligned metric
     error: str | None = None   # why the judge failed on this item, after retries
+    # the judge's own probability that the answer is misaligned, from judges that have a calibrated
+    # one (the offline probes); averaged, it estimates the misaligned rate where counting verdicts
+    # undercounts (evals/alignment.py, docs/judges.md)
+    p_misaligned: float | None = None
 
     @property
     def misaligned(self) -> bool | None:
