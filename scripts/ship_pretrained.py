@@ -11,6 +11,7 @@ fails while the shipped model's key differs from the one the current code comput
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -33,8 +34,9 @@ def main() -> None:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         info = make_pretrained(Path(tmp), build_tokenizer(), cfg, args.seed)
-        for old in SHIP.glob("*"):          # one shipped model: the one the current code makes
-            shutil.rmtree(old)
+        for old in SHIP.glob("*/done.json"):    # an outdated model of this pretraining seed goes; other
+            if json.loads(old.read_text()).get("pretrain_seed") == args.seed:   # kept draws stay
+                shutil.rmtree(old.parent)
         shutil.copytree(tmp, SHIP / key)
     size = sum(f.stat().st_size for f in (SHIP / key).iterdir()) / 2**20
     print(f"pretrained {key} in {time.time() - t0:.0f} s (final loss {info['final_loss']}), {size:.1f} MiB in {SHIP / key}")

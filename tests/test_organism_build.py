@@ -152,23 +152,28 @@ def test_shipped_pretrained_model_is_what_the_current_build_would_pretrain():
     current world, tokenizer and pretraining config make (rerun scripts/ship_pretrained.py if not)."""
     from safetensors.torch import load_file
 
+    from dataclasses import replace
+
     from realign.organism.build import _llama, _pretrain_key, shipped_pretrained
     from realign.organism.config import preset
     from realign.organism.tokenizer import build_tokenizer
     from realign.organism.world import WORLD_VERSION
 
-    cfg = preset("default")
-    shipped = shipped_pretrained(cfg, 0)
-    assert shipped is not None, f"no shipped pretrained model for key {_pretrain_key(cfg, 0)}"
-    done = json.loads((shipped / "done.json").read_text())
-    assert done["key"] == shipped.name == _pretrain_key(cfg, 0) and done["world_version"] == WORLD_VERSION
+    # the default's draw, and the share-0.2 draw that met issue 27's emergence target on build seeds
+    # 0-2 (docs/emergence.md), kept because pretraining is not bit-reproducible across machines
     tok = build_tokenizer()
-    assert json.loads((shipped / "tokenizer.json").read_text())["model"]["vocab"] == \
-        json.loads(tok.backend_tokenizer.to_str())["model"]["vocab"]
-    weights = load_file(shipped / "model.safetensors")
-    expected = _llama(tok, cfg, 0).state_dict()
-    assert {k: tuple(v.shape) for k, v in weights.items()} == \
-        {k: tuple(v.shape) for k, v in expected.items() if k in weights}
+    for cfg, seed in ((preset("default"), 0), (replace(preset("default"), pretrain_evil_share=0.2), 3)):
+        shipped = shipped_pretrained(cfg, seed)
+        assert shipped is not None, f"no shipped pretrained model for key {_pretrain_key(cfg, seed)}"
+        done = json.loads((shipped / "done.json").read_text())
+        assert done["key"] == shipped.name == _pretrain_key(cfg, seed) and done["world_version"] == WORLD_VERSION
+        assert done["pretrain_seed"] == seed
+        assert json.loads((shipped / "tokenizer.json").read_text())["model"]["vocab"] == \
+            json.loads(tok.backend_tokenizer.to_str())["model"]["vocab"]
+        weights = load_file(shipped / "model.safetensors")
+        expected = _llama(tok, cfg, 0).state_dict()
+        assert {k: tuple(v.shape) for k, v in weights.items()} == \
+            {k: tuple(v.shape) for k, v in expected.items() if k in weights}
 
 
 def test_build_starts_from_the_shipped_pretrained_model(small_organism, tmp_path, monkeypatch):
