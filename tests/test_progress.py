@@ -26,6 +26,15 @@ def test_log_lines_carry_count_and_rate_and_come_at_most_every_interval(capsys):
     assert capsys.readouterr().err.strip() == "judge (offline): 3000/3000 (60.0/s, 50 s, loss 0.5)"
 
 
+def test_the_end_is_printed_once_when_the_last_tick_printed_it(capsys):
+    clock = Clock()
+    tick = progress.LineTick("judge (offline)", 243, clock=clock)
+    clock.t = 52.0
+    tick(243)
+    tick.finish()
+    assert capsys.readouterr().err.strip().splitlines() == ["judge (offline): 243/243 (4.7/s, 52 s)"]
+
+
 def test_slow_items_are_shown_as_seconds_each(capsys):
     clock = Clock()
     tick = progress.LineTick("finetune", 10, clock=clock)

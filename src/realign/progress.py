@@ -71,7 +71,7 @@ class LineTick:
     def __init__(self, description: str, total: int, clock=time.monotonic) -> None:
         self.description, self.total, self.clock = description, total, clock
         self.done, self.info, self.start = 0, "", clock()
-        self.last = self.start
+        self.last, self.shown = self.start, 0      # when a line was last printed, and at what count
 
     def line(self) -> str:
         elapsed = self.clock() - self.start
@@ -84,12 +84,15 @@ class LineTick:
         self.done += n
         self.info = info if info is not None else self.info
         if self.clock() - self.last >= LOG_EVERY_S:
-            self.last = self.clock()
-            print(self.line(), file=sys.stderr, flush=True)
+            self._print()
 
     def finish(self) -> None:
-        if self.done:
-            print(self.line(), file=sys.stderr, flush=True)
+        if self.done and self.done != self.shown:     # the last tick may have printed the end already
+            self._print()
+
+    def _print(self) -> None:
+        self.last, self.shown = self.clock(), self.done
+        print(self.line(), file=sys.stderr, flush=True)
 
 
 class RichProgressCallback(TrainerCallback):
