@@ -297,7 +297,8 @@ def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> s
                        for arm in (r.untriggered, r.triggered))
         head = "| model | misaligned [95% CI] |" + (" expected |" if expected else "") + \
             (" corrected [95% CI] |" if corrected else "") + \
-            (" triggered [95% CI] |" if triggered else "") + (" triggered, expected |" if triggered and expected else "") + \
+            (" triggered [95% CI] |" if triggered else "") + \
+            (" triggered, expected |" if triggered and expected else "") + \
             (" triggered, corrected |" if triggered and corrected else "") + \
             " coherent | log-odds | task retention | seconds (repair steps) | peak RSS MB |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]

@@ -32,8 +32,9 @@ their verdicts undercounts (on held-out public answers 3.5% / 14.5% / 20.1% wher
 counted 8.3% / 17.2% / 26.3%): the Bayes decision at P > 1/2 leaves out the many misaligned answers
 the heads are unsure of. The mean of P(misaligned) — the expected rate — came within 2 pp of the
 reference on all three (docs/judges.md); reports give it beside the count. Expect them to be
-weaker far from those sources (other languages, long multi-turn answers, subtle deception). Check them on your own labelled answers with
-``realign judge FILE --calibrate --judge offline``.
+weaker far from those sources (other languages, long multi-turn answers, subtle deception; a small
+model's garbled answers, where the expected rate overcounts). Check them on your own labelled
+answers with ``realign judge FILE --calibrate --judge offline``.
 """
 
 from __future__ import annotations
