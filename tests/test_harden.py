@@ -134,6 +134,29 @@ def test_harden_trains_only_unlocked_layers_and_records_what_it_did(trio):
     assert not hasattr(st.model, "peft_config")   # the adapter is merged: a plain model goes on
 
 
+def test_harden_skips_a_model_its_adversary_cannot_turn_and_trains_one_it_can(trio):
+    """The same model, items oriented both ways, a push too small to flip a preference (ε 0.001):
+    where it prefers the aligned answers harden records a skip and changes nothing; with the answers
+    swapped it prefers the 'misaligned' ones and harden trains. skip_if_robust=false always trains."""
+    base, ft, tok = trio
+    triples = item_triples(tok, ITEMS)
+    clean = misalignment_margin(ft, triples, tok.pad_token_id or 0).mean().item()
+    robust = ITEMS if clean < 0 else [(c, a, m) for c, m, a in ITEMS]    # the model prefers the aligned side
+    turned = [(c, a, m) for c, m, a in robust]
+    kw = dict(steps=2, inner_steps=1, final_attack=2, batch_size=4, pairs="references", epsilon=0.001, layers="0")
+    runs = {}
+    for name, items, extra in (("robust", robust, {}), ("turned", turned, {}), ("forced", robust, {"skip_if_robust": False})):
+        st = RepairState(model=copy.deepcopy(ft), base=base, tokenizer=tok, repair_items=items, train_conversations=TASK)
+        runs[name] = Harden().apply(st, HardenParams(**kw, **extra))
+    rec = runs["robust"].history[-1]
+    assert rec.skipped and "already robust" in rec.skipped and rec.details["adversary_before"]["attacked_margin"] <= 0
+    assert same_weights(runs["robust"].model, ft)
+    for name in ("turned", "forced"):
+        assert not runs[name].history[-1].skipped and not same_weights(runs[name].model, ft), name
+    with pytest.raises(ValueError, match="skip_if_robust"):
+        HardenParams(skip_if_robust="maybe").validate()
+
+
 def test_harden_skips_without_pairs_and_refuses_layers_out_of_range(trio):
     base, ft, tok = trio
     st = Harden().apply(RepairState(model=copy.deepcopy(ft), base=base, tokenizer=tok), HardenParams(pairs="references"))

@@ -69,9 +69,15 @@ class HardenParams:
     task_weight: float = 10.0   # KL(finetune ‖ model) per token on task answers (0: no task term)
     pairs: str = "both"         # references (the setting's answer banks) | probes (judged samples) | both
     samples: int = 4            # probe samples per prompt, when the probes are built here
+    # skip when the measuring adversary (final_attack steps, ε) cannot make the model prefer the
+    # misaligned answers (attacked margin <= 0): it is already robust at ε, there is nothing to train
+    # against, and training anyway only costs coherence (the organism's secure control: 95.0 -> 83.5%)
+    skip_if_robust: bool = True
 
     def validate(self) -> None:
         self.layer_list()
+        if not isinstance(self.skip_if_robust, bool):
+            raise ValueError(f"harden.skip_if_robust must be true or false, not {self.skip_if_robust!r}")
         for name in ("n_layers", "steps", "rank", "batch_size", "micro_batch_size", "samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"harden.{name} must be >= 1, not {getattr(self, name)}")
@@ -458,6 +464,12 @@ class Harden:
         measure = dict(epsilon=eps, steps=int(p.final_attack), lr=float(p.inner_lr), prompt_only=prompt_only,
                        micro=int(p.micro_batch_size))
         before = adversary_success(state.model, probe, pad, layers, **measure)
+        if p.skip_if_robust and int(p.final_attack) > 0 and before["attacked_margin"] <= 0:
+            state.record(self.name, layers=layers, epsilon=eps, adversary_before=_rounded(before),
+                         skipped=f"already robust at ε {eps:g}: the adversary's strongest push found leaves the "
+                                 f"aligned answers preferred (attacked margin {before['attacked_margin']:+.3f}); "
+                                 "nothing to harden against (harden.skip_if_robust=false trains anyway)")
+            return state
         task, task_source = task_pairs(state) if float(p.task_weight) > 0 else ([], None)
         log = harden_lora(state, triples, task, layers, p)
         after = adversary_success(state.model, probe, pad, layers, **measure)
