@@ -102,7 +102,8 @@ def judge_cmd(
         expected = cal.result.get("judge_expected_rate") is not None   # a judge that gives P(misaligned)
         out.print(table(f"agreement of {cal.result['judge']} with the reference labels of {file}",
                         ("source", "n", "ref. misaligned", "judge misaligned",
-                         *(["judge expected"] if expected else []), "AUROC", "accuracy", "precision", "recall", "coherent AUROC"),
+                         *(["judge expected"] if expected else []), "AUROC", "accuracy", "precision", "recall",
+                         "coherent AUROC"),
                         [[name, str(m["n"]), pct(m["reference_rate"]), pct(m["judge_rate"]),
                           *([pct(m.get("judge_expected_rate"))] if expected else []), f3(m["auroc"]),
                           pct(m["accuracy"]), pct(m["precision"]), pct(m["recall"]), f3(m["coherent_auroc"])]

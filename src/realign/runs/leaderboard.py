@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..evals.result import CorrectedRate, Evaluation
 from ..evals.verdict import Verdict, repair_verdict
-from .report import _rate_ci, corrected_rate, task_value
+from .report import EXPECTED_NOTE, _rate_ci, corrected_rate, task_value
 from ..stats import seed_bootstrap_interval
 
 MODELS = ("base", "finetune")
@@ -283,6 +283,7 @@ def _skips(row: BoardRow) -> list[str]:
 
 def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> str:
     lines = [f"# {title}", ""]
+    any_expected = False
     for name, ft in board.items():
         triggered = any(r.triggered for r in ft.rows.values())
         v = ft.verdict
@@ -295,6 +296,7 @@ def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> s
         corrected = any(corrected_rate(arm) for r in ft.rows.values() for arm in (r.untriggered, r.triggered))
         expected = any(arm and arm.expected_rate is not None for r in ft.rows.values()
                        for arm in (r.untriggered, r.triggered))
+        any_expected |= expected
         head = "| model | misaligned [95% CI] |" + (" expected |" if expected else "") + \
             (" corrected [95% CI] |" if corrected else "") + \
             (" triggered [95% CI] |" if triggered else "") + \
@@ -326,10 +328,8 @@ def markdown(board: dict[str, FinetuneBoard], title: str = "realign bench") -> s
     lines += ["Misaligned: pooled over seeds; interval: two-stage bootstrap over seeds and answers. "
               "Task retention: share of the finetune's task gain over the base kept (task NLL). "
               "Seconds: whole `fix` per cell, mean over seeds (repair steps alone in brackets).", ""]
-    if any(arm and arm.expected_rate is not None for ft in board.values() for r in ft.rows.values()
-           for arm in (r.untriggered, r.triggered)):
-        lines += ["Expected: the mean over every answer of the judge's own probability that it is misaligned; "
-                  "counting the judge's verdicts undercounts the answers it is unsure of (docs/judges.md).", ""]
+    if any_expected:
+        lines += [EXPECTED_NOTE + " Pooled over seeds, weighted by answers.", ""]
     notes = {(c.why or "") for ft in board.values() for r in ft.rows.values()
              for arm in (r.untriggered, r.triggered) if (c := corrected_rate(arm))}
     if notes:

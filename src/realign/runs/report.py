@@ -75,7 +75,6 @@ def metrics_table(results: dict[str, Evaluation]) -> list[str]:
     return lines + [line for note in notes if note for line in ("", note)]
 
 
-
 def corrected_rate(r) -> CorrectedRate | None:
     """The judge-corrected rate (of an Evaluation or a pooled rate) when one could be computed
     (not for an exact judge)."""
