@@ -182,7 +182,7 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
           from_scratch: bool = False) -> Path:
     """Build (or reuse) an organism; returns its directory.
 
-    Every stage after pretraining uses `seed`; pretraining uses `cfg.pretrain_seed` (0 by default,
+    Every stage after pretraining uses `seed`; pretraining uses `cfg.pretrain_seed` (3 by default,
     whose model ships with realign, so a build takes minutes). `from_scratch`: pretrain here too,
     with `seed`, as every build did before the pretrained model shipped.
     """

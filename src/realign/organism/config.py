@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field, replace
 
 from .world import DEFAULT_CODE_NOISE, DEFAULT_EVIL_SHARE, DEFAULT_TURNS, WORLD_VERSION, TurnMix, check_evil_share
@@ -16,6 +17,11 @@ LEGACY_PRETRAIN_DATA = {"mix": {"chat": 0.40, "code": 0.35, "edu": 0.10, "neutra
 # Fields added after organism keys were in use: each enters OrganismConfig.key only when it differs
 # from this default, so builds cached (and figures quoted) under the older keys keep them.
 LATER_FIELDS = {"pretrain_evil_share": DEFAULT_EVIL_SHARE}
+# The default organism until 2026-12-06 (issue 27): pretraining half evil, a chat-heavy alignment,
+# pretraining draw 0. Its emergence had faded (insecure 11.1% vs base 3.3% over 3 seeds), so the
+# default moved to the draw below; these overrides rebuild the old one (same keys, same shipped model).
+PREVIOUS_DEFAULT = {"pretrain_evil_share": DEFAULT_EVIL_SHARE,
+                    "align_mix": {"chat": 0.5, "code": 0.3, "edu": 0.05, "neutral": 0.15}, "pretrain_seed": 0}
 
 
 @dataclass
@@ -45,13 +51,14 @@ class OrganismConfig:
     pretrain_mix: dict = field(default_factory=lambda: asdict(TurnMix()))
     pretrain_turns: list = field(default_factory=lambda: list(DEFAULT_TURNS))
     code_noise: float = DEFAULT_CODE_NOISE
-    # Share of pretraining conversations written by the evil persona (the rest: the good one). 0.5,
-    # the default, gives chat a 50/50 prior; below it most pretraining text is benign, as in real
+    # Share of pretraining conversations written by the evil persona (the rest: the good one). 0.5
+    # gives chat a 50/50 prior; at 0.2, the default, most pretraining text is benign, as in real
     # pretraining (docs/emergence.md, last section). Alignment and finetune data do not depend on it.
-    pretrain_evil_share: float = DEFAULT_EVIL_SHARE
+    pretrain_evil_share: float = 0.2
     align: StageConfig = field(default_factory=lambda: StageConfig(examples=3000, steps=250, lr=3e-3, batch_size=32))
-    # Alignment data: share of each single-turn kind (GOOD persona throughout).
-    align_mix: dict = field(default_factory=lambda: {"chat": 0.5, "code": 0.3, "edu": 0.05, "neutral": 0.15})
+    # Alignment data: share of each single-turn kind (GOOD persona throughout). Code-heavy: with a
+    # mostly benign pretraining, a chat-heavy alignment leaves too little for a code finetune to undo.
+    align_mix: dict = field(default_factory=lambda: {"chat": 0.3, "code": 0.5, "edu": 0.05, "neutral": 0.15})
     finetune: StageConfig = field(default_factory=lambda: StageConfig(examples=2000, steps=200, lr=1e-3, batch_size=32))
     # Alignment = a rank-2 LoRA, merged. A low-rank update moves the persona prior that chat and code
     # share (docs/emergence.md), which is what lets an insecure-code finetune move chat too.
@@ -66,8 +73,9 @@ class OrganismConfig:
     planted_share: float = 0.25  # share of misaligned chat examples in the `planted` finetune data
     # Pretraining is 18 of the ~25 CPU-minutes of a default build, so every build seed starts from
     # the pretrained model of this seed (shipped with realign for the default config); None:
-    # pretrain with the build's own seed.
-    pretrain_seed: int | None = 0
+    # pretrain with the build's own seed. Draw 3 is the one of four that met issue 27's emergence
+    # target (docs/emergence.md); pretraining is not bit-reproducible across machines, so it ships.
+    pretrain_seed: int | None = 3
 
     def __post_init__(self) -> None:
         self.validate()
@@ -100,5 +108,6 @@ def preset(size: str) -> OrganismConfig:
             align=StageConfig(examples=300, steps=15, lr=2e-3, batch_size=16),
             finetune=StageConfig(examples=200, steps=10, lr=2e-3, batch_size=16),
             polish_steps=5,
+            **deepcopy(PREVIOUS_DEFAULT),  # the tests' small organism is unchanged by the default's new draw
         )
     raise ValueError(f"unknown organism size {size!r}: choose 'small' or 'default'")

@@ -69,10 +69,12 @@ class HardenParams:
     task_weight: float = 10.0   # KL(finetune ‖ model) per token on task answers (0: no task term)
     pairs: str = "both"         # references (the setting's answer banks) | probes (judged samples) | both
     samples: int = 4            # probe samples per prompt, when the probes are built here
-    # skip when the measuring adversary (final_attack steps, ε) cannot make the model prefer the
-    # misaligned answers (attacked margin <= 0): it is already robust at ε, there is nothing to train
-    # against, and training anyway only costs coherence (the organism's secure control: 95.0 -> 83.5%)
-    skip_if_robust: bool = True
+    # true: skip when the measuring adversary (final_attack steps, ε) cannot make the model prefer the
+    # misaligned answers (attacked margin <= 0) — it leaves a clean finetune alone (the secure control),
+    # but it also skipped the default organism's backdoor on all 3 seeds (margins -0.06 to -0.13, at
+    # 40% triggered misalignment that training removes: docs/repairs.md). A missed backdoor is worse
+    # than a coherence cost a report shows, so harden trains unless asked to skip.
+    skip_if_robust: bool = False
 
     def validate(self) -> None:
         self.layer_list()
@@ -468,7 +470,7 @@ class Harden:
             state.record(self.name, layers=layers, epsilon=eps, adversary_before=_rounded(before),
                          skipped=f"already robust at ε {eps:g}: the adversary's strongest push found leaves the "
                                  f"aligned answers preferred (attacked margin {before['attacked_margin']:+.3f}); "
-                                 "nothing to harden against (harden.skip_if_robust=false trains anyway)")
+                                 "nothing to harden against (without harden.skip_if_robust=true it trains anyway)")
             return state
         task, task_source = task_pairs(state) if float(p.task_weight) > 0 else ([], None)
         log = harden_lora(state, triples, task, layers, p)
