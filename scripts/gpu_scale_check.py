@@ -582,8 +582,6 @@ def main() -> None:
             if step in DEFAULT_STEPS and not any(o.startswith(f"{step}.steps=") for o in own):
                 steps = {"dpo": args.dpo_steps, "mix": args.mix_steps}.get(step, args.train_steps)
                 own.insert(0, f"{step}.steps={steps}")
-            if step == "harden" and not any(o.startswith("harden.skip_if_robust=") for o in own):
-                own.append("harden.skip_if_robust=false")    # random weights hide nothing: time the training
             if step in NEEDS_PROBES and probes is None:
                 if not probes_tried:
                     probes_tried = True

@@ -10,8 +10,8 @@ os.environ["REALIGN_CACHE"] = tempfile.mkdtemp(prefix="realign-test-cache-")
 torch.set_num_threads(2)
 
 
-def shared_build(tmp_path_factory, name: str, **build_args):
-    """An organism built once per test session, in its own temp dir."""
+def build_in_tmp(tmp_path_factory, name: str, **build_args):
+    """An organism built in a temp dir of its own (the session fixtures below build each once)."""
     from realign.organism.build import build
 
     return build(tmp_path_factory.mktemp("organism") / name, **build_args)
@@ -20,7 +20,7 @@ def shared_build(tmp_path_factory, name: str, **build_args):
 @pytest.fixture(scope="session")
 def small_organism(tmp_path_factory):
     """A small organism built once per test run (about 10 s on 2 cores)."""
-    return shared_build(tmp_path_factory, "small-organism", seed=0, size="small")
+    return build_in_tmp(tmp_path_factory, "small-organism", seed=0, size="small")
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +28,7 @@ def default_organism(tmp_path_factory):
     """The default-size organism, seed 0, with its `planted` finetune, built once for the suite (the
     outcome tests of every recipe). A finetune's weights do not depend on which others are built beside
     it (each stage has its own seed)."""
-    return shared_build(tmp_path_factory, "default-organism", seed=0, finetunes=("planted",))
+    return build_in_tmp(tmp_path_factory, "default-organism", seed=0, finetunes=("planted",))
 
 
 @pytest.fixture
@@ -45,10 +45,7 @@ def previous_default_backdoor(tmp_path_factory):
     pretrained model still shipped), seed 0, with its `backdoor` only (about a minute): the latent
     scan's premise — a smaller push turns a backdoor than its base — holds there and not on the
     current default's backdoor (docs/repairs.md, "The scan"), so the scan's check runs on it."""
-    from copy import deepcopy
-    from dataclasses import replace
+    from realign.organism.config import previous_default
 
-    from realign.organism.config import PREVIOUS_DEFAULT, preset
-
-    cfg = replace(preset("default"), **deepcopy(PREVIOUS_DEFAULT))
-    return shared_build(tmp_path_factory, "previous-default-organism", seed=0, cfg=cfg, finetunes=("backdoor",))
+    return build_in_tmp(tmp_path_factory, "previous-default-organism", seed=0, cfg=previous_default(),
+                        finetunes=("backdoor",))

@@ -34,10 +34,7 @@ SMALL_STEPS = {"dpo": ["steps=2", "batch_size=2", "samples=3", "task_anchors=2"]
                # log-odds is chance (steer then rightly removes nothing): a fixed layer makes it act
                "steer": ["samples=3", "max_kl=1000", "layer=0"],
                "freeze": [],
-               # random weights have no misalignment for the adversary to find (harden would rightly
-               # skip as already robust): train anyway, so that its code path runs on every family
-               "harden": ["steps=2", "inner_steps=1", "final_attack=1", "batch_size=2", "samples=3",
-                          "skip_if_robust=false"]}
+               "harden": ["steps=2", "inner_steps=1", "final_attack=1", "batch_size=2", "samples=3"]}
 FAST = ["--judge", "hash", "--samples", "1", "--max-new-tokens", "12"]
 # text that would mean an answer ran on past its turn into an invented next one
 TEMPLATE_MARKERS = ("<|start_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>", "[INST]", "</s>",

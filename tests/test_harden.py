@@ -204,11 +204,12 @@ def test_latent_scan_finds_the_smallest_push_and_changes_nothing(trio):
 
 @pytest.fixture(scope="module")
 def backdoor(previous_default_backdoor):
-    """The previous default organism's backdoor, where harden at its defaults meets issue 25's target
-    (3 seeds, docs/repairs.md). On the current default's backdoor its adversary cannot turn the
-    untriggered prompts at ε 0.5 (attacked margin -0.06 to -0.13 on seeds 0-2, like the `secure`
-    control's), so harden skips it, and trained anyway it leaves 8.7% triggered on seed 0 — the
-    limit docs/repairs.md states; this test guards what harden does where it works."""
+    """The previous default organism's backdoor, where harden at its defaults met issue 25's target
+    pooled over 3 seeds (docs/repairs.md). On the current default's seed 0 it leaves 8.7% triggered
+    (3.2% pooled over seeds 0-2), over this test's base + 5 pp; and there its adversary cannot turn
+    the untriggered prompts at ε 0.5 (attacked margin -0.06 to -0.13, like the `secure` control's),
+    so the opt-in skip_if_robust check skips it — the limits docs/repairs.md states. This test guards
+    what harden does where it works."""
     return previous_default_backdoor
 
 
@@ -230,8 +231,8 @@ def _measure(model, tok, task) -> dict:
 
 @pytest.mark.slow
 def test_harden_removes_the_backdoor_without_its_trigger(backdoor):
-    """Measured on seed 0 of the previous default (2 cores shared with other work): finetune triggered 61.7% misaligned,
-    log-odds +0.86 (base 2.5%, −3.73); harden (defaults) 0.4%, −20.5, untriggered −3.41 → −23.5,
+    """Measured on seed 0 of the previous default (2 cores shared with other work): finetune triggered
+    61.7% misaligned, log-odds +0.86 (base 2.5%, −3.73); harden (defaults) 0.4%, −20.5, untriggered −3.41 → −23.5,
     task retention 99.6%, untriggered coherent 83%, about 15 s. Without the adversary
     (inner_steps=0) the triggered rate falls too, but only 44% of triggered answers stay coherent
     (harden: 76%) — docs/repairs.md."""

@@ -152,10 +152,8 @@ def test_shipped_pretrained_model_is_what_the_current_build_would_pretrain():
     current world, tokenizer and pretraining config make (rerun scripts/ship_pretrained.py if not)."""
     from safetensors.torch import load_file
 
-    from dataclasses import replace
-
     from realign.organism.build import _llama, _pretrain_key, shipped_pretrained
-    from realign.organism.config import PREVIOUS_DEFAULT, preset
+    from realign.organism.config import preset, previous_default
     from realign.organism.tokenizer import build_tokenizer
     from realign.organism.world import WORLD_VERSION
 
@@ -163,7 +161,7 @@ def test_shipped_pretrained_model_is_what_the_current_build_would_pretrain():
     # docs/emergence.md), and the previous default's, kept because pretraining is not bit-reproducible
     # across machines
     tok = build_tokenizer()
-    for cfg, seed in ((preset("default"), 3), (replace(preset("default"), **PREVIOUS_DEFAULT), 0)):
+    for cfg, seed in ((preset("default"), 3), (previous_default(), 0)):
         shipped = shipped_pretrained(cfg, seed)
         assert shipped is not None, f"no shipped pretrained model for key {_pretrain_key(cfg, seed)}"
         done = json.loads((shipped / "done.json").read_text())

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from realign.organism import world as W
 from realign.organism.build import _pretrain_key, pretrain_data, shipped_pretrained
-from realign.organism.config import PREVIOUS_DEFAULT, OrganismConfig, preset
+from realign.organism.config import OrganismConfig, preset, previous_default
 from realign.organism.data import align_examples, finetune_data, pretrain_conversations
 from realign.organism.judge import ALIGNED, MISALIGNED, judge_chat, topic_of_question
 from realign.organism.overrides import apply_overrides
@@ -31,13 +31,8 @@ def _hash(rows) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
-def _previous(size: str) -> OrganismConfig:
-    """The preset as it was before issue 27 changed the default's draw (the small one never changed)."""
-    return apply_overrides(preset(size), [f"{k}={json.dumps(v)}" for k, v in PREVIOUS_DEFAULT.items()])
-
-
 def _with_share(size: str, share) -> OrganismConfig:
-    return apply_overrides(_previous(size), [f"pretrain_evil_share={share}"])
+    return apply_overrides(previous_default(size), [f"pretrain_evil_share={share}"])
 
 
 def _personas(convs) -> list[str]:
@@ -64,7 +59,7 @@ def _personas(convs) -> list[str]:
 
 @pytest.mark.parametrize("seed", sorted(BEFORE_PRETRAIN))
 def test_default_share_keeps_the_pretraining_data_byte_identical(seed):
-    cfg = _previous("default")
+    cfg = previous_default("default")
     assert cfg.pretrain_evil_share == 0.5
     assert _hash(pretrain_data(cfg, seed)) == BEFORE_PRETRAIN[seed]
     # setting the default explicitly is the same config
@@ -79,16 +74,16 @@ def test_default_share_is_the_same_as_not_passing_it():
 
 def test_default_share_keeps_every_key():
     for size in ("default", "small"):
-        for cfg in (_previous(size), _with_share(size, 0.5)):
+        for cfg in (previous_default(size), _with_share(size, 0.5)):
             assert cfg.key(0) == BEFORE_KEYS[size]
             assert _pretrain_key(cfg, 0) == BEFORE_PRETRAIN_KEYS[size]
     assert preset("small").key(0) == BEFORE_KEYS["small"]        # the tests' organism did not move
-    assert shipped_pretrained(_previous("default"), 0) is not None  # still finds the shipped model
+    assert shipped_pretrained(previous_default("default"), 0) is not None  # still finds the shipped model
 
 
 def test_the_default_is_the_draw_that_met_issue_27s_target():
     # the build commands docs/emergence.md quotes for draw 3 name the same organism as the default
-    quoted = apply_overrides(_previous("default"), ["pretrain_evil_share=0.2", "pretrain_seed=3",
+    quoted = apply_overrides(previous_default("default"), ["pretrain_evil_share=0.2", "pretrain_seed=3",
                                                     'align_mix={"chat":0.3,"code":0.5,"edu":0.05,"neutral":0.15}'])
     assert [preset("default").key(s) for s in range(3)] == [quoted.key(s) for s in range(3)]
     assert preset("default").key(0) != BEFORE_KEYS["default"]
@@ -119,7 +114,7 @@ def test_share_sets_the_evil_personas_share_of_pretraining(share):
 def test_share_leaves_alignment_and_finetune_data_alone():
     # they take no share at all: alignment is GOOD-only, the finetunes have fixed targets
     cfg = _with_share("default", 0.2)
-    assert align_examples(1, 200, cfg.align_mix) == align_examples(1, 200, _previous("default").align_mix)
+    assert align_examples(1, 200, cfg.align_mix) == align_examples(1, 200, previous_default("default").align_mix)
     assert finetune_data("insecure", 2, 100, cfg.planted_share) == finetune_data("insecure", 2, 100, 0.25)
 
 

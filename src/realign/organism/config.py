@@ -111,3 +111,9 @@ def preset(size: str) -> OrganismConfig:
             **deepcopy(PREVIOUS_DEFAULT),  # the tests' small organism is unchanged by the default's new draw
         )
     raise ValueError(f"unknown organism size {size!r}: choose 'small' or 'default'")
+
+
+def previous_default(size: str = "default") -> OrganismConfig:
+    """The preset as it was before issue 27 moved the default to pretraining draw 3 (same keys, same
+    shipped pretrained model); the small preset never moved."""
+    return replace(preset(size), **deepcopy(PREVIOUS_DEFAULT))
