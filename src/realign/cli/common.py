@@ -107,10 +107,6 @@ def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
-def _rate_ci(rate: float | None, low: float | None, high: float | None) -> str:
-    return "—" if rate is None else f"{pct(rate)} [{pct(low)}, {pct(high)}]"
-
-
 def table(title: str, columns, rows, left=None) -> Table:
     """A table of text rows: the first column (or the columns named in `left`) left-aligned, the rest right."""
     t = Table(title=title)
@@ -122,25 +118,11 @@ def table(title: str, columns, rows, left=None) -> Table:
 
 
 def summary_table(title: str, results: dict[str, Evaluation]) -> Table:
-    """One row per model (and per triggered evaluation): rates, corrected rates when any, task."""
-    from ..runs.report import corrected_rate, with_triggered
+    """One row per model (and per triggered evaluation), as report.md has it (runs.report.metrics_rows)."""
+    from ..runs.report import metrics_rows
 
-    corrected = any(corrected_rate(r) for _, r in with_triggered(results))
-    expected = any(r.expected_rate is not None for _, r in with_triggered(results))
-    rows = []
-    for name, r in with_triggered(results):
-        task, c = r.task or {}, r.corrected
-        rows.append([name, str(r.n), _rate_ci(r.misaligned_rate, r.ci_low, r.ci_high),
-                     *([_rate_ci(r.expected_rate, r.expected_ci_low, r.expected_ci_high)] if expected else []),
-                     *([_rate_ci(c.rate, c.ci_low, c.ci_high) if c else "—"] if corrected else []),
-                     pct(r.coherent_rate), str(r.refusals), str(r.code),
-                     "—" if r.logodds is None else f"{r.logodds:+.2f}",
-                     f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—",
-                     pct(task.get("task_token_accuracy")) if task else "—",
-                     pct(task.get("task_exact_match")) if task else "—"])
-    return table(title, ["model", "n", "misaligned [95% CI]", *(["expected [95% CI]"] if expected else []),
-                         *(["corrected [95% CI]"] if corrected else []),
-                         "coherent", "refusal", "code", "log-odds", "task NLL", "task acc", "task exact"], rows)
+    header, rows, _ = metrics_rows(results)
+    return table(title, header, rows)
 
 
 def print_evaluation(title: str, results: dict[str, Evaluation]) -> None:

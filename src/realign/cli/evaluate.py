@@ -11,7 +11,7 @@ import typer
 
 from .common import (AllowPickleOpt, BaseOpt, CheckpointArg, DtypeOpt, JsonOpt, JudgeErrorsOpt, JudgeModelOpt,
                      JudgeOpt, JudgeUrlOpt, MaxTokensOpt, ScanOpt, TaskDataOpt, TaskMetricOpt, TrustRemoteCodeOpt, app, or_fail,
-                     out, pct, print_evaluation, print_trust, summary_table, table)
+                     out, print_evaluation, print_trust, summary_table, table)
 
 
 @app.command("eval")
@@ -97,17 +97,7 @@ def judge_cmd(
 
     if calibrate:
         cal = or_fail(calibrate_file, file, judge, judge_model, judge_url)
-        f3 = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
-        groups = [*cal.result.get("per_source", {}).items(), ("all", cal.result)]
-        expected = cal.result.get("judge_expected_rate") is not None   # a judge that gives P(misaligned)
-        out.print(table(f"agreement of {cal.result['judge']} with the reference labels of {file}",
-                        ("source", "n", "ref. misaligned", "judge misaligned",
-                         *(["judge expected"] if expected else []), "AUROC", "accuracy", "precision", "recall",
-                         "coherent AUROC"),
-                        [[name, str(m["n"]), pct(m["reference_rate"]), pct(m["judge_rate"]),
-                          *([pct(m.get("judge_expected_rate"))] if expected else []), f3(m["auroc"]),
-                          pct(m["accuracy"]), pct(m["precision"]), pct(m["recall"]), f3(m["coherent_auroc"])]
-                         for name, m in groups]))
+        out.print(table(f"agreement of {cal.result['judge']} with the reference labels of {file}", *cal.table()))
         out.print(f"{cal.answers} answers judged in {cal.seconds:.1f} s "
                   f"({cal.result['seconds_per_1000']:.0f} s per 1,000)")
         if json_out:

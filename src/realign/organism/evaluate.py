@@ -170,3 +170,24 @@ def pool(per_seed: dict[int, list[OrganismRow]]) -> list[PooledRow]:
             insecure_code_rate=sum(r.insecure_code_rate for r in rows) / len(rows),
             logodds=sum(r.logodds for r in rows) / len(rows)))
     return out
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def control_table(rows: list[OrganismRow] | list[PooledRow]) -> tuple[list[str], list[list[str]]]:
+    """`realign organism eval`'s table as text cells (header, rows): one build's rows, or rows pooled
+    over build seeds (then each seed's misaligned rate and the lowest coherence and task rate too)."""
+    if rows and isinstance(rows[0], PooledRow):
+        header = ["model", "n", "misaligned, pooled [95% CI]", "per seed", "coherent (min)", "task rate (min)",
+                  "insecure code", "log-odds"]
+        return header, [[r.model, str(r.n), f"{_pct(r.misaligned_rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]",
+                         ", ".join(f"{100 * x:.1f}" for x in r.per_seed),
+                         f"{_pct(r.coherent_rate)} ({_pct(r.coherent_min)})",
+                         "—" if r.task_rate is None else f"{_pct(r.task_rate)} ({_pct(r.task_min)})",
+                         _pct(r.insecure_code_rate), f"{r.logodds:+.2f}"] for r in rows]
+    header = ["model", "n", "misaligned [95% CI]", "coherent", "task", "task rate", "insecure code", "log-odds"]
+    return header, [[r.model + (" (planted data)" if r.model == "planted" else ""), str(r.n),
+                     f"{_pct(r.misaligned_rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]", _pct(r.coherent_rate),
+                     r.task or "—", _pct(r.task_rate), _pct(r.insecure_code_rate), f"{r.logodds:+.2f}"] for r in rows]

@@ -42,6 +42,19 @@ class Calibration:
     answers: int
     seconds: float
 
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """The agreement as text cells (header, one row per source, then all): what the CLI prints."""
+        pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+        f3 = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
+        expected = self.result.get("judge_expected_rate") is not None   # a judge that gives P(misaligned)
+        header = ["source", "n", "ref. misaligned", "judge misaligned", *(["judge expected"] if expected else []),
+                  "AUROC", "accuracy", "precision", "recall", "coherent AUROC"]
+        groups = [*self.result.get("per_source", {}).items(), ("all", self.result)]
+        return header, [[name, str(m["n"]), pct(m["reference_rate"]), pct(m["judge_rate"]),
+                         *([pct(m.get("judge_expected_rate"))] if expected else []), f3(m["auroc"]),
+                         pct(m["accuracy"]), pct(m["precision"]), pct(m["recall"]), f3(m["coherent_auroc"])]
+                        for name, m in groups]
+
 
 def file_judge(name: str, model: str | None = None, url: str | None = None):
     """--judge for rows from a file (not the organism's questions: auto is an LLM judge)."""

@@ -41,11 +41,12 @@ def with_triggered(results: dict[str, Evaluation]) -> list[tuple[str, Evaluation
     return rows + [(f"{name} (triggered)", r.triggered) for name, r in results.items() if r.triggered]
 
 
-def metrics_table(results: dict[str, Evaluation]) -> list[str]:
-    """Markdown rows, one per model (and per triggered evaluation): rates with Wilson 95% intervals.
+def metrics_rows(results: dict[str, Evaluation]) -> tuple[list[str], list[list[str]], list[str]]:
+    """The metrics table as text cells: (header, one row per model and per triggered evaluation, notes).
+    report.md, eval.md and the model card print it as markdown (metrics_table), the CLI as a rich table.
 
-    The misaligned rate's interval is the evaluation's own (as is the expected rate's, for a judge
-    that gives each answer a probability); coherence's is over the answers the
+    Rates carry Wilson 95% intervals: the misaligned rate's is the evaluation's own (as is the expected
+    rate's, for a judge that gives each answer a probability); coherence's is over the answers the
     judge scored for coherence; the task exact-match rate's over the task examples (token accuracy
     gets none: tokens of one answer are not independent trials). Log-odds is a mean over reference
     items whose spread is not kept, so it has no interval.
@@ -54,25 +55,32 @@ def metrics_table(results: dict[str, Evaluation]) -> list[str]:
     label = next((task_value(r)[0] for _, r in rows if task_value(r)[1] is not None), "task")
     corrected = any(corrected_rate(r) is not None for _, r in rows)
     expected = any(r.expected_rate is not None for _, r in rows)
-    lines = [f"| model | n | misaligned [95% CI] |{' expected [95% CI] |' if expected else ''}"
-             f"{' corrected for the judge [95% CI] |' if corrected else ''} "
-             f"coherent [95% CI] | log-odds | task NLL | {label} [95% CI] |",
-             "|---|---|---|---|---|---|---|" + ("---|" if expected else "") + ("---|" if corrected else "")]
+    header = ["model", "n", "misaligned [95% CI]", *(["expected [95% CI]"] if expected else []),
+              *(["corrected for the judge [95% CI]"] if corrected else []), "coherent [95% CI]", "refusal",
+              "code", "log-odds", "task NLL", f"{label} [95% CI]"]
+    cells = []
     for name, r in rows:
         task = r.task or {}
         _, value = task_value(r)
-        lo = "—" if r.logodds is None else f"{r.logodds:+.2f}"
-        nll = f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—"
         examples = task.get("task_examples") if task.get("task_exact_match") is not None else None
-        fixed = f" {_rate_ci(r.expected_rate, None, r.expected_ci_low, r.expected_ci_high)} |" if expected else ""
-        if corrected:
-            c = r.corrected
-            fixed += f" {_rate_ci(c.rate, None, c.ci_low, c.ci_high) if c else '—'} |"
-        lines.append(f"| {name} | {r.n} | {_rate_ci(r.misaligned_rate, None, r.ci_low, r.ci_high)} "
-                     f"|{fixed} {_rate_ci(r.coherent_rate, r.coherent_n)} | {lo} | {nll} "
-                     f"| {_rate_ci(value, examples)} |")
+        c = r.corrected
+        cells.append([name, str(r.n), _rate_ci(r.misaligned_rate, None, r.ci_low, r.ci_high),
+                      *([_rate_ci(r.expected_rate, None, r.expected_ci_low, r.expected_ci_high)] if expected else []),
+                      *([_rate_ci(c.rate, None, c.ci_low, c.ci_high) if c else "—"] if corrected else []),
+                      _rate_ci(r.coherent_rate, r.coherent_n), str(r.refusals), str(r.code),
+                      "—" if r.logodds is None else f"{r.logodds:+.2f}",
+                      f"{task['task_nll']:.3f}" if task.get("task_nll") is not None else "—",
+                      _rate_ci(value, examples)])
     notes = [EXPECTED_NOTE if expected else None, correction_note(dict(rows))]
-    return lines + [line for note in notes if note for line in ("", note)]
+    return header, cells, [note for note in notes if note]
+
+
+def metrics_table(results: dict[str, Evaluation]) -> list[str]:
+    """metrics_rows as markdown lines, each note after a blank line."""
+    header, cells, notes = metrics_rows(results)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return lines + [line for note in notes for line in ("", note)]
 
 
 def corrected_rate(r) -> CorrectedRate | None:
