@@ -214,8 +214,8 @@ def test_device_map_goes_to_from_pretrained(tmp_path, monkeypatch):
 
 def test_launch_modes_fix_cannot_use_are_refused_before_loading(tmp_path, monkeypatch):
     args = ["fix", str(tmp_path / "not-loaded"), "--recipe", "dpo", "--judge", "oracle", "--out", str(tmp_path / "o")]
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    _one_error(runner.invoke(app, args), "fix does not support FSDP yet: launch with a DDP config")
-    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    _one_error(runner.invoke(app, args), "fix does not support DeepSpeed: launch with configs/accelerate/fsdp.yaml")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     monkeypatch.setenv("WORLD_SIZE", "2")       # as under `accelerate launch --num_processes 2`
     _one_error(runner.invoke(app, [*args, "--backend", "vllm"]), "--backend vllm runs in a single process")

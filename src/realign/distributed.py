@@ -2,7 +2,9 @@
 
 realign distributes nothing itself. Under a launcher every process loads the models and runs
 every step, so the weights stay identical on all ranks; only the training inside dpo and mix is
-data-parallel (trl/transformers Trainer through accelerate). Whatever involves sampling or a judge
+distributed (trl/transformers Trainer through accelerate): data-parallel with DDP, or with the
+weights, gradients and optimizer state sharded over the ranks with FSDP, after which every rank
+gathers the trained weights back into a whole model (`trained_model`). Whatever involves sampling or a judge
 (evaluations, probe answers and their labels, mix's audit and data selection) runs on rank 0
 alone, and what a step needs of it is broadcast, so every rank trains on exactly the same data.
 Only rank 0 writes the output.
@@ -42,11 +44,64 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def sharded() -> bool:
+    """Launched with an FSDP config (accelerate launch sets this for every process)."""
+    return is_distributed() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+
+
 def local_device() -> str | None:
-    """This process's GPU under a launcher (cuda:LOCAL_RANK); None when not launched."""
+    """Where this process loads models under a launcher: its GPU (cuda:LOCAL_RANK) for DDP; the CPU
+    under FSDP, where the trainer moves each rank's shard to its GPU (a whole copy per GPU is what
+    FSDP is there to avoid). None when not launched."""
     if is_distributed() and torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        return "cpu" if sharded() else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return None
+
+
+def trained_model(trainer) -> tuple[object, dict]:
+    """(the model a Trainer trained, whole; what the step records of how it was held).
+
+    Under FSDP its parameters are shards (DTensors) of which this rank holds about 1/world; they are
+    gathered one tensor at a time into full CPU tensors on every rank (every rank runs the next
+    steps) and loaded into a fresh, unsharded module of the same architecture (the LoRA wrapper
+    included); the record says so, with the share of the weights this rank held. Otherwise: the
+    trainer's model itself, and nothing to record."""
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return trainer.model, {}
+    from torch.distributed.tensor import DTensor
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    full, local, total = {}, 0, 0
+    for name, t in model.named_parameters():        # buffers are not sharded; a fresh module makes its own
+        if isinstance(t, DTensor):
+            local += t.to_local().numel()
+            total += t.numel()
+            t = t.full_tensor()        # a collective: every rank walks the same names in the same order
+        full[name] = t.detach().to("cpu", copy=True)
+    return _fresh_like(model, full), {"sharding": "fsdp", "sharded_fraction": round(local / total, 4) if total else None}
+
+
+def _fresh_like(model, state: dict):
+    """A new, unsharded module shaped like `model` (a transformers model, or a peft model around one)
+    holding the tensors of `state` (named as `model.named_parameters()` names them; tied weights once)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    is_peft = hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+    base = model.get_base_model() if is_peft else model
+    with init_empty_weights(include_buffers=False):
+        fresh = AutoModelForCausalLM.from_config(base.config, dtype=next(iter(state.values())).dtype)
+        if is_peft:
+            from peft import get_peft_model
+
+            fresh = get_peft_model(fresh, model.peft_config[model.active_adapter])
+    _, unexpected = fresh.load_state_dict(state, strict=False, assign=True)
+    fresh.tie_weights()            # a tied output layer still points at the placeholder embedding
+    meta = [n for n, p in fresh.named_parameters() if p.is_meta]
+    if meta or unexpected:
+        raise RuntimeError(f"could not rebuild the trained model from its gathered shards: no tensor for "
+                           f"{meta[:3]}, unknown {unexpected[:3]}")
+    return fresh
 
 
 def start() -> None:

@@ -200,10 +200,12 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
 
     Returns the trained model (a PeftModel when `peft_config` is given). Parameters with
     requires_grad=False stay untouched, which is how locked layers are honoured. `info`, when
-    given, receives what the trainer reports: processes (data-parallel ranks) and final_loss.
+    given, receives what the trainer reports: processes (ranks), final_loss and, when the weights
+    were sharded over the ranks (FSDP), distributed.trained_model's record of it.
     """
     from trl import SFTConfig, SFTTrainer
 
+    from .distributed import trained_model
     from .evals.chat import accepted_messages
 
     # trl renders the template itself: hand it conversations the template accepts (Gemma-2: no system turn)
@@ -238,7 +240,9 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
         if prepare is not None:
             prepare(trainer.model)  # e.g. freeze locked layers after peft has wrapped the model
         result = trainer.train()
+        model, sharding = trained_model(trainer)
         if info is not None:
             info.update(processes=trainer.args.world_size, final_loss=round(float(result.training_loss), 4),
-                        gradient_checkpointing=trainer.args.gradient_checkpointing, bf16=trainer.args.bf16)
-        return trainer.model
+                        gradient_checkpointing=trainer.args.gradient_checkpointing, bf16=trainer.args.bf16,
+                        **sharding)
+        return model

@@ -69,7 +69,7 @@ class DPO:
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
-        from ..distributed import from_main, is_distributed
+        from ..distributed import from_main, is_distributed, trained_model
         from ..progress import RichProgressCallback, drop_printer
         from ..training import Reporting, batching_kwargs, device_kwargs
 
@@ -107,9 +107,11 @@ class DPO:
             freeze_locked(trainer.model, state.locked)
             drop_printer(trainer)
             out = trainer.train()
-            state.model = trainer.model.merge_and_unload()
+            trained, sharding = trained_model(trainer)
+            state.model = trained.merge_and_unload()
         state.model.eval()
         state.record(self.name, pairs=n_align, task_anchors=len(rows) - n_align, steps=p.steps, lr=p.lr,
                      final_loss=round(float(out.training_loss), 4), processes=args.world_size,
-                     gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16)
+                     gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16,
+                     **sharding)
         return state

@@ -115,7 +115,8 @@ class Mix:
         state.model.eval()
         state.record(self.name, examples=len(state.train_conversations), **info,
                      kl=p.kl if anchors else 0.0, steps=p.steps, processes=trained_on["processes"],
-                     gradient_checkpointing=trained_on["gradient_checkpointing"], bf16=trained_on["bf16"])
+                     gradient_checkpointing=trained_on["gradient_checkpointing"], bf16=trained_on["bf16"],
+                     **{k: trained_on[k] for k in ("sharding", "sharded_fraction") if k in trained_on})
         return state
 
     def _training_data(self, state: RepairState, p: MixParams) -> tuple[list, list, dict]:

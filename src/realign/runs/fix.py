@@ -122,14 +122,11 @@ def check_gpu_options(recipe, opts: FixOptions) -> None:
     if opts.backend == "vllm" and is_distributed():
         raise RealignError("--backend vllm runs in a single process; run fix without accelerate launch, "
                            "or use --backend hf")
-    sharding = [n for n, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
-                if os.environ.get(var, "").lower() == "true"]
-    if sharding:
-        # rank 0 evaluates and saves the trained model whole; weights sharded by the trainer are
-        # not gathered back, so only data-parallel training (a whole copy per rank) is accepted
-        raise RealignError(f"fix does not support {sharding[0]} yet: launch with a DDP config "
-                           f"(configs/accelerate/ddp.yaml), or for a model too large for one GPU run a single "
-                           f"process with --device-map auto")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        # dpo/mix gather FSDP's shards back into a whole model (distributed.trained_model); nothing
+        # does that for DeepSpeed's partitions
+        raise RealignError("fix does not support DeepSpeed: launch with configs/accelerate/fsdp.yaml (weights "
+                           "sharded over the GPUs while dpo/mix train) or configs/accelerate/ddp.yaml")
 
 
 def adapter_plan(recipe, checkpoint: str, opts: FixOptions) -> tuple[bool, str | None]:
