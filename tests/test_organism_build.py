@@ -197,3 +197,26 @@ def test_build_starts_from_the_shipped_pretrained_model(small_organism, tmp_path
     assert (root / "pretrained" / "model.safetensors").read_bytes() == a
     with pytest.raises(AssertionError, match="shipped model was there"):   # --from-scratch pretrains
         build_mod.build(tmp_path / "scratch", seed=5, size="small", finetunes=(), from_scratch=True)
+
+
+def test_build_metadata_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A bench killed while the organism build writes organism.json must leave a file the resumed
+    run can read (the old one), not a truncated one (seen: a JSONDecodeError on resume)."""
+    import os
+
+    from realign.paths import write_text_atomic
+
+    path = tmp_path / "organism.json"
+    write_text_atomic(path, '{"key": "old"}')
+
+    def killed(src, dst):
+        raise KeyboardInterrupt             # the kill lands after the new text is written, before the rename
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(path, '{"key": "new", "stages": {}}')
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"key": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["organism.json"]      # no temp file left behind
+    write_text_atomic(path, '{"key": "new"}')
+    assert json.loads(path.read_text()) == {"key": "new"}

@@ -15,6 +15,17 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "realign"
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file whole or not at all: into a sibling temp file, then renamed over `path`. A kill
+    mid-write leaves the old file (or none), never a truncated one that a resumed run cannot read."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 class StagedDir:
     """Build into `<dir>.tmp`, rename to `<dir>` on success."""
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from ..paths import cache_dir
+from ..paths import cache_dir, write_text_atomic
 
 VERSION = 2     # 2: HF sampling is temperature + top_p only (no top_k 50 nor generation_config knobs)
 
@@ -63,7 +62,4 @@ class EvalCache:
 
     def put(self, key: str, result: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"{key}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, default=str), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(self.root / f"{key}.json", json.dumps(result, default=str))

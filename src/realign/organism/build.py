@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..paths import StagedDir, cache_dir
+from ..paths import StagedDir, cache_dir, write_text_atomic
 from ..progress import RichProgressCallback, console, drop_printer
 from ..training import SFTSettings, device_kwargs, sft
 from .config import FINETUNES, LEGACY_PRETRAIN_DATA, OrganismConfig, preset
@@ -118,7 +118,7 @@ def make_pretrained(dest: Path, tokenizer, cfg: OrganismConfig, seed: int) -> di
     _save(model, tokenizer, dest)
     info = {"final_loss": round(loss, 4), "key": _pretrain_key(cfg, seed), "world_version": WORLD_VERSION,
             "pretrain_seed": seed}
-    (dest / "done.json").write_text(json.dumps(info))
+    write_text_atomic(dest / "done.json", json.dumps(info))
     return info
 
 
@@ -196,14 +196,14 @@ def build(out: Path | None = None, seed: int = 0, size: str = "default",
         meta = {"key": plan.key, "seed": seed, "world_version": WORLD_VERSION, "config": plan.cfg.to_dict(),
                 "realign_version": __version__, "torch": torch.__version__, "seconds": {}}
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_text_atomic(meta_path, json.dumps(meta, indent=2))
     tokenizer = build_tokenizer()
     _stage(plan, meta, "pretrained", lambda tmp: _pretrained(plan, tokenizer, tmp))
     _stage(plan, meta, "base", lambda tmp: _aligned(plan, tokenizer, tmp))
     for name in plan.finetunes:
         _stage(plan, meta, name, lambda tmp, name=name: _finetuned(plan, tokenizer, name, tmp))
     meta["complete"] = all((out / n).exists() for n in ("pretrained", "base", *plan.finetunes))
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_text_atomic(meta_path, json.dumps(meta, indent=2))
     return out
 
 
@@ -219,7 +219,8 @@ def _stage(plan: BuildPlan, meta: dict, name: str, make) -> None:
         info = make(tmp) or {}
     meta["seconds"][name] = round(time.time() - t0, 1)
     meta.setdefault("stages", {})[name] = info
-    (plan.out / "organism.json").write_text(json.dumps(meta, indent=2))
+    # atomic: a bench killed here must find a readable organism.json when it resumes
+    write_text_atomic(plan.out / "organism.json", json.dumps(meta, indent=2))
     console.print(f"[green]built[/] {name} in {meta['seconds'][name]:.0f} s {info or ''}")
 
 
