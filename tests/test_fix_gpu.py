@@ -219,3 +219,21 @@ def test_launch_modes_fix_cannot_use_are_refused_before_loading(tmp_path, monkey
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     monkeypatch.setenv("WORLD_SIZE", "2")       # as under `accelerate launch --num_processes 2`
     _one_error(runner.invoke(app, [*args, "--backend", "vllm"]), "--backend vllm runs in a single process")
+
+
+def test_launched_ranks_load_on_their_gpu_for_ddp_and_into_cpu_memory_for_fsdp(monkeypatch):
+    """Under DDP each rank holds a whole copy on its own GPU; under FSDP a whole copy per GPU is what
+    sharding is there to avoid, so models wait in CPU memory until the trainer shards them."""
+    import torch
+
+    from realign.distributed import local_device, sharded
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert local_device() is None and not sharded()            # not launched: the usual device rule
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert local_device() == "cuda:1" and not sharded()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert local_device() == "cpu" and sharded()
