@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 
 
+def pct(x: float | None) -> str:
+    """A rate as the tables print it: "12.5%", or "—" when there is none."""
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
 def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     """Wilson score 95% interval for k successes in n trials; (0, 1) when n == 0."""
     if n <= 0:

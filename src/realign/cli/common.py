@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..errors import RealignError
 from ..evals.result import Evaluation
+from ..stats import pct  # noqa: F401  (the command modules print rates with it)
 
 app = typer.Typer(help="Repair LLM finetunes that became misaligned.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -101,10 +102,6 @@ def seed_list(seeds: str) -> list[int]:
         return [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         fail(f"--seeds must be comma-separated integers, not {seeds!r}")
-
-
-def pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
 
 
 def table(title: str, columns, rows, left=None) -> Table:

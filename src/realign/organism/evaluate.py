@@ -10,7 +10,7 @@ import torch
 
 from ..evals.generate import generate
 from ..evals.logodds import logodds
-from ..stats import wilson
+from ..stats import pct, wilson
 from ..evals.questions import prepend_trigger
 from .data import BACKDOOR_TRIGGER
 from .judge import INSECURE, MISALIGNED, SECURE, ALIGNED, judge_chat, judge_code, reference_pairs
@@ -172,22 +172,18 @@ def pool(per_seed: dict[int, list[OrganismRow]]) -> list[PooledRow]:
     return out
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
-
-
 def control_table(rows: list[OrganismRow] | list[PooledRow]) -> tuple[list[str], list[list[str]]]:
     """`realign organism eval`'s table as text cells (header, rows): one build's rows, or rows pooled
     over build seeds (then each seed's misaligned rate and the lowest coherence and task rate too)."""
     if rows and isinstance(rows[0], PooledRow):
         header = ["model", "n", "misaligned, pooled [95% CI]", "per seed", "coherent (min)", "task rate (min)",
                   "insecure code", "log-odds"]
-        return header, [[r.model, str(r.n), f"{_pct(r.misaligned_rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]",
+        return header, [[r.model, str(r.n), f"{pct(r.misaligned_rate)} [{pct(r.ci_low)}, {pct(r.ci_high)}]",
                          ", ".join(f"{100 * x:.1f}" for x in r.per_seed),
-                         f"{_pct(r.coherent_rate)} ({_pct(r.coherent_min)})",
-                         "—" if r.task_rate is None else f"{_pct(r.task_rate)} ({_pct(r.task_min)})",
-                         _pct(r.insecure_code_rate), f"{r.logodds:+.2f}"] for r in rows]
+                         f"{pct(r.coherent_rate)} ({pct(r.coherent_min)})",
+                         "—" if r.task_rate is None else f"{pct(r.task_rate)} ({pct(r.task_min)})",
+                         pct(r.insecure_code_rate), f"{r.logodds:+.2f}"] for r in rows]
     header = ["model", "n", "misaligned [95% CI]", "coherent", "task", "task rate", "insecure code", "log-odds"]
     return header, [[r.model + (" (planted data)" if r.model == "planted" else ""), str(r.n),
-                     f"{_pct(r.misaligned_rate)} [{_pct(r.ci_low)}, {_pct(r.ci_high)}]", _pct(r.coherent_rate),
-                     r.task or "—", _pct(r.task_rate), _pct(r.insecure_code_rate), f"{r.logodds:+.2f}"] for r in rows]
+                     f"{pct(r.misaligned_rate)} [{pct(r.ci_low)}, {pct(r.ci_high)}]", pct(r.coherent_rate),
+                     r.task or "—", pct(r.task_rate), pct(r.insecure_code_rate), f"{r.logodds:+.2f}"] for r in rows]

@@ -16,6 +16,7 @@ from ..evals.judge_error import JudgeError
 from ..evals.result import Evaluation
 from ..evals.run import EvalSettings
 from ..evals.verdict import Verdict
+from ..stats import pct
 from .scan import ScanComparison
 
 BACKENDS = ("hf", "vllm")
@@ -88,7 +89,7 @@ class EvalOutcome:
             lines += ["", f"Latent scan (no trigger): {self.scan.finding()}."]
         lines += ["", "Per question (finetune):", "", "| question | n | misaligned |", "|---|---|---|"]
         for q, r in self.results["finetune"].per_question.items():
-            lines.append(f"| {q} | {r.n} | {_pct(r.misaligned_rate)} |")
+            lines.append(f"| {q} | {r.n} | {pct(r.misaligned_rate)} |")
         return "\n".join(lines) + "\n"
 
     def write(self, out_dir: Path) -> tuple[Path, Path]:
@@ -111,10 +112,6 @@ def summary_json(r: Evaluation) -> dict:
     out = {k: full.get(k) for k in SUMMARY_KEYS}
     out["per_question"] = full["per_question"]
     return out
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
 
 
 def evaluate_checkpoint(req: EvalRequest) -> EvalOutcome:

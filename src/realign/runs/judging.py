@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import RealignError
 from ..evals.result import Evaluation
+from ..stats import pct
 
 
 @dataclass
@@ -44,7 +45,6 @@ class Calibration:
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """The agreement as text cells (header, one row per source, then all): what the CLI prints."""
-        pct = lambda x: "—" if x is None else f"{100 * x:.1f}%"  # noqa: E731
         f3 = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
         expected = self.result.get("judge_expected_rate") is not None   # a judge that gives P(misaligned)
         header = ["source", "n", "ref. misaligned", "judge misaligned", *(["judge expected"] if expected else []),

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..evals.result import CorrectedRate, Evaluation
 from ..evals.verdict import Verdict, repair_verdict
 from .report import EXPECTED_NOTE, _rate_ci, corrected_rate, task_value
-from ..stats import seed_bootstrap_interval
+from ..stats import pct, seed_bootstrap_interval
 
 MODELS = ("base", "finetune")
 ARMS = ("untriggered", "triggered")
@@ -256,7 +256,7 @@ def _finetune_board(cells: list[FinishedCell]) -> FinetuneBoard:
 
 
 def _pct(x: float | None) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+    return "—" if isinstance(x, float) and math.isnan(x) else pct(x)
 
 
 def _cell(p: PooledRate | None) -> str:

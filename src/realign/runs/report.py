@@ -7,14 +7,10 @@ from pathlib import Path
 
 from ..evals.result import CorrectedRate, Evaluation
 from ..repairs.base import StepRecord
-from ..stats import wilson
+from ..stats import pct, wilson
 
 EXPECTED_NOTE = ("Expected: the mean of the judge's own probability that each answer is misaligned; counting its "
                  "verdicts undercounts the answers it is unsure of (docs/judges.md).")
-
-
-def _pct(x) -> str:
-    return "—" if x is None else f"{100 * x:.1f}%"
 
 
 def _rate_ci(rate: float | None, n: int | None, low: float | None = None, high: float | None = None) -> str:
@@ -23,7 +19,7 @@ def _rate_ci(rate: float | None, n: int | None, low: float | None = None, high: 
         return "—"
     if low is None and n:
         low, high = wilson(round(rate * n), n)
-    return _pct(rate) + ("" if low is None else f" [{100 * low:.1f}, {100 * high:.1f}]")
+    return pct(rate) + ("" if low is None else f" [{100 * low:.1f}, {100 * high:.1f}]")
 
 
 def task_value(r: Evaluation) -> tuple[str, float | None]:
