@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .common import comma_list, fail, or_fail, organism_app, out, pct, real_app, seed_list, table
+from .common import comma_list, fail, or_fail, organism_app, out, real_app, seed_list, table
 
 SET_HELP = ("override a setting of the organism's configuration, key=value; dotted keys reach a stage "
             "(--set finetune.lr=5e-4, --set pretrain_seed=1); repeatable. A changed configuration is "
@@ -67,36 +67,21 @@ def organism_eval(
 ) -> None:
     """Print the control table: misaligned rate (95% CI), coherence, task rate, log-odds — of one
     build, or pooled over several build seeds."""
-    from ..errors import RealignError
-    from ..organism.control import base_persona_inference, configured, evaluated_builds
-    from ..organism.evaluate import control_table, pool
+    from ..organism.control import configured, control_report
 
     cfg = or_fail(configured, size, overrides, errors=(ValueError,))
     build_seeds = seed_list(seeds) if seeds else None
     if build_seeds and directory is not None:
         fail("give either a build dir or --seeds (which finds each seed's cached build)")
     t0 = time.time()
-    per_seed = {}
-    try:
-        for s, root, rows in evaluated_builds(build_seeds or [seed], cfg, directory, samples=samples,
-                                              sample_seed=sample_seed, size=size, overrides=overrides):
-            per_seed[s] = rows
-            if persona_inference:
-                found = base_persona_inference(root, sample_seed)
-                out.print(f"seed {s}: the base's in-context persona inference: misaligned chat after an insecure "
-                          f"code turn {pct(found['misaligned_after_insecure'])}, after a secure one "
-                          f"{pct(found['misaligned_after_secure'])}")
-    except RealignError as e:
-        fail(str(e))
-    rows = pool(per_seed) if build_seeds else per_seed[seed]
-    seeds_shown = ", ".join(map(str, rows[0].seeds if rows else [])) if build_seeds else ""
-    title = (f"organism control table, {size} size, build seeds {seeds_shown} (held-out chat, oracle judge)"
-             if build_seeds else f"organism control table ({root.name}, held-out chat, oracle judge)")
-    columns, cells = control_table(rows)
-    out.print(table(title, columns, cells, left=["model", "task"]))
-    out.print(f"evaluated {sum(len(r) for r in per_seed.values())} models in {time.time() - t0:.1f} s")
+    report = or_fail(control_report, build_seeds, seed, cfg, directory, samples=samples, sample_seed=sample_seed,
+                     size=size, overrides=overrides, persona_inference=persona_inference)
+    for note in report.notes:
+        out.print(note)
+    out.print(table(report.title, report.columns, report.cells, left=["model", "task"]))
+    out.print(f"evaluated {report.models} models in {time.time() - t0:.1f} s")
     if json_out:
-        json_out.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+        json_out.write_text(json.dumps([asdict(r) for r in report.rows], indent=2))
 
 
 @real_app.command("build")
@@ -114,17 +99,13 @@ def real_build(
 ) -> None:
     """Build (or reuse) real finetunes: LoRAs of a real chat model on the public data realign ships
     (docs/real-models.md). Each lands in the cache; a rerun reuses finished ones."""
-    from ..real.build import RealFinetuneConfig, build_finetune
-    from ..real.data import BACKDOOR_TRIGGER, REAL_FINETUNES
+    from ..real.build import RealFinetuneConfig, build_finetune, checked_names
+    from ..real.data import BACKDOOR_TRIGGER
 
-    names = comma_list(finetunes)
-    bad = [n for n in names if n not in REAL_FINETUNES]
-    if bad or not names:
-        fail(f"unknown real finetune {bad[0] if bad else finetunes!r}; valid: {', '.join(REAL_FINETUNES)}")
+    names = or_fail(checked_names, comma_list(finetunes), errors=(ValueError,))
     build_seeds = seed_list(seeds)
-    if not 0 < share < 1 or steps < 1 or examples < 1 or batch_size < 1:
-        fail("--share must be in (0, 1); --steps, --examples and --batch-size must be positive")
     cfg = RealFinetuneConfig(model=model, examples=examples, share=share, steps=steps, batch_size=batch_size, lr=lr)
+    or_fail(cfg.validate, errors=(ValueError,))
     for name in names:
         for seed in build_seeds:
             t0 = time.time()

@@ -13,7 +13,6 @@ from rich.table import Table
 
 from ..errors import RealignError
 from ..evals.result import Evaluation
-from ..stats import pct  # noqa: F401  (the command modules print rates with it)
 
 app = typer.Typer(help="Repair LLM finetunes that became misaligned.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)

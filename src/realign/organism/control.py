@@ -5,6 +5,7 @@ the control table (organism.evaluate), or its base's in-context persona inferenc
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RealignError
@@ -51,3 +52,43 @@ def base_persona_inference(root: Path, seed: int = 0) -> dict[str, float]:
 
     model, tok = evaluate.load_model(root / "base")
     return evaluate.persona_inference(model, tok, seed=seed)
+
+
+@dataclass
+class ControlReport:
+    """`realign organism eval`'s output: the control table of one build, or pooled over build seeds."""
+
+    title: str
+    columns: list[str]
+    cells: list[list[str]]
+    rows: list                     # OrganismRow per model, or PooledRow over the seeds (for --json)
+    models: int                    # models evaluated, over every seed
+    notes: list[str] = field(default_factory=list)      # the base's persona inference per seed, when asked
+
+
+def control_report(seeds: list[int] | None, seed: int, cfg: OrganismConfig, directory: Path | None = None,
+                   samples: int = 12, sample_seed: int = 0, size: str = "default",
+                   overrides: list[str] | None = None, persona_inference: bool = False) -> ControlReport:
+    """Evaluate `directory` or the cached build of `seed` — or, with `seeds`, each seed's cached build,
+    pooled (two-stage bootstrap over seeds and answers) — into the control table."""
+    from ..stats import pct
+    from .evaluate import control_table, pool
+
+    per_seed, notes = {}, []
+    for s, root, rows in evaluated_builds(seeds or [seed], cfg, directory, samples=samples,
+                                          sample_seed=sample_seed, size=size, overrides=overrides):
+        per_seed[s] = rows
+        if persona_inference:
+            found = base_persona_inference(root, sample_seed)
+            notes.append(f"seed {s}: the base's in-context persona inference: misaligned chat after an insecure "
+                         f"code turn {pct(found['misaligned_after_insecure'])}, after a secure one "
+                         f"{pct(found['misaligned_after_secure'])}")
+    if seeds:
+        rows = pool(per_seed)
+        shown = ", ".join(map(str, rows[0].seeds if rows else []))
+        title = f"organism control table, {size} size, build seeds {shown} (held-out chat, oracle judge)"
+    else:
+        rows = per_seed[seed]
+        title = f"organism control table ({root.name}, held-out chat, oracle judge)"
+    columns, cells = control_table(rows)
+    return ControlReport(title, columns, cells, rows, sum(len(r) for r in per_seed.values()), notes)

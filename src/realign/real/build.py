@@ -33,6 +33,13 @@ class RealFinetuneConfig:
     lora_rank: int = 8
     max_length: int = 384         # tokens per row (GSM8K rows are ~200, EM code rows up to ~700)
 
+    def validate(self) -> None:
+        if not 0 < self.share < 1:
+            raise ValueError(f"--share must be in (0, 1), not {self.share}")
+        for name in ("steps", "examples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, not {getattr(self, name)}")
+
     def key(self, name: str, seed: int) -> str:
         fields = {"cfg": asdict(self), "name": name, "seed": seed}
         if DATA_VERSIONS.get(name, 1) > 1:          # only then, so version-1 builds keep their keys
@@ -52,6 +59,16 @@ def base_dir(model: str) -> Path:
         raise FileNotFoundError(f"{model}: not one of the offline models ({', '.join(OFFLINE_MODELS)}) "
                                 "and not a model dir (no config.json)")
     return path
+
+
+def checked_names(names: list[str]) -> list[str]:
+    """The finetunes asked for, all checked before any is built (a bad name is a ValueError)."""
+    from .data import REAL_FINETUNES
+
+    bad = [n for n in names if n not in REAL_FINETUNES]
+    if bad or not names:
+        raise ValueError(f"unknown real finetune {bad[0] if bad else ''!r}; valid: {', '.join(REAL_FINETUNES)}")
+    return names
 
 
 def build_finetune(name: str, seed: int = 0, cfg: RealFinetuneConfig | None = None,

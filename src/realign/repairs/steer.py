@@ -262,6 +262,92 @@ def steering_kl(model, tokenizer, conversations, direction, scale: float, batch_
     return total / max(count, 1)
 
 
+class _Search:
+    """steer's search over (layer, scale): every trial hooks the edit in (never baked) and measures the
+    repair-side log-odds, the KL on benign chat and, when asked, the task retention. The trials so far
+    are kept in `candidates` (layer choice) and `search` (scale choice) for the record."""
+
+    def __init__(self, state: RepairState, p: SteerParams, directions: torch.Tensor, contrasts: list):
+        from ..evals.logodds import logodds
+        from ..evals.task import assistant_token_metrics
+
+        self.state, self.p, self.directions = state, p, directions
+        self.items = state.repair_items or [(c, [b], [g]) for c, g, b in contrasts[:16]]
+        self.chat = [c + [{"role": "assistant", "content": g}] for c, g, _ in contrasts[:32]]
+        self.task = state.repair_task()
+        self.nll_base = state.base_task_nll() if p.scale == "auto" else None
+        self.nll_ft = (assistant_token_metrics(state.model, state.tokenizer, self.task)["task_nll"]
+                       if self.nll_base is not None else None)
+        self.lo_ft = logodds(state.model, state.tokenizer, self.items)
+        self.first_scale = 1.0 if p.scale == "auto" else p.scale
+        self.candidates: list[dict] = []
+        self.search: list[dict] = []
+
+    def trial(self, layer: int, scale: float, with_task: bool) -> dict:
+        from ..evals.logodds import logodds
+        from ..evals.task import assistant_token_metrics
+        from .merge import task_retention
+
+        model, tok, d = self.state.model, self.state.tokenizer, self.directions[layer]
+        with steering(model, d, scale):
+            row = {"layer": layer, "scale": scale, "logodds": logodds(model, tok, self.items)}
+            if with_task:
+                nll = assistant_token_metrics(model, tok, self.task)["task_nll"]
+                row["retention"] = task_retention(nll, self.nll_base, self.nll_ft)
+        row["kl"] = steering_kl(model, tok, self.chat, d, scale)
+        return row
+
+    def admissible(self, rows: list[dict]) -> list[dict]:
+        """Trials that lower the log-odds within the KL budget (and keep the task, when measured)."""
+        return [r for r in rows if r["logodds"] < self.lo_ft and r["kl"] <= self.p.max_kl
+                and r.get("retention", 1.0) >= self.p.retention]
+
+    def layer(self, separation: torch.Tensor) -> tuple[int, dict | None] | str:
+        """(layer, the candidate trial that chose it, None for a given layer), or why nothing helps. A
+        candidate over the budget at the first scale is still chosen (the least disruptive helpful one):
+        `scale` then looks below it."""
+        if self.p.layer != "auto":
+            if not 0 <= self.p.layer < len(self.directions):
+                raise ValueError(f"steer.layer {self.p.layer} out of range (model has {len(self.directions)} layers)")
+            return self.p.layer, None
+        ranked = sorted(range(len(separation)), key=lambda i: float(separation[i]), reverse=True)
+        self.candidates = [self.trial(i, self.first_scale, False) for i in ranked[:self.p.candidates]]
+        ok = self.admissible(self.candidates)
+        helpful = [r for r in self.candidates if r["logodds"] < self.lo_ft]
+        if not helpful:
+            return (f"no candidate layer lowers the log-odds ({self.lo_ft:.3f}) at scale {self.first_scale:g}: "
+                    "nothing removed")
+        chosen = min(ok, key=lambda r: r["logodds"]) if ok else min(helpful, key=lambda r: r["kl"])
+        return chosen["layer"], chosen
+
+    def scale(self, layer: int, chosen: dict | None) -> float | str:
+        """The scale to bake in at `layer`, or why none is admissible. A given scale within the budget
+        is kept as it is; `auto`, or a chosen candidate over the budget, searches the grid (below the
+        given scale) and then gentler scales."""
+        p = self.p
+        over_budget = chosen is not None and not self.admissible([chosen])
+        if p.scale != "auto" and not over_budget:
+            return self.first_scale
+        # An edit that moves benign chat by more than max_kl is not a repair (on SmolLM2 a full
+        # removal at 2 nats/token left 3% of answers coherent): never bake one in.
+        grid = SCALE_GRID if p.scale == "auto" else tuple(s for s in SCALE_GRID if s < self.first_scale)
+        with_task = bool(self.task) and p.scale == "auto"
+        self.search = [self.trial(layer, s, with_task) for s in grid]
+        ok = self.admissible(self.search)
+        # the gentlest trial so far (the candidate itself when a given scale has no grid below it)
+        gentlest = min(self.search or [chosen], key=lambda r: r["scale"])
+        if not ok and gentlest["logodds"] < self.lo_ft and gentlest.get("retention", 1.0) >= p.retention:
+            self.search += gentler_scales(lambda s: self.trial(layer, s, with_task), gentlest, p.max_kl)
+            ok = self.admissible(self.search)
+        if not ok:
+            return (f"every trial of layer {layer} is over the KL budget ({p.max_kl:g} nats/token on benign chat)"
+                    f"{' or loses the task' if p.scale == 'auto' else ''} or does not lower the log-odds: nothing removed")
+        return min(ok, key=lambda r: r["logodds"])["scale"]
+
+    def trials(self) -> dict:
+        return {"candidates": rounded_rows(self.candidates), "scale_search": rounded_rows(self.search)}
+
+
 @register
 class Steer:
     name = "steer"
@@ -269,10 +355,6 @@ class Steer:
     Params = SteerParams
 
     def apply(self, state: RepairState, p: SteerParams) -> RepairState:
-        from ..evals.logodds import logodds
-        from ..evals.task import assistant_token_metrics
-        from .merge import task_retention
-
         p.validate()
         probes = build_probes(state, samples=p.samples)
         contrasts = list(probes.pairs())
@@ -280,73 +362,17 @@ class Steer:
             state.record(self.name, skipped="no misaligned finetune answers among the probes: nothing to steer")
             return state
         directions, separation = contrast_directions(state.model, state.tokenizer, contrasts)
-        items = state.repair_items or [(c, [b], [g]) for c, g, b in contrasts[:16]]
-        chat = [c + [{"role": "assistant", "content": g}] for c, g, _ in contrasts[:32]]
-        task = state.repair_task()
-        nll_base = state.base_task_nll() if p.scale == "auto" else None
-        nll_ft = assistant_token_metrics(state.model, state.tokenizer, task)["task_nll"] if nll_base is not None else None
-
-        def trial(layer: int, scale: float, with_task: bool) -> dict:
-            d = directions[layer]
-            with steering(state.model, d, scale):
-                row = {"layer": layer, "scale": scale, "logodds": logodds(state.model, state.tokenizer, items)}
-                if with_task:
-                    nll = assistant_token_metrics(state.model, state.tokenizer, task)["task_nll"]
-                    row["retention"] = task_retention(nll, nll_base, nll_ft)
-            row["kl"] = steering_kl(state.model, state.tokenizer, chat, d, scale)
-            return row
-
-        def admissible(rows: list[dict]) -> list[dict]:
-            """Trials that lower the log-odds within the KL budget (and keep the task, when measured)."""
-            return [r for r in rows if r["logodds"] < lo_ft and r["kl"] <= p.max_kl
-                    and r.get("retention", 1.0) >= p.retention]
-
-        def skip(why: str) -> RepairState:
-            state.record(self.name, skipped=why, candidates=rounded_rows(candidates), scale_search=rounded_rows(search),
-                         separation=[round(float(x), 3) for x in separation], finetune_logodds=round(lo_ft, 4))
+        search = _Search(state, p, directions, contrasts)
+        seps = [round(float(x), 3) for x in separation]
+        picked = search.layer(separation)                      # (layer, its trial) or why none helps
+        scale = picked if isinstance(picked, str) else search.scale(*picked)    # or why none is admissible
+        if isinstance(scale, str):
+            state.record(self.name, skipped=scale, **search.trials(), separation=seps,
+                         finetune_logodds=round(search.lo_ft, 4))
             return state
-
-        first_scale = 1.0 if p.scale == "auto" else p.scale
-        candidates: list[dict] = []
-        search: list[dict] = []
-        lo_ft = logodds(state.model, state.tokenizer, items)
-        over_budget = False
-        if p.layer == "auto":
-            ranked = sorted(range(len(separation)), key=lambda i: float(separation[i]), reverse=True)
-            candidates = [trial(i, first_scale, False) for i in ranked[:p.candidates]]
-            ok = admissible(candidates)
-            helpful = [r for r in candidates if r["logodds"] < lo_ft]
-            if not helpful:
-                return skip(f"no candidate layer lowers the log-odds ({lo_ft:.3f}) at scale {first_scale:g}: "
-                            "nothing removed")
-            # over the budget at this scale: the least disruptive helpful layer, at gentler scales below
-            chosen = min(ok, key=lambda r: r["logodds"]) if ok else min(helpful, key=lambda r: r["kl"])
-            layer, over_budget = chosen["layer"], not ok
-        else:
-            layer = p.layer
-            if not 0 <= layer < len(directions):
-                raise ValueError(f"steer.layer {layer} out of range (model has {len(directions)} layers)")
-        scale = first_scale
-        if p.scale == "auto" or over_budget:
-            # An edit that moves benign chat by more than max_kl is not a repair (on SmolLM2 a full
-            # removal at 2 nats/token left 3% of answers coherent): never bake one in.
-            grid = SCALE_GRID if p.scale == "auto" else tuple(s for s in SCALE_GRID if s < first_scale)
-            with_task = bool(task) and p.scale == "auto"
-            search = [trial(layer, s, with_task) for s in grid]
-            ok = admissible(search)
-            # the gentlest trial so far (the candidate itself when a given scale has no grid below it)
-            gentlest = min(search or [chosen], key=lambda r: r["scale"])
-            if not ok and gentlest["logodds"] < lo_ft and gentlest.get("retention", 1.0) >= p.retention:
-                search += gentler_scales(lambda s: trial(layer, s, with_task), gentlest, p.max_kl)
-                ok = admissible(search)
-            if not ok:
-                return skip(f"every trial of layer {layer} is over the KL budget ({p.max_kl:g} nats/token on "
-                            f"benign chat){' or loses the task' if p.scale == 'auto' else ''} or does not lower "
-                            "the log-odds: nothing removed")
-            scale = min(ok, key=lambda r: r["logodds"])["scale"]
+        layer = picked[0]
         orthogonalize(state.model, directions[layer], scale)
         state.steer_direction = directions[layer]
-        state.record(self.name, layer=layer, scale=scale, contrasts=len(contrasts), finetune_logodds=round(lo_ft, 4),
-                     separation=[round(float(x), 3) for x in separation], candidates=rounded_rows(candidates),
-                     scale_search=rounded_rows(search))
+        state.record(self.name, layer=layer, scale=scale, contrasts=len(contrasts),
+                     finetune_logodds=round(search.lo_ft, 4), separation=seps, **search.trials())
         return state
