@@ -235,7 +235,7 @@ def test_state_holds_changed_tensors_only_and_a_kill_while_saving_keeps_the_prev
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr("realign.runs.resume.os.replace", killed_at_state)
+    monkeypatch.setattr("realign.paths.os.replace", killed_at_state)
     with pytest.raises(KeyboardInterrupt):
         progress.save(2, STEPS, state, {"step1_one": 1.5, "step2_two": 1.0}, {})
     monkeypatch.undo()

@@ -15,6 +15,8 @@ so an enclosing phase (the whole run) still gets the true peak.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import resource
 import sys
 import weakref
@@ -154,3 +156,29 @@ class PhasePeaks:
             self.end(name)
         total = stop(self._run)
         return {**{k: v.as_dict() for k, v in self.peaks.items()}, "total": total.as_dict()}
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HOST_MMAP_THRESHOLD = 128 * 1024      # glibc's own starting value, but fixed
+
+
+def return_freed_memory() -> bool:
+    """Make glibc hand freed tensor memory back to the system; True where it was set (Linux, glibc).
+
+    glibc serves a large allocation with its own mmap and unmaps it on free — but after the first such
+    free it raises that threshold to the freed block's size (up to 32 MB), so later tensors of that size
+    come from the heap, whose freed middle it never returns. A training run frees and allocates
+    activation-sized tensors all the time, so the resident set only grows. Fixing the mmap and trim
+    thresholds keeps every tensor ≥ 128 KiB in its own mapping, returned when freed. Process-wide: the
+    `realign` command sets it at start; a library user calls it (or sets glibc's MALLOC_MMAP_THRESHOLD_,
+    which this leaves alone).
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, HOST_MMAP_THRESHOLD)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, HOST_MMAP_THRESHOLD))
+    except (OSError, AttributeError):         # not glibc (musl, …)
+        return False

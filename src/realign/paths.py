@@ -15,15 +15,23 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "realign"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file whole or not at all: into a sibling temp file, then renamed over `path`. A kill
-    mid-write leaves the old file (or none), never a truncated one that a resumed run cannot read."""
+def write_atomic(path: Path, write) -> None:
+    """Write a file whole or not at all: `write(tmp)` fills a sibling temp file, which is flushed to disk
+    and renamed over `path`. A kill mid-write leaves the old file (or none), never a truncated one that a
+    resumed run cannot read."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`write_atomic` of a text file (UTF-8)."""
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 class StagedDir:

@@ -26,13 +26,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..paths import write_atomic
 from ..progress import console
 from ..repairs.base import StepRecord
 
@@ -65,14 +65,6 @@ def _digest(obj) -> str:
 def _json_plain(obj):
     """obj as JSON gives it back: what realign.json will hold either way (tuples as lists …)."""
     return json.loads(json.dumps(obj, default=str))
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -220,14 +212,14 @@ class Progress:
         state.history = [StepRecord.from_json(h) for h in history]
         self.dir.mkdir(parents=True, exist_ok=True)
         weights = self.dir / f"weights-{step}.safetensors"
-        _write_atomic(weights, lambda p: save_file(changed, str(p), metadata={"format": str(FORMAT)}))
+        write_atomic(weights, lambda p: save_file(changed, str(p), metadata={"format": str(FORMAT)}))
         record = {"format": FORMAT, "step": step, "fingerprint": self.fingerprint(resolved_steps[:step]),
                   "weights": weights.name, "history": history, "locked": sorted(state.locked),
                   "probes": dataclasses.asdict(state.probes) if state.probes is not None else None,
                   "base_task_nll": state._base_task_nll,
                   "timings": {k: timings[k] for k in keys if k in timings},
                   "peak_memory_mb": {k: peaks[k].as_dict() for k in keys if k in peaks}}
-        _write_atomic(self.dir / "state.json", lambda p: p.write_text(json.dumps(record, default=str)))
+        write_atomic(self.dir / "state.json", lambda p: p.write_text(json.dumps(record, default=str)))
         for old in self.dir.glob("weights-*.safetensors"):
             if old.name != weights.name:
                 old.unlink(missing_ok=True)

@@ -15,8 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from .base import METRICS, JudgeItem, Judgement, Progress, label_of, register_judge, score_from_top_logprobs
+
+if TYPE_CHECKING:
+    import torch
 
 NUMBERS = [str(n) for n in range(101)]
 
