@@ -24,7 +24,7 @@ from ..errors import RealignError
 from ..evals.result import Evaluation
 from ..evals.run import EvalSettings
 from ..evals.verdict import Verdict
-from ..memory import PhasePeaks
+from ..memory import PhasePeaks, host_allocator
 from ..progress import console
 from .resume import discard_output, progress_for
 from .scan import ScanComparison
@@ -436,6 +436,7 @@ def fix_metadata(plan: FixPlan, run: FixRun) -> dict:
         "timings": {k: round(v, 2) for k, v in run.timings.items()},
         "resumed_after_step": run.resumed_after or None,   # steps up to this one ran in an earlier, killed run
         "peak_memory_mb": run.memory.summary(),
+        "host_allocator": host_allocator(),
         "metrics": {k: r.to_json(answers=False) for k, r in run.results.items()},   # answers: answers.json
         "repair_needed": run.verdict.to_json() if run.verdict else None,
         **({"scan": run.scan.to_json()} if run.scan is not None else {}),
