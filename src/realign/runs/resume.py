@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..paths import write_atomic
+from ..paths import write_atomic, write_text_atomic
 from ..progress import console
 from ..repairs.base import StepRecord
 
@@ -219,7 +219,7 @@ class Progress:
                   "base_task_nll": state._base_task_nll,
                   "timings": {k: timings[k] for k in keys if k in timings},
                   "peak_memory_mb": {k: peaks[k].as_dict() for k in keys if k in peaks}}
-        write_atomic(self.dir / "state.json", lambda p: p.write_text(json.dumps(record, default=str)))
+        write_text_atomic(self.dir / "state.json", json.dumps(record, default=str))
         for old in self.dir.glob("weights-*.safetensors"):
             if old.name != weights.name:
                 old.unlink(missing_ok=True)
