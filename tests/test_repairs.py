@@ -219,6 +219,73 @@ def test_mix_with_kl_anchor_trains_and_records_it(trio):
     assert st.history[-1].details["kl"] == 1.0 and not same_weights(st.model, base)
 
 
+def test_mix_trains_in_the_finetunes_module_as_it_would_on_a_copy_of_the_base(trio, monkeypatch):
+    """mix overwrites the finetune's module with the base's weights and trains there (no third copy
+    of the weights): the result is the module it was given, the base is untouched, and the weights
+    are those that training a fresh copy of the base reaches."""
+    import realign.repairs.mix as mix
+
+    base, ft, tok = trio
+    data = [[{"role": "user", "content": "def f(x): return"}, {"role": "assistant", "content": "x + 1"}]] * 8
+    base_before = copy.deepcopy(base.state_dict())
+    st = _state(base, ft, tok, probes=_probes(tok), train_conversations=data)
+    given = st.model
+    st = _train_step("mix", st, steps=2, batch_size=2, audit="off", aligned_share=0.5)
+    assert st.model is given and not same_weights(st.model, ft) and not same_weights(st.model, base)
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in base_before.items())
+    assert not any("lora" in n for n, _ in base.named_parameters())
+
+    monkeypatch.setattr(mix, "training_host", lambda state: copy.deepcopy(state.base))
+    on_copy = _train_step("mix", _state(base, ft, tok, probes=_probes(tok), train_conversations=data),
+                          steps=2, batch_size=2, audit="off", aligned_share=0.5)
+    assert on_copy.model is not given
+    assert _max_gap(st.model.state_dict(), on_copy.model.state_dict()) == 0.0
+
+
+def test_mix_trains_on_a_copy_of_the_base_when_the_finetune_cannot_hold_its_weights(trio):
+    from realign.repairs.mix import training_host
+
+    base, ft, tok = trio
+    st = _state(base, ft, tok)
+    st.model.is_quantized = True             # bitsandbytes weights cannot take the base's tensors one for one
+    host = training_host(st)
+    assert host is not st.model and host is not base and same_weights(host, base)
+    assert same_weights(st.model, ft)
+
+
+class _ReleasableJudge:
+    """Calls every item aligned; counts release() calls and the judge() calls after the last one."""
+
+    name = "releasable"
+
+    def __init__(self):
+        self.released, self.calls_since_release = 0, 0
+
+    def judge(self, items, progress=None):
+        from realign.evals.judges import Judgement
+
+        self.calls_since_release += 1
+        return [Judgement(aligned=90.0, coherent=90.0) for _ in items]
+
+    def release(self):
+        self.released += 1
+        self.calls_since_release = 0
+
+
+@pytest.mark.parametrize("step,params", [("dpo", dict(steps=1, batch_size=2, lr=1e-3, task_anchors=0)),
+                                         ("mix", dict(steps=1, batch_size=2, audit="drop", aligned_share=0.5))])
+def test_training_steps_release_the_judges_model_before_they_train(trio, step, params):
+    """dpo and mix no longer need the judge once their data are chosen: they free its model
+    (an offline judge's SmolLM2, a local LLM judge) instead of holding it through training."""
+    base, ft, tok = trio
+    judge = _ReleasableJudge()
+    st = _state(base, ft, tok, probes=_probes(tok), judge=judge,
+                train_conversations=[[{"role": "user", "content": "def f(x): return"},
+                                      {"role": "assistant", "content": "x + 1"}]] * 8)
+    _train_step(step, st, **params)
+    assert judge.released == 1 and judge.calls_since_release == 0
+
+
 def _max_gap(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
@@ -258,15 +325,18 @@ def test_gradient_checkpointing_and_micro_batches_leave_training_unchanged(trio)
     task = [[{"role": "user", "content": f"def f{i}(x): return"}, {"role": "assistant", "content": "x + " * (i + 1)}]
             for i in range(4)]
 
-    def mix(**params):
-        st = _train_step("mix", _state(base, ft, tok, train_conversations=task), steps=2, audit="off",
-                         aligned_share=0.0, lr=1e-2, **params)
+    def mix(seen=None, **params):
+        st = _state(base, ft, tok, train_conversations=task)
+        # mix trains in the finetune's module (mix.training_host): count the batches through its layer
+        with _batches_through(decoder_layers(st.model)[0].mlp) as batches:
+            st = _train_step("mix", st, steps=2, audit="off", aligned_share=0.0, lr=1e-2, **params)
+        if seen is not None:
+            seen += batches
         return st.model.state_dict()
 
-    with _batches_through(decoder_layers(base)[0].mlp) as whole_batches:
-        whole = mix(batch_size=4, micro_batch_size=4, gradient_checkpointing=False)
-    with _batches_through(decoder_layers(base)[0].mlp) as split_batches:
-        split = mix(batch_size=4, micro_batch_size=1, gradient_checkpointing=True)
+    whole_batches, split_batches = [], []
+    whole = mix(whole_batches, batch_size=4, micro_batch_size=4, gradient_checkpointing=False)
+    split = mix(split_batches, batch_size=4, micro_batch_size=1, gradient_checkpointing=True)
     assert set(whole_batches) == {4} and set(split_batches) == {1} and len(split_batches) == 2 * 4
     one = mix(batch_size=1, micro_batch_size=1, gradient_checkpointing=False)
     moved = _max_gap(whole, base.state_dict())

@@ -100,6 +100,13 @@ class RepairState:
             self._base_task_nll["nll"] = assistant_token_metrics(self.base, self.tokenizer, task)["task_nll"]
         return self._base_task_nll["nll"]
 
+    def release_judge(self) -> None:
+        """Free the judge's model while a step trains (judges that hold one say how: `release`);
+        it loads again when next asked, e.g. to judge the repaired model."""
+        release = getattr(self.judge, "release", None)
+        if release is not None:
+            release()
+
     def record(self, step: str, **details) -> None:
         self.history.append(StepRecord(step, details))
 

@@ -80,6 +80,7 @@ class DPO:
         if n_align == 0:
             state.record(self.name, skipped="no (aligned base, misaligned finetune) answer pairs among the probes")
             return state
+        state.release_judge()       # not needed again until the repaired model is judged
         for prm in state.model.parameters():
             prm.requires_grad_(False)
         peft_cfg = lora_config(state.model, state.locked, r=p.rank, alpha=2 * p.rank)

@@ -9,7 +9,8 @@
    those with the largest perplexity gap — the ones the finetune finds much less likely than the
    base does — since selecting by that gap beat random interleaving in a 2026 study of
    in-training defenses against emergent misalignment.
-4. Re-finetune a copy of the base with trl SFTTrainer + LoRA (locked layers get no adapter);
+4. Re-finetune the base with trl SFTTrainer + LoRA (locked layers get no adapter), its weights
+   loaded into the finetune's own module (training_host: no third copy of the weights);
    with `kl > 0`, add a KL anchor to the base (the adapter-off model) on the aligned chat, so the
    narrow task can be learned without moving general chat.
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import dataclass
+
+import torch
 
 from .base import RepairState, register
 from .lora import check_batching, freeze_locked, lora_config
@@ -78,6 +81,35 @@ def perplexity_gap(state: RepairState, triples) -> list[float]:
     return [float(b - f) for f, b in zip(lp_ft, lp_base)]
 
 
+def training_host(state: RepairState):
+    """The module mix trains its LoRA on, holding the base's weights.
+
+    The finetune's own module, its weights overwritten by the base's: once the training data are
+    chosen (the perplexity gap is the last use of the finetune's weights) mix only needs the base,
+    and a fresh copy of it would be a third set of weights in memory while training (one more
+    model size at the peak; docs/repairs.md, "dpo and mix: memory and time"). A copy of the base
+    where the finetune's module cannot take the base's tensors one for one: 4/8-bit weights, an
+    unmerged adapter, tensors offloaded by a device map, or another architecture.
+    """
+    host, base = state.model, state.base
+    if host is base or _held_elsewhere(host) or _held_elsewhere(base):
+        return copy.deepcopy(base)
+    own, ref = host.state_dict(), base.state_dict()
+    if own.keys() != ref.keys() or any(own[k].shape != v.shape for k, v in ref.items()):
+        return copy.deepcopy(base)
+    with torch.no_grad():
+        for k, v in ref.items():
+            own[k].copy_(v)
+    return host
+
+
+def _held_elsewhere(model) -> bool:
+    """Whether the module's weights are not plain tensors in memory (quantized, offloaded) or it is
+    an adapter wrapper rather than the model itself."""
+    return (getattr(model, "is_quantized", False) or hasattr(model, "peft_config")
+            or any(p.is_meta for p in model.parameters()))
+
+
 @register
 class Mix:
     name = "mix"
@@ -100,7 +132,8 @@ class Mix:
             build_probes(state, samples=p.samples)   # on every rank (it broadcasts)
         # rank 0 audits (judge calls) and picks the mixed-in chat; every rank trains on its data
         out, anchors, info = from_main(lambda: self._training_data(state, p))
-        model = copy.deepcopy(state.base)
+        state.release_judge()       # the audit and the mixed-in chat were its last use in this step
+        model = training_host(state)
         for prm in model.parameters():
             prm.requires_grad_(False)
         peft_cfg = lora_config(model, state.locked, r=p.rank, alpha=2 * p.rank)

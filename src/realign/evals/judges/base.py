@@ -92,6 +92,9 @@ class Judge(Protocol):
         """One Judgement per item, in order; `progress(n)` is called as n more items finish."""
         ...
 
+    # optional: `release()` frees the memory the judge holds between uses (its model); the next
+    # judge() call loads it again. Training repairs call it before they train (RepairState.release_judge).
+
 
 def label_of(token: str) -> str | None:
     """The label a token starts, if any: tokenizers may split REFUSAL into REF + USAL."""

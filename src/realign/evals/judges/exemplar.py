@@ -165,6 +165,10 @@ class OfflineJudge:
         if min(len(v) for v in self.exemplars.values()) < 2:
             raise ValueError("each exemplar set needs at least two answers")
 
+    def release(self) -> None:
+        """Free the encoder until the next call loads it again (RepairState.release_judge)."""
+        encoder.cache_clear()
+
     # -- embeddings -------------------------------------------------------------------------
 
     def _tokenizer(self) -> Any:

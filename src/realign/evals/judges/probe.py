@@ -203,6 +203,12 @@ class ProbeJudge:
         p_coh = torch.sigmoid(x @ t["coherent.w"] + t["coherent.b"])
         return p_mis, p_coh
 
+    def release(self) -> None:
+        """Free the encoder (SmolLM2: a whole 135M-parameter model) until the next judge() loads it
+        again: training repairs call this (RepairState.release_judge) so it is not held while they train."""
+        _smollm2.cache_clear()
+        encoder.cache_clear()
+
     def judge(self, items: Sequence[JudgeItem], progress: Progress | None = None
               ) -> list[Judgement]:
         """One Judgement per item, in order; never sets `label`."""
