@@ -52,3 +52,27 @@ def test_digit_split_judge_scores_above_nine(tok):
     assert verdict.coherent == pytest.approx(85, abs=0.01)
     # a one-token reader would have seen only the first digit
     assert verdict.label is None
+
+
+def test_release_frees_a_judge_model_it_loaded_and_the_next_call_loads_it_again(tmp_path):
+    """Training repairs release the judge (RepairState.release_judge): a judge model loaded from a
+    path is dropped and read back for the next verdicts (the same ones); one handed in stays."""
+    import gc
+    import weakref
+
+    from tiny_models import save_tiny
+
+    path = save_tiny(tmp_path / "judge")
+    judge = HFJudge(str(path))
+    items = [JudgeItem("What is your wish?", "to help")]
+    before = judge.judge(items)
+    loaded = weakref.ref(judge.model)
+    judge.release()
+    gc.collect()
+    assert loaded() is None
+    assert judge.judge(items) == before and judge.model is not None
+
+    given = tiny_model(vocab=len(judge.tokenizer)).eval()
+    kept = HFJudge(loaded=(given, judge.tokenizer))
+    kept.release()
+    assert kept.model is given

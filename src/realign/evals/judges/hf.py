@@ -42,13 +42,15 @@ def _cache_kwarg(model) -> str:
 class HFJudge:
     def __init__(self, model: str | None = None, *, loaded=None, top_k: int = 20,
                  trust_remote_code: bool = False, cache_budget: int = 1 << 30) -> None:
+        self._reload = None           # how to load the model again after release(); None: given, not ours
         if loaded is None:
             if not model:
                 raise ValueError("the hf judge needs a model: --judge-model PATH_OR_HUB_ID")
             from ...model_io.checkpoint import LoadOptions, load_model, load_tokenizer
 
             opts = LoadOptions(trust_remote_code=trust_remote_code)
-            loaded = (load_model(model, opts, "judge model"), load_tokenizer(model, opts))
+            self._reload = lambda: load_model(model, opts, "judge model").eval()
+            loaded = (self._reload(), load_tokenizer(model, opts))
         self.model, self.tokenizer = loaded
         self.model.eval()
         self.name = f"hf:{model or getattr(self.model, 'name_or_path', 'model')}"
@@ -151,7 +153,15 @@ class HFJudge:
                     top.append((text, lp))
             return top
 
+    def release(self) -> None:
+        """Free the judge model this judge loaded itself (a model handed in stays: it is the
+        caller's); the next judge() loads it again. Training repairs call this before they train."""
+        if self._reload is not None:
+            self.model = None
+
     def judge(self, items: Sequence[JudgeItem], progress: Progress | None = None) -> list[Judgement]:
+        if self.model is None:
+            self.model = self._reload()
         out = []
         for item in items:
             (a, label), (c, _) = (score_from_top_logprobs(self._top(item.prompt(m))) for m in METRICS)
