@@ -232,13 +232,14 @@ def test_mix_trains_in_the_finetunes_module_as_it_would_on_a_copy_of_the_base(tr
     given = st.model
     st = _train_step("mix", st, steps=2, batch_size=2, audit="off", aligned_share=0.5)
     assert st.model is given and not same_weights(st.model, ft) and not same_weights(st.model, base)
+    assert st.history[-1].details["trained_in"] == "the finetune's module"
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in base_before.items())
     assert not any("lora" in n for n, _ in base.named_parameters())
 
     monkeypatch.setattr(mix, "training_host", lambda state: copy.deepcopy(state.base))
     on_copy = _train_step("mix", _state(base, ft, tok, probes=_probes(tok), train_conversations=data),
                           steps=2, batch_size=2, audit="off", aligned_share=0.5)
-    assert on_copy.model is not given
+    assert on_copy.model is not given and on_copy.history[-1].details["trained_in"] == "a copy of the base"
     assert _max_gap(st.model.state_dict(), on_copy.model.state_dict()) == 0.0
 
 

@@ -134,6 +134,7 @@ class Mix:
         out, anchors, info = from_main(lambda: self._training_data(state, p))
         state.release_judge()       # the audit and the mixed-in chat were its last use in this step
         model = training_host(state)
+        in_place = model is state.model    # realign.json says which: a copy is one more weight set at the peak
         for prm in model.parameters():
             prm.requires_grad_(False)
         peft_cfg = lora_config(model, state.locked, r=p.rank, alpha=2 * p.rank)
@@ -149,6 +150,7 @@ class Mix:
         state.record(self.name, examples=len(state.train_conversations), **info,
                      kl=p.kl if anchors else 0.0, steps=p.steps, processes=trained_on["processes"],
                      gradient_checkpointing=trained_on["gradient_checkpointing"], bf16=trained_on["bf16"],
+                     trained_in="the finetune's module" if in_place else "a copy of the base",
                      **{k: trained_on[k] for k in ("sharding", "sharded_fraction") if k in trained_on})
         return state
 
