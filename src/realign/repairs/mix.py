@@ -106,7 +106,9 @@ def training_host(state: RepairState):
 def _held_elsewhere(model) -> bool:
     """Whether the module's weights are not plain tensors in memory (quantized, offloaded) or it is
     an adapter wrapper rather than the model itself."""
-    return (getattr(model, "is_quantized", False) or hasattr(model, "peft_config")
+    from ..model_io.adapter_toggle import is_unmerged
+
+    return (getattr(model, "is_quantized", False) or is_unmerged(model)
             or any(p.is_meta for p in model.parameters()))
 
 
