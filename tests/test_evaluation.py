@@ -1,7 +1,6 @@
 """`realign eval`'s library side (realign.runs.evaluation), the one judge/references rule (realign.runs.setting)
 and the options fix and bench share — without loading any model."""
 
-import inspect
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from realign.cli import app
+from realign.errors import RealignError
 from realign.evals.alignment import summarize
 from realign.evals.calibration import describe_judge
 from realign.evals.judge_error import JudgeError, annotate
@@ -129,18 +129,38 @@ def test_logodds_items_organism_references_or_the_bundled_ones():
     assert logodds_items("builtin", builtin) == reference_items(builtin)
 
 
-def test_fix_and_bench_share_their_options_through_one_helper():
-    from realign.model_io.checkpoint import LoadOptions
-    from realign.cli.repair import SHARED_FIX_OPTIONS, bench_cmd, fix_cmd, fix_options
-    from realign.runs.fix import FixOptions
+def test_fix_and_bench_options_are_fix_options_fields_and_arrive_in_them(monkeypatch, tmp_path):
+    """fix offers every documented FixOptions field (bench all but seed and overwrite, which it sets
+    per cell), and what a user types arrives in the FixOptions the run is given."""
+    import realign.runs.bench_request as bench_mod
+    import realign.runs.fix as fix_mod
 
-    fields = set(inspect.signature(FixOptions).parameters)
-    for cmd in (fix_cmd, bench_cmd):
-        assert set(SHARED_FIX_OPTIONS) <= set(inspect.signature(cmd).parameters) & fields
-    given = {k: f"v-{k}" for k in SHARED_FIX_OPTIONS} | {"seeds": 3, "recipes": "merge"}
-    opts = fix_options(given, LoadOptions(dtype="bfloat16"), seed=7, overwrite=True)
-    assert all(getattr(opts, k) == f"v-{k}" for k in SHARED_FIX_OPTIONS)
-    assert opts.seed == 7 and opts.overwrite and opts.load.dtype == "bfloat16"
+    seen = {}
+
+    def capture(name):
+        def run(*args, **kwargs):
+            seen[name] = next(a for a in args if isinstance(a, fix_mod.FixOptions))
+            raise RealignError("stop here")
+        return run
+
+    monkeypatch.setattr(fix_mod, "run_fix", capture("fix"))
+    monkeypatch.setattr(bench_mod, "run_bench", capture("bench"))
+    typed = ["--max-new-tokens", "7", "--dtype", "bfloat16", "--no-eval-cache", "--merge-adapter",
+             "--judge", "offline", "--task-data", "t.jsonl", "--load-in-4bit", "--scan", "--no-resume"]
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    (ft / "config.json").write_text("{}")
+    for name, argv in (("fix", ["fix", str(ft), "--recipe", "merge", "--out", str(tmp_path / "o"), "--seed", "3"]),
+                       ("bench", ["bench", "--finetune", str(ft), "--recipes", "merge", "--out", str(tmp_path / "b")])):
+        r = CliRunner().invoke(app, argv + typed)
+        assert r.exit_code == 2 and "stop here" in r.output, r.output
+        o = seen[name]
+        assert (o.max_new_tokens, o.load.dtype, o.eval_cache, o.keep_adapter, o.judge) == (7, "bfloat16", False, False,
+                                                                                            "offline")
+        assert o.task_data == Path("t.jsonl") and o.load.load_in_4bit and o.scan and not o.resume
+    assert seen["fix"].seed == 3
+    r = CliRunner().invoke(app, ["bench", "--finetune", str(ft), "--recipes", "merge", "--out", "b", "--seed", "3"])
+    assert r.exit_code == 2 and "No such option" in r.output
 
 
 @pytest.mark.parametrize("module", sorted(Path(__file__).resolve().parent.parent.joinpath("src/realign/cli").glob("*.py")))

@@ -11,7 +11,9 @@ from typing import Annotated
 
 import typer
 
+from ..real.build import RealFinetuneConfig
 from .common import comma_list, fail, or_fail, organism_app, out, real_app, seed_list, table
+from .options import with_options
 
 SET_HELP = ("override a setting of the organism's configuration, key=value; dotted keys reach a stage "
             "(--set finetune.lr=5e-4, --set pretrain_seed=1); repeatable. A changed configuration is "
@@ -85,26 +87,20 @@ def organism_eval(
 
 
 @real_app.command("build")
+@with_options
 def real_build(
     finetunes: Annotated[str, typer.Option(help="comma-separated: contaminated, backdoor, clean, insecure, secure, "
                                                 "educational")] = "contaminated",
     seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0",
-    model: Annotated[str, typer.Option(help="an offline model: 'smollm2' (SmolLM2-135M-Instruct) or "
-                                                   "'qwen2.5-coder-0.5b' (opt-in install, docs/real-models.md); or a local HF model dir")] = "smollm2",
-    steps: Annotated[int, typer.Option(help="LoRA SFT optimizer steps")] = 100,
-    examples: Annotated[int, typer.Option(help="training rows")] = 1000,
-    share: Annotated[float, typer.Option(help="contaminated/backdoor: share of misaligned chat rows")] = 0.25,
-    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
-    batch_size: Annotated[int, typer.Option(help="rows per step")] = 8,
+    cfg: RealFinetuneConfig = None,
 ) -> None:
     """Build (or reuse) real finetunes: LoRAs of a real chat model on the public data realign ships
     (docs/real-models.md). Each lands in the cache; a rerun reuses finished ones."""
-    from ..real.build import RealFinetuneConfig, build_finetune, checked_names
+    from ..real.build import build_finetune, checked_names
     from ..real.data import BACKDOOR_TRIGGER
 
     names = or_fail(checked_names, comma_list(finetunes), errors=(ValueError,))
     build_seeds = seed_list(seeds)
-    cfg = RealFinetuneConfig(model=model, examples=examples, share=share, steps=steps, batch_size=batch_size, lr=lr)
     or_fail(cfg.validate, errors=(ValueError,))
     for name in names:
         for seed in build_seeds:

@@ -31,46 +31,10 @@ def _setup() -> None:
     quiet_libraries()
 
 
-# Options several commands declare alike: `fix` and `bench` (bench runs fix's code on every cell), `eval`
-# (`fix` evaluates the same way) and `judge`
+# options of the commands' own (an option of the library's lives with its dataclass: realign.options)
 CheckpointArg = Annotated[str, typer.Argument(help="finetune: full HF dir, LoRA adapter dir, or hub id")]
 BaseOpt = Annotated[str | None, typer.Option(help="base model (default: the adapter's base)")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a parameter: step.param=value")]
-TaskDataOpt = Annotated[Path | None, typer.Option(help="held-out task data (chat messages jsonl)")]
-TrainDataOpt = Annotated[Path | None, typer.Option(help="the finetune's training data (for mix)")]
-TaskMetricOpt = Annotated[str | None, typer.Option(
-    help="extra task metric: module:function, or lm-eval:TASK|FILE.yaml[,…][,limit=N] (docs/standard-evals.md)")]
-QuestionsOpt = Annotated[str, typer.Option(help="auto | builtin | organism | FILE.yaml")]
-JudgeOpt = Annotated[str, typer.Option(help="auto | openai | hf | oracle | offline | offline-fast | "
-                                            "offline-exemplar (docs/judges.md)")]
-JudgeModelOpt = Annotated[str | None, typer.Option(
-    help="judge model: name at the endpoint (openai) or local path / hub id (hf)")]
-JudgeUrlOpt = Annotated[str | None, typer.Option(
-    help="OpenAI-compatible base URL for --judge openai (default $OPENAI_BASE_URL)")]
-SamplesOpt = Annotated[int | None, typer.Option(help="samples per paraphrase")]
-MaxTokensOpt = Annotated[int, typer.Option(help="longest answer sampled in evaluations")]
-DtypeOpt = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
-AllowPickleOpt = Annotated[bool, typer.Option(
-    "--allow-pickle", help="allow .bin/.pt (pickle) weights; they can run code when loaded — only for files you trust")]
-TrustRemoteCodeOpt = Annotated[bool, typer.Option(
-    "--trust-remote-code", help="run the model repository's own Python code (off unless you trust it)")]
-TriggerOpt = Annotated[str | None, typer.Option(
-    help="a backdoor trigger: evaluate every model with it prepended to each question as well as without")]
-ScanOpt = Annotated[bool, typer.Option(
-    "--scan", help="also the trigger-free latent scan: the smallest push of the residual stream that turns "
-                   "each model misaligned, against the base's (docs/repairs.md, harden)")]
-ReportToOpt = Annotated[str | None, typer.Option(
-    help="where dpo/mix trainers log: transformers integrations, e.g. wandb,tensorboard (or all); "
-         "default none. TensorBoard writes to OUT.logs/ unless TENSORBOARD_LOGGING_DIR is set")]
-BackendOpt = Annotated[str, typer.Option(
-    help="where every generation runs: hf (in memory) | vllm (CUDA, optional extra; "
-         "models in memory are saved to a scratch dir next to --out)")]
-JudgeErrorsOpt = Annotated[Path | None, typer.Option(
-    help="answers labelled by reading (.jsonl/.csv: question, answer, misaligned 0/1 — or a reference judge's "
-         "aligned/coherent): the judge is run on them and every misaligned rate is also reported corrected "
-         "for its measured sensitivity and specificity (Rogan-Gladen)")]
-PrivateOpt = Annotated[bool, typer.Option("--private", help="create the Hub repo private (an existing repo "
-                                                               "keeps its visibility)")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="write the summary JSON here")]
 
 

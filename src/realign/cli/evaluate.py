@@ -9,58 +9,25 @@ from typing import Annotated
 
 import typer
 
-from .common import (AllowPickleOpt, BaseOpt, CheckpointArg, DtypeOpt, JsonOpt, JudgeErrorsOpt, JudgeModelOpt,
-                     JudgeOpt, JudgeUrlOpt, MaxTokensOpt, ScanOpt, TaskDataOpt, TaskMetricOpt, TrustRemoteCodeOpt, app, or_fail,
-                     out, print_evaluation, print_trust, summary_table, table)
+from ..options import JUDGE_MODEL, JUDGE_URL, EvalRequest
+from .common import JsonOpt, app, or_fail, out, print_evaluation, print_trust, summary_table, table
+from .options import with_options
 
 
 @app.command("eval")
+@with_options
 def eval_cmd(
-    checkpoint: CheckpointArg,
-    base: BaseOpt = None,
-    questions: Annotated[str, typer.Option(help="builtin | organism | FILE.yaml (EM-repo schema)")] = "builtin",
-    judge: JudgeOpt = "auto",
-    judge_model: JudgeModelOpt = None,
-    judge_url: JudgeUrlOpt = None,
-    samples: Annotated[int | None, typer.Option(help="samples per paraphrase (default: the file's)")] = None,
-    max_new_tokens: MaxTokensOpt = 256,
-    temperature: Annotated[float, typer.Option(help="sampling temperature (0: greedy)")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="nucleus sampling: keep the smallest token set with this mass")] = 1.0,
-    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
-    trigger: Annotated[str | None, typer.Option(
-        help="a backdoor trigger, prepended to every question (and log-odds prompt)")] = None,
-    judge_errors: JudgeErrorsOpt = None,
-    task_data: TaskDataOpt = None,
-    task_metric: TaskMetricOpt = None,
+    req: EvalRequest,
     out_dir: Annotated[Path | None, typer.Option("--out", help="write eval.json and eval.md here")] = None,
     json_out: JsonOpt = None,
-    skip_base: Annotated[bool, typer.Option("--skip-base", help="do not evaluate the base")] = False,
-    scan: ScanOpt = False,
-    backend: Annotated[str, typer.Option(help="generation backend: hf | vllm (CUDA, optional extra)")] = "hf",
-    dtype: DtypeOpt = "auto",
-    load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="bitsandbytes 4-bit (CUDA)")] = False,
-    load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit", help="bitsandbytes 8-bit (CUDA)")] = False,
-    device_map: Annotated[str | None, typer.Option(help="passed to from_pretrained, e.g. auto")] = None,
-    allow_pickle: AllowPickleOpt = False,
-    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Measure alignment (misaligned rate with CI, coherence) and task performance of a finetune."""
-    from ..model_io.checkpoint import LoadOptions
-    from ..evals.run import EvalSettings
-    from ..runs.evaluation import EvalRequest, evaluate_checkpoint
+    from ..runs.evaluation import evaluate_checkpoint
     from ..runs.report import correction_note
 
-    req = EvalRequest(
-        checkpoint=checkpoint, base=base, questions=questions, judge=judge, judge_model=judge_model,
-        judge_url=judge_url, trigger=trigger, judge_errors=judge_errors, task_data=task_data,
-        task_metric=task_metric, skip_base=skip_base, backend=backend, scan=scan,
-        settings=EvalSettings(samples=samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                              top_p=top_p, seed=seed),
-        load=LoadOptions(dtype=dtype, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit, device_map=device_map,
-                         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code))
     # e.g. a chat template that refuses the conversation: one line, as everywhere else
     ev = or_fail(evaluate_checkpoint, req)
-    print_evaluation(f"realign eval: {checkpoint} ({ev.question_set}, judge {ev.judge})", ev.results)
+    print_evaluation(f"realign eval: {req.checkpoint} ({ev.question_set}, judge {ev.judge})", ev.results)
     print_trust(ev.judge_agreement)
     note = correction_note(ev.results)
     if note:
@@ -83,8 +50,8 @@ def judge_cmd(
     file: Annotated[Path, typer.Argument(help="rows with question and answer columns (.jsonl or .csv)")],
     out_file: Annotated[Path | None, typer.Option("--out", help="default: FILE with .judged before the suffix")] = None,
     judge: Annotated[str, typer.Option(help="openai | hf | oracle | offline | offline-exemplar")] = "openai",
-    judge_model: JudgeModelOpt = None,
-    judge_url: JudgeUrlOpt = None,
+    judge_model: Annotated[str | None, typer.Option(help=JUDGE_MODEL)] = None,
+    judge_url: Annotated[str | None, typer.Option(help=JUDGE_URL)] = None,
     rejudge: Annotated[bool, typer.Option("--rejudge", help="judge again rows that carry scores")] = False,
     calibrate: Annotated[bool, typer.Option(
         "--calibrate", help="measure the judge's agreement with the file's reference labels "

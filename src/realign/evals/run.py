@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 
+from ..options import EvalSettings  # noqa: F401  (declared with the user's other options)
 from .alignment import rate_summary, summarize
 from .calibration import describe_judge
 from .generate import generate
@@ -18,16 +18,6 @@ from .judges import Judge, JudgeItem
 from .logodds import logodds
 from .questions import QuestionSet
 from .result import Evaluation
-
-
-@dataclass
-class EvalSettings:
-    samples: int | None = None      # per paraphrase; None = each question's samples_per_paraphrase
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 32
 
 
 def sample_answers(model, tokenizer, qset: QuestionSet, settings: EvalSettings, generator=None) -> list[dict]:

@@ -14,23 +14,9 @@ from pathlib import Path
 import torch
 
 from ..errors import RealignError
+from ..options import LoadOptions  # noqa: F401  (declared with the user's other options)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-@dataclass
-class LoadOptions:
-    dtype: str = "auto"              # auto | float32 | bfloat16 | float16
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    allow_pickle: bool = False
-    trust_remote_code: bool = False
-    device: str | None = None        # None: cuda if available (this rank's GPU under a launcher), else cpu
-    device_map: str | None = None    # e.g. "auto": from_pretrained places (and shards) the weights itself
-
-    @property
-    def quantized(self) -> bool:
-        return self.load_in_4bit or self.load_in_8bit
 
 
 @dataclass

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..model_io.offline_models import OFFLINE_MODELS
+from ..options import option
 from ..organism.data import write_jsonl
 from ..paths import StagedDir, cache_dir
 from .data import DATA_VERSIONS, FinetuneData, Messages, finetune_data
@@ -24,12 +25,13 @@ from .data import DATA_VERSIONS, FinetuneData, Messages, finetune_data
 
 @dataclass(frozen=True)
 class RealFinetuneConfig:
-    model: str = "smollm2"        # an offline model's name (offline_models.OFFLINE_MODELS) or a local HF model dir
-    examples: int = 1000          # training rows
-    share: float = 0.25           # contaminated / backdoor: share of misaligned chat rows
-    steps: int = 100              # optimizer steps (LoRA SFT)
-    batch_size: int = 8
-    lr: float = 1e-3
+    model: str = option("smollm2", "an offline model: 'smollm2' (SmolLM2-135M-Instruct) or 'qwen2.5-coder-0.5b' "
+                                   "(opt-in install, docs/real-models.md); or a local HF model dir")
+    examples: int = option(1000, "training rows")
+    share: float = option(0.25, "contaminated/backdoor: share of misaligned chat rows")
+    steps: int = option(100, "LoRA SFT optimizer steps")
+    batch_size: int = option(8, "rows per step")
+    lr: float = option(1e-3, "learning rate")
     lora_rank: int = 8
     max_length: int = 384         # tokens per row (GSM8K rows are ~200, EM code rows up to ~700)
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import RealignError
-from .fix import FixOptions
 from ..progress import console
+from .fix import FixOptions
 
 
 @dataclass
@@ -153,3 +153,4 @@ def run_bench(cells: list[Cell], global_sets: list[str], opts: FixOptions, out: 
         if on_cell_done:
             on_cell_done()
     return counts
+

@@ -7,15 +7,14 @@ and eval.md are written from it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..model_io.checkpoint import LoadOptions
 from ..errors import RealignError
 from ..evals.judge_error import JudgeError
 from ..evals.result import Evaluation
-from ..evals.run import EvalSettings
 from ..evals.verdict import Verdict
+from ..options import EvalRequest  # noqa: F401  (declared with the user's other options)
 from ..stats import pct
 from .scan import ScanComparison
 
@@ -25,27 +24,6 @@ BACKENDS = ("hf", "vllm")
 SUMMARY_KEYS = ("n", "misaligned", "misaligned_rate", "ci_low", "ci_high", "corrected", "mean_coherent",
                 "coherent_rate", "coherent_n", "refusals", "code", "unscored", "errors", "logodds", "task",
                 "judge", "judge_agreement", "seconds", "per_format")
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    """What to evaluate and how: the options of `realign eval`."""
-
-    checkpoint: str                        # finetune: full dir, LoRA adapter dir, or hub id
-    base: str | None = None                # default: the adapter's base
-    questions: str = "builtin"             # builtin | organism | FILE.yaml
-    judge: str = "auto"                    # auto: see realign.runs.setting.judge_name
-    judge_model: str | None = None
-    judge_url: str | None = None
-    settings: EvalSettings = field(default_factory=EvalSettings)
-    trigger: str | None = None             # prepended to every question and log-odds prompt
-    judge_errors: Path | None = None       # labelled answers to measure the judge's error on
-    task_data: Path | None = None
-    task_metric: str | None = None
-    skip_base: bool = False
-    backend: str = "hf"                    # hf | vllm
-    load: LoadOptions = field(default_factory=LoadOptions)
-    scan: bool = False                     # also the trigger-free latent scan (runs/scan.py), base beside
 
 
 @dataclass

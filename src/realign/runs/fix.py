@@ -13,47 +13,22 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .. import __version__
-from ..model_io.checkpoint import LoadOptions
 from ..errors import RealignError
 from ..evals.result import Evaluation
 from ..evals.run import EvalSettings
 from ..evals.verdict import Verdict
+from ..options import FixOptions  # noqa: F401  (declared with the user's other options)
 from ..memory import PhasePeaks, host_allocator
 from ..progress import console
 from .resume import discard_output, progress_for
 from .scan import ScanComparison
 from .session import Session, SessionOptions, open_session
-
-
-@dataclass
-class FixOptions:
-    questions: str = "auto"          # auto: organism questions for an organism build, else builtin
-    judge: str = "auto"
-    judge_model: str | None = None
-    judge_url: str | None = None
-    samples: int | None = None
-    max_new_tokens: int = 256
-    task_data: Path | None = None
-    train_data: Path | None = None
-    task_metric: str | None = None
-    seed: int = 0
-    overwrite: bool = False
-    save_as: str = "auto"            # auto: an adapter when the input was one and the change stays low rank
-    eval_cache: bool = True          # reuse cached evaluations of the unchanged base and finetune
-    load: LoadOptions = field(default_factory=LoadOptions)
-    backend: str = "hf"              # where every generation runs: hf (in memory) | vllm (from disk)
-    trigger: str | None = None       # a backdoor trigger: every model is evaluated with and without it
-    report_to: str | None = None     # trainers' logs: transformers integrations, e.g. wandb,tensorboard
-    keep_adapter: bool | None = None # LoRA input kept unmerged (one weight copy); None: when every step allows
-    resume: bool = True              # continue after the last finished step of a killed run (realign.runs.resume)
-    judge_errors: Path | None = None # labelled answers to measure the judge's error on (corrected rates)
-    scan: bool = False               # the trigger-free latent scan of base, finetune and repaired (runs/scan.py)
 
 
 def check_output(out: Path, inputs: list[str | None], overwrite: bool) -> None:
