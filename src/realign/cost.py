@@ -352,7 +352,7 @@ def _activations(cm: CostModel, key: str, p: dict, m: ModelShape, dtype: str) ->
         seqs, tokens = 2 * pairs, st["dpo_sequence_tokens"]
     elif key == "mix":
         batch = int(p.get("batch_size", 32))
-        seqs, tokens = min(int(p.get("micro_batch_size", 8)), batch), st["mix_sequence_tokens"]
+        seqs, tokens = min(int(p.get("micro_batch_size", 2)), batch), st["mix_sequence_tokens"]
     else:
         return 0.0, 0.0
     n = seqs * tokens * cm.activation_scale

@@ -41,7 +41,10 @@ class MixParams:
     steps: int = 150
     lr: float = 1e-3
     batch_size: int = 32
-    micro_batch_size: int = 8       # examples per forward pass (the rest by gradient accumulation)
+    # examples per forward pass (the rest by gradient accumulation): memory follows it, the gradient does
+    # not. On SmolLM2/CPU 2 peaks at 2.4 GB where 8 took 4.0 (mmap threshold fixed; docs/repairs.md), at
+    # the same loss and speed; on a GPU with room a larger one is faster
+    micro_batch_size: int = 2
     gradient_checkpointing: bool | str = "auto"   # recompute activations in backward; auto: models >= 50M params
     bf16: bool | str = "auto"        # matmuls in bf16 (autocast); auto: on a GPU that supports it
     rank: int = 8
