@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 def option(default: Any, help: str, *flags: str, argument: bool = False) -> Any:
@@ -45,6 +45,8 @@ BACKEND = ("where every generation runs: hf (in memory) | vllm (CUDA, optional e
 class LoadOptions:
     """How base and finetune are loaded."""
 
+    panel: ClassVar[str] = "loading the models"      # where --help lists these options
+
     dtype: str = option("auto", "auto | float32 | bfloat16 | float16")
     load_in_4bit: bool = option(False, "bitsandbytes 4-bit (CUDA): dpo/mix train a LoRA on it (QLoRA); "
                                        "merge/freeze/steer need bf16")
@@ -65,6 +67,8 @@ class LoadOptions:
 class EvalSettings:
     """How answers are sampled."""
 
+    panel: ClassVar[str] = "sampling"      # where --help lists these options
+
     samples: int | None = option(None, SAMPLES)   # None: each question's samples_per_paraphrase
     max_new_tokens: int = option(256, MAX_NEW_TOKENS)
     temperature: float = option(1.0, "sampling temperature (0: greedy)")
@@ -76,6 +80,8 @@ class EvalSettings:
 @dataclass(frozen=True)
 class EvalRequest:
     """What to evaluate and how: the options of `realign eval`."""
+
+    panel: ClassVar[str] = "evaluation"      # where --help lists these options
 
     checkpoint: str = option(MISSING, "finetune: full HF dir, LoRA adapter dir, or hub id", argument=True)
     base: str | None = option(None, "base model (default: the adapter's base)")
@@ -97,6 +103,8 @@ class EvalRequest:
 @dataclass
 class FixOptions:
     """How `realign fix` evaluates, repairs and writes (and every cell of `realign bench`)."""
+
+    panel: ClassVar[str] = "evaluation and repair"      # where --help lists these options
 
     questions: str = option("auto", "auto (organism questions for an organism build, else builtin) | builtin | "
                                     "organism | FILE.yaml")
@@ -135,6 +143,8 @@ class FixOptions:
 @dataclass
 class BenchOptions:
     """What `realign bench` compares and where its cells run (each cell a `fix` with FixOptions)."""
+
+    panel: ClassVar[str] = "the bench"      # where --help lists these options
 
     recipes: str = option(MISSING, "comma-separated recipes (names or FILE.yaml), or all; one may carry its own "
                                    "overrides: merge@merge.alpha=0.6;merge.steps=3")

@@ -36,23 +36,23 @@ def _group(annotation) -> tuple[type | None, tuple[str, ...]]:
 
 
 def _option_fields(cls, omit: tuple[str, ...]):
-    """(field, its type) of every option `cls` offers, nested dataclasses' included."""
+    """(field, its type, its help panel) of every option `cls` offers, nested dataclasses' included."""
     hints = get_type_hints(cls, include_extras=True)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             yield from _option_fields(hints[f.name], omit)
         elif "help" in f.metadata and f.name not in omit:
-            yield f, hints[f.name]
+            yield f, hints[f.name], getattr(cls, "panel", None)
 
 
-def _parameter(f: dataclasses.Field, kind) -> inspect.Parameter:
+def _parameter(f: dataclasses.Field, kind, panel: str | None) -> inspect.Parameter:
     meta = f.metadata
     if meta["argument"]:
         info = typer.Argument(help=meta["help"])
     else:
         # a flag that is off unless given reads `--load-in-4bit`, not `--load-in-4bit/--no-load-in-4bit`
         flags = meta["flags"] or (("--" + f.name.replace("_", "-"),) if f.default is False else ())
-        info = typer.Option(*flags, help=meta["help"])
+        info = typer.Option(*flags, help=meta["help"], rich_help_panel=panel and f"Options: {panel}")
     default = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                              annotation=Annotated[kind, info])
@@ -80,7 +80,7 @@ def with_options(fn):
             params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name]))
             continue
         groups[p.name] = cls, omit
-        params += [_parameter(f, kind) for f, kind in _option_fields(cls, omit)]
+        params += [_parameter(*field) for field in _option_fields(cls, omit)]
     names = [p.name for p in params]
     clash = {n for n in names if names.count(n) > 1}
     if clash:                          # a programming error: two options would share a name
