@@ -24,7 +24,14 @@ def option(default: Any, help: str, *flags: str, argument: bool = False) -> Any:
     return field(default=default, metadata={"help": help, "flags": flags, "argument": argument})
 
 
-# help shared by eval's and fix's fields of the same name
+def comma_list(text: str) -> list[str]:
+    """An option of comma-separated names, e.g. --recipes merge,freeze+dpo."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+# help shared by eval's and fix's fields of the same name (and by the commands' own arguments)
+CHECKPOINT = "finetune: full HF dir, LoRA adapter dir, or hub id"
+BASE = "base model (default: the adapter's base)"
 JUDGE = "auto | openai | hf | oracle | offline | offline-fast | offline-exemplar (docs/judges.md)"
 JUDGE_MODEL = "judge model: name at the endpoint (openai) or local path / hub id (hf)"
 JUDGE_URL = "OpenAI-compatible base URL for --judge openai (default $OPENAI_BASE_URL)"
@@ -83,8 +90,8 @@ class EvalRequest:
 
     panel: ClassVar[str] = "evaluation"      # where --help lists these options
 
-    checkpoint: str = option(MISSING, "finetune: full HF dir, LoRA adapter dir, or hub id", argument=True)
-    base: str | None = option(None, "base model (default: the adapter's base)")
+    checkpoint: str = option(MISSING, CHECKPOINT, argument=True)
+    base: str | None = option(None, BASE)
     questions: str = option("builtin", "builtin | organism | FILE.yaml (EM-repo schema)")
     judge: str = option("auto", JUDGE)      # auto: see realign.runs.setting.judge_name
     judge_model: str | None = option(None, JUDGE_MODEL)

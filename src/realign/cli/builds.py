@@ -11,8 +11,9 @@ from typing import Annotated
 
 import typer
 
+from ..options import comma_list
 from ..real.build import RealFinetuneConfig
-from .common import comma_list, fail, or_fail, organism_app, out, real_app, seed_list, table
+from .common import fail, or_fail, organism_app, out, real_app, seed_list, table
 from .options import with_options
 
 SET_HELP = ("override a setting of the organism's configuration, key=value; dotted keys reach a stage "

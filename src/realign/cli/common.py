@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..errors import RealignError
 from ..evals.result import Evaluation
+from ..options import BASE, CHECKPOINT
 
 app = typer.Typer(help="Repair LLM finetunes that became misaligned.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -32,8 +33,8 @@ def _setup() -> None:
 
 
 # options of the commands' own (an option of the library's lives with its dataclass: realign.options)
-CheckpointArg = Annotated[str, typer.Argument(help="finetune: full HF dir, LoRA adapter dir, or hub id")]
-BaseOpt = Annotated[str | None, typer.Option(help="base model (default: the adapter's base)")]
+CheckpointArg = Annotated[str, typer.Argument(help=CHECKPOINT)]
+BaseOpt = Annotated[str | None, typer.Option(help=BASE)]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a parameter: step.param=value")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="write the summary JSON here")]
 
@@ -52,11 +53,6 @@ def or_fail(fn, *args, errors: tuple[type[Exception], ...] = (RealignError,), hi
         return fn(*args, **kwargs)
     except errors as e:
         fail(f"{e}" + (f"; {hint}" if hint else ""))
-
-
-def comma_list(text: str) -> list[str]:
-    """An option of comma-separated names."""
-    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def seed_list(seeds: str) -> list[int]:

@@ -35,13 +35,18 @@ def _group(annotation) -> tuple[type | None, tuple[str, ...]]:
     return (annotation, omit) if dataclasses.is_dataclass(annotation) else (None, ())
 
 
+def _offered(f: dataclasses.Field, omit: tuple[str, ...]) -> bool:
+    """A field the command offers as an option: made with realign.options.option, and not omitted."""
+    return "help" in f.metadata and f.name not in omit
+
+
 def _option_fields(cls, omit: tuple[str, ...]):
     """(field, its type, its help panel) of every option `cls` offers, nested dataclasses' included."""
     hints = get_type_hints(cls, include_extras=True)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             yield from _option_fields(hints[f.name], omit)
-        elif "help" in f.metadata and f.name not in omit:
+        elif _offered(f, omit):
             yield f, hints[f.name], getattr(cls, "panel", None)
 
 
@@ -65,7 +70,7 @@ def _build(cls, given: dict, omit: tuple[str, ...]):
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             values[f.name] = _build(hints[f.name], given, omit)
-        elif "help" in f.metadata and f.name not in omit:
+        elif _offered(f, omit):
             values[f.name] = given.pop(f.name)
     return cls(**values)
 

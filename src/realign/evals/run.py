@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from ..options import EvalSettings  # noqa: F401  (declared with the user's other options)
+from ..options import EvalSettings  # declared in realign.options, with the user's other options
 from .alignment import rate_summary, summarize
 from .calibration import describe_judge
 from .generate import generate

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RealignError
-from ..options import LoadOptions  # noqa: F401  (declared with the user's other options)
+from ..options import LoadOptions  # declared in realign.options, with the user's other options
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

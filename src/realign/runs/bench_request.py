@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import RealignError
-from ..options import BenchOptions, FixOptions
+from ..options import BenchOptions, FixOptions, comma_list
 from ..recipe import available_recipes
 from .bench import organism_finetunes, plan, run_bench, user_finetunes
 from .leaderboard import write_leaderboard
@@ -22,7 +22,7 @@ def bench(req: BenchOptions, global_sets: list[str], opts: FixOptions, out: Path
         raise RealignError("give --finetune (one or more) or --organism, not both or neither")
     if req.seeds < 1:
         raise RealignError("--seeds must be at least 1")
-    names = [n.strip() for n in req.recipes.split(",") if n.strip()]
+    names = comma_list(req.recipes)
     names = list(available_recipes()) if names == ["all"] else names
     if not names:
         raise RealignError("--recipes is empty; give e.g. --recipes merge,freeze+dpo")
@@ -31,8 +31,7 @@ def bench(req: BenchOptions, global_sets: list[str], opts: FixOptions, out: Path
         settings = WorkerSettings(req.workers, req.cluster, parse_params(req.cluster_set or []))
         settings.validate()
     if req.organism:
-        fts = organism_finetunes([n.strip() for n in req.organism_finetunes.split(",") if n.strip()],
-                                 req.organism_dir, req.organism_size)
+        fts = organism_finetunes(comma_list(req.organism_finetunes), req.organism_dir, req.organism_size)
     else:
         fts = user_finetunes(req.finetune, req.base)
     cells = plan(fts, names, list(range(req.seeds)), out)

@@ -14,7 +14,7 @@ from ..errors import RealignError
 from ..evals.judge_error import JudgeError
 from ..evals.result import Evaluation
 from ..evals.verdict import Verdict
-from ..options import EvalRequest  # noqa: F401  (declared with the user's other options)
+from ..options import EvalRequest  # declared in realign.options, with the user's other options
 from ..stats import pct
 from .scan import ScanComparison
 

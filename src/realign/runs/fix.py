@@ -23,7 +23,7 @@ from ..errors import RealignError
 from ..evals.result import Evaluation
 from ..evals.run import EvalSettings
 from ..evals.verdict import Verdict
-from ..options import FixOptions  # noqa: F401  (declared with the user's other options)
+from ..options import FixOptions  # declared in realign.options, with the user's other options
 from ..memory import PhasePeaks, host_allocator
 from ..progress import console
 from .resume import discard_output, progress_for
