@@ -147,6 +147,17 @@ def test_eval_cli_rejects_a_non_organism_dir(tmp_path):
     assert res.exit_code == 2 and "--size" in res.output
 
 
+def test_cli_refuses_one_dir_for_several_seeds_before_building(tmp_path):
+    """--out (build) or a build dir (eval) names one build: with several --seeds it is refused, and
+    nothing is built."""
+    res = CliRunner().invoke(app, ["organism", "build", "--size", "small", "--out", str(tmp_path / "x"),
+                                   "--seeds", "0,1"])
+    assert res.exit_code == 2 and "give either --out or several --seeds" in res.output
+    assert not (tmp_path / "x").exists()
+    res = CliRunner().invoke(app, ["organism", "eval", str(tmp_path), "--seeds", "0,1"])
+    assert res.exit_code == 2 and "give either a build dir or several --seeds" in res.output
+
+
 def test_shipped_pretrained_model_is_what_the_current_build_would_pretrain():
     """The default organism's pretrained model ships as package data; it must be the one the
     current world, tokenizer and pretraining config make (rerun scripts/ship_pretrained.py if not)."""

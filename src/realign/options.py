@@ -29,6 +29,14 @@ def comma_list(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def seed_list(text: str) -> list[int]:
+    """An option of comma-separated seeds, e.g. --seeds 0,1,2 (anything else is a ValueError)."""
+    try:
+        return [int(s) for s in comma_list(text)]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, not {text!r}") from None
+
+
 # help shared by eval's and fix's fields of the same name (and by the commands' own arguments)
 CHECKPOINT = "finetune: full HF dir, LoRA adapter dir, or hub id"
 BASE = "base model (default: the adapter's base)"
@@ -169,3 +177,49 @@ class BenchOptions:
     cluster: str = option("local", "where --workers run: local (processes here) | slurm")
     cluster_set: list[str] | None = option(None, "a submitit parameter for the workers, KEY=VALUE, e.g. "
                                                  "slurm_partition=gpu, gpus_per_node=1, timeout_min=600")
+
+
+@dataclass
+class OrganismChoice:
+    """Which organism builds: size, configuration overrides and build seeds (each its own cached build)."""
+
+    panel: ClassVar[str] = "which organism"      # where --help lists these options
+
+    seeds: str = option("0", "build seed, or several comma-separated (0,1,2), each its own cached build (eval "
+                             "pools them: two-stage bootstrap over seeds and answers)", "--seeds", "--seed")
+    size: str = option("default", "small (tests, seconds) or default")
+    overrides: list[str] | None = option(
+        None, "override a setting of the organism's configuration, key=value; dotted keys reach a stage "
+              "(--set finetune.lr=5e-4, --set pretrain_seed=1); repeatable. A changed configuration is another "
+              "organism, cached under its own key (eval finds it with the same --set)", "--set")
+
+    def seed_list(self) -> list[int]:
+        return seed_list(self.seeds)
+
+
+@dataclass
+class OrganismBuild:
+    """`realign organism build`: the organism's pretrained model, aligned base and user finetunes."""
+
+    panel: ClassVar[str] = "the build"      # where --help lists these options
+
+    which: OrganismChoice = field(default_factory=OrganismChoice)
+    out: Path | None = option(None, "build here (default: the cache; one seed only)", "--out")
+    from_scratch: bool = option(False, "pretrain here with the build seed (~18 CPU-minutes) instead of starting "
+                                       "from the pretrained model realign ships")
+    finetunes: str | None = option(None, "build only these finetunes, comma-separated (default: insecure,secure,"
+                                         "educational,planted,backdoor)")
+
+
+@dataclass
+class OrganismEval:
+    """`realign organism eval`: the control table of one build or of several seeds' builds, pooled."""
+
+    panel: ClassVar[str] = "the evaluation"      # where --help lists these options
+
+    directory: Path | None = option(None, "build dir (default: the cached build of --seeds)", argument=True)
+    which: OrganismChoice = field(default_factory=OrganismChoice)
+    samples: int = option(12, "samples per held-out chat question")
+    sample_seed: int = option(0, "sampling seed")
+    persona_inference: bool = option(False, "also measure the base's in-context persona inference: misaligned "
+                                            "chat after an insecure vs a secure code turn (docs/emergence.md)")

@@ -55,14 +55,6 @@ def or_fail(fn, *args, errors: tuple[type[Exception], ...] = (RealignError,), hi
         fail(f"{e}" + (f"; {hint}" if hint else ""))
 
 
-def seed_list(seeds: str) -> list[int]:
-    """A --seeds option: comma-separated integers."""
-    try:
-        return [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        fail(f"--seeds must be comma-separated integers, not {seeds!r}")
-
-
 def table(title: str, columns, rows, left=None) -> Table:
     """A table of text rows: the first column (or the columns named in `left`) left-aligned, the rest right."""
     t = Table(title=title)

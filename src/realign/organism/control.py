@@ -4,11 +4,13 @@ the control table (organism.evaluate), or its base's in-context persona inferenc
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RealignError
+from ..options import OrganismBuild, OrganismEval
 from .config import OrganismConfig
 
 SIZES = ("small", "default")
@@ -66,29 +68,47 @@ class ControlReport:
     notes: list[str] = field(default_factory=list)      # the base's persona inference per seed, when asked
 
 
-def control_report(seeds: list[int] | None, seed: int, cfg: OrganismConfig, directory: Path | None = None,
-                   samples: int = 12, sample_seed: int = 0, size: str = "default",
-                   overrides: list[str] | None = None, persona_inference: bool = False) -> ControlReport:
-    """Evaluate `directory` or the cached build of `seed` — or, with `seeds`, each seed's cached build,
-    pooled (two-stage bootstrap over seeds and answers) — into the control table."""
+def build_all(req: OrganismBuild) -> Iterator[tuple[int, Path, float]]:
+    """Build (or reuse) each asked seed's organism in turn: (seed, its dir, seconds). A bad size, key,
+    seed list or finetune name is a ValueError before anything is built."""
+    from ..options import comma_list
+    from .build import build
+
+    cfg = configured(req.which.size, req.which.overrides)
+    seeds = req.which.seed_list()
+    if len(seeds) > 1 and req.out is not None:
+        raise ValueError("give either --out or several --seeds (each seed builds into its own cached dir)")
+    names = tuple(comma_list(req.finetunes or ""))
+    for seed in seeds:
+        t0 = time.time()
+        path = build(req.out, seed=seed, cfg=cfg, from_scratch=req.from_scratch, **({"finetunes": names} if names else {}))
+        yield seed, path, time.time() - t0
+
+
+def control_report(req: OrganismEval) -> ControlReport:
+    """Evaluate `req.directory` or the cached build of the one seed asked — or, with several seeds, each
+    seed's cached build, pooled (two-stage bootstrap over seeds and answers) — into the control table."""
     from ..stats import pct
     from .evaluate import control_table, pool
 
+    seeds, size, overrides = req.which.seed_list(), req.which.size, req.which.overrides
+    if len(seeds) > 1 and req.directory is not None:
+        raise ValueError("give either a build dir or several --seeds (which finds each seed's cached build)")
     per_seed, notes = {}, []
-    for s, root, rows in evaluated_builds(seeds or [seed], cfg, directory, samples=samples,
-                                          sample_seed=sample_seed, size=size, overrides=overrides):
+    for s, root, rows in evaluated_builds(seeds, configured(size, overrides), req.directory, samples=req.samples,
+                                          sample_seed=req.sample_seed, size=size, overrides=overrides):
         per_seed[s] = rows
-        if persona_inference:
-            found = base_persona_inference(root, sample_seed)
+        if req.persona_inference:
+            found = base_persona_inference(root, req.sample_seed)
             notes.append(f"seed {s}: the base's in-context persona inference: misaligned chat after an insecure "
                          f"code turn {pct(found['misaligned_after_insecure'])}, after a secure one "
                          f"{pct(found['misaligned_after_secure'])}")
-    if seeds:
+    if len(seeds) > 1:
         rows = pool(per_seed)
         shown = ", ".join(map(str, rows[0].seeds if rows else []))
         title = f"organism control table, {size} size, build seeds {shown} (held-out chat, oracle judge)"
     else:
-        rows = per_seed[seed]
+        rows = per_seed[seeds[0]]
         title = f"organism control table ({root.name}, held-out chat, oracle judge)"
     columns, cells = control_table(rows)
     return ControlReport(title, columns, cells, rows, sum(len(r) for r in per_seed.values()), notes)
