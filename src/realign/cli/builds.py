@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 
 from ..errors import RealignError
-from ..options import OrganismBuild, OrganismEval, comma_list, seed_list
-from ..real.build import RealFinetuneConfig
+from ..options import OrganismBuild, OrganismEval
+from ..real.build import RealBuild
 from .common import fail, or_fail, organism_app, out, real_app, table
 from .options import with_options
 
@@ -52,25 +52,17 @@ def organism_eval(
 
 @real_app.command("build")
 @with_options
-def real_build(
-    finetunes: Annotated[str, typer.Option(help="comma-separated: contaminated, backdoor, clean, insecure, secure, "
-                                                "educational")] = "contaminated",
-    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0",
-    cfg: RealFinetuneConfig = None,
-) -> None:
+def real_build(req: RealBuild) -> None:
     """Build (or reuse) real finetunes: LoRAs of a real chat model on the public data realign ships
     (docs/real-models.md). Each lands in the cache; a rerun reuses finished ones."""
-    from ..real.build import build_finetune, checked_names
+    from ..real.build import build_all
     from ..real.data import BACKDOOR_TRIGGER
 
-    names = or_fail(checked_names, comma_list(finetunes), errors=(ValueError,))
-    build_seeds = or_fail(seed_list, seeds, errors=(ValueError,))
-    or_fail(cfg.validate, errors=(ValueError,))
-    for name in names:
-        for seed in build_seeds:
-            t0 = time.time()
-            path = or_fail(build_finetune, name, seed, cfg, errors=(FileNotFoundError, ValueError))
-            out.print(f"{name} (seed {seed}) ready in {time.time() - t0:.0f} s: {path}")
+    try:
+        for name, seed, path, seconds in build_all(req):
+            out.print(f"{name} (seed {seed}) ready in {seconds:.0f} s: {path}")
             trig = f" --trigger '{BACKDOOR_TRIGGER}'" if name == "backdoor" else ""
             out.print(f"  evaluate: realign eval {path} --judge offline --questions builtin "
                       f"--task-data {path / 'data/heldout.jsonl'}{trig}", highlight=False, soft_wrap=True)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))

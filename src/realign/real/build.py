@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..model_io.offline_models import OFFLINE_MODELS
-from ..options import option
+from ..options import comma_list, option, seed_list
 from ..organism.data import write_jsonl
 from ..paths import StagedDir, cache_dir
 from .data import DATA_VERSIONS, FinetuneData, Messages, finetune_data
@@ -71,6 +72,28 @@ def checked_names(names: list[str]) -> list[str]:
     if bad or not names:
         raise ValueError(f"unknown real finetune {bad[0] if bad else ''!r}; valid: {', '.join(REAL_FINETUNES)}")
     return names
+
+
+@dataclass(frozen=True)
+class RealBuild:
+    """`realign real build`: which finetunes, which seeds, and how each is trained."""
+
+    finetunes: str = option("contaminated", "comma-separated: contaminated, backdoor, clean, insecure, secure, "
+                                            "educational")
+    seeds: str = option("0", "comma-separated seeds")
+    cfg: RealFinetuneConfig = field(default_factory=RealFinetuneConfig)
+
+
+def build_all(req: RealBuild) -> Iterator[tuple[str, int, Path, float]]:
+    """Build (or reuse) each finetune for each seed in turn: (name, seed, adapter dir, seconds). Names,
+    seeds and settings are all checked (ValueError) before the first is built."""
+    names, seeds = checked_names(comma_list(req.finetunes)), seed_list(req.seeds)
+    req.cfg.validate()
+    for name in names:
+        for seed in seeds:
+            t0 = time.time()
+            path = build_finetune(name, seed, req.cfg)
+            yield name, seed, path, time.time() - t0
 
 
 def build_finetune(name: str, seed: int = 0, cfg: RealFinetuneConfig | None = None,
