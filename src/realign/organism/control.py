@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import RealignError
-from ..options import OrganismBuild, OrganismEval
+from ..options import OrganismBuild, OrganismEval, comma_list
 from .config import OrganismConfig
 
 SIZES = ("small", "default")
@@ -71,7 +71,6 @@ class ControlReport:
 def build_all(req: OrganismBuild) -> Iterator[tuple[int, Path, float]]:
     """Build (or reuse) each asked seed's organism in turn: (seed, its dir, seconds). A bad size, key,
     seed list or finetune name is a ValueError before anything is built."""
-    from ..options import comma_list
     from .build import build
 
     cfg = configured(req.which.size, req.which.overrides)
