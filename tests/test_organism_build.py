@@ -110,6 +110,8 @@ def test_eval_cli_pools_seeds_from_each_seeds_own_table(tmp_path):
         assert r["coherent_min"] == min(one["coherent_rate"], two["coherent_rate"])
     bad = run("--seeds", "0,x")
     assert bad.exit_code == 2 and "--seeds" in bad.output
+    empty = run("--seeds", "")
+    assert empty.exit_code == 2 and "--seeds must be comma-separated integers" in empty.output
 
 
 def test_build_cli_overrides_make_their_own_cached_organisms(tmp_path):

@@ -113,6 +113,7 @@ def test_cache_keys_of_finetunes_whose_data_did_not_change_are_kept():
 @pytest.mark.parametrize("args,message", [
     (["--finetunes", "nope"], "unknown real finetune 'nope'"),
     (["--seeds", "a,b"], "--seeds must be comma-separated integers"),
+    (["--seeds", ""], "--seeds must be comma-separated integers"),
     (["--share", "1.5"], "--share must be in (0, 1)"),
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--model", "/nonexistent/model"], "and not a model dir"),

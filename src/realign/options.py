@@ -30,11 +30,14 @@ def comma_list(text: str) -> list[str]:
 
 
 def seed_list(text: str) -> list[int]:
-    """An option of comma-separated seeds, e.g. --seeds 0,1,2 (anything else is a ValueError)."""
+    """An option of comma-separated seeds, e.g. --seeds 0,1,2 (anything else, or none, is a ValueError)."""
     try:
-        return [int(s) for s in comma_list(text)]
+        seeds = [int(s) for s in comma_list(text)]
     except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, not {text!r}") from None
+        seeds = []
+    if not seeds:
+        raise ValueError(f"--seeds must be comma-separated integers, not {text!r}")
+    return seeds
 
 
 # help shared by eval's and fix's fields of the same name (and by the commands' own arguments)
