@@ -53,7 +53,7 @@ def main() -> None:
         t0 = time.time()
         with tally() as passes:
             build_probes(state)
-        rows.append(("probes (once per finetune, cached by fix)", time.time() - t0, passes, None))
+        rows.append(("probes (once per finetune, cached by fix)", time.time() - t0, passes, None, None))
     repairs = load_all()
     for name in args.repairs:
         own = [o for o in args.overrides if o.split(".", 1)[0] == name]
@@ -66,14 +66,16 @@ def main() -> None:
         t0 = time.time()
         with peak_memory() as peak, tally() as passes:
             cls().apply(trial, params)
-        rows.append((" ".join([name, *own]), time.time() - t0, passes, peak))
+        curve = trial.history[-1].details.get("loss_curve") if trial.history else None
+        rows.append((" ".join([name, *own]), time.time() - t0, passes, peak, curve))
     where = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\n## Repair steps alone on {args.finetune.name}, on {where}")
-    print("| step | seconds | passes | peak RSS MB | peak CUDA MB |\n|---|---|---|---|---|")
-    for name, secs, passes, peak in rows:
+    print("| step | seconds | passes | peak RSS MB | peak CUDA MB | training loss (step: loss) |\n|---|---|---|---|---|---|")
+    for name, secs, passes, peak, curve in rows:
         mem = f"{peak['rss']:.0f}" if peak else "—"
         cuda = f"{peak['cuda']:.0f}" if peak and peak.get("cuda") is not None else "—"
-        print(f"| {name} | {secs:.1f} | {', '.join(f'{k} {v}' for k, v in passes.items())} | {mem} | {cuda} |")
+        losses = ", ".join(f"{step}: {loss}" for step, loss in curve) if curve else "—"
+        print(f"| {name} | {secs:.1f} | {', '.join(f'{k} {v}' for k, v in passes.items())} | {mem} | {cuda} | {losses} |")
 
 
 if __name__ == "__main__":

@@ -217,6 +217,9 @@ def test_mix_with_kl_anchor_trains_and_records_it(trio):
                                       {"role": "assistant", "content": "x + 1"}]] * 8)
     st = _train_step("mix", st, steps=2, batch_size=2, audit="off", aligned_share=0.0, kl=1.0)
     assert st.history[-1].details["kl"] == 1.0 and not same_weights(st.model, base)
+    # the loss as logged at every step (2 steps: logging every step), kept for comparing runs
+    curve = st.history[-1].details["loss_curve"]
+    assert [step for step, _ in curve] == [1, 2] and all(loss > 0 for _, loss in curve)
 
 
 def test_mix_trains_in_the_finetunes_module_as_it_would_on_a_copy_of_the_base(trio, monkeypatch):
@@ -617,6 +620,9 @@ def test_dpo_micro_batches_and_precomputed_reference_train_as_one_batch(trio):
         return _train_step("dpo", st, steps=2, batch_size=batch_size, lr=1e-2, sft_weight=0.0, task_anchors=0,
                            **params).model.state_dict()
 
+    st = _train_step("dpo", _state(base, ft, tok, probes=copy.deepcopy(probes)), steps=2, batch_size=4,
+                     lr=1e-2, task_anchors=0)
+    assert [step for step, _ in st.history[-1].details["loss_curve"]] == [1, 2]   # logged every step
     whole = one_step(micro_batch_size=4, precompute_reference=False)
     split = one_step(micro_batch_size=1, precompute_reference=True)
     one_pair = one_step(batch_size=1, micro_batch_size=1)      # what dropping the accumulation would do

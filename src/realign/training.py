@@ -192,6 +192,14 @@ class Reporting:
                 os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
 
 
+def loss_curve(trainer) -> list[list[float]]:
+    """[[step, loss], …] as the trainer logged it (every `logging_steps`): the curve realign.json keeps,
+    so two runs of a step (another micro-batch size, another machine) can be compared, not only
+    their last loss."""
+    return [[entry["step"], round(float(entry["loss"]), 4)] for entry in trainer.state.log_history
+            if "loss" in entry and "step" in entry]
+
+
 def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, *,
         peft_config=None, description: str = "sft", callbacks: list | None = None, prepare=None,
         kl_anchors: list[Messages] | None = None, kl_weight: float = 0.0, info: dict | None = None,
@@ -243,6 +251,7 @@ def sft(model, tokenizer, conversations: list[Messages], settings: SFTSettings, 
         model, sharding = trained_model(trainer)
         if info is not None:
             info.update(processes=trainer.args.world_size, final_loss=round(float(result.training_loss), 4),
+                        loss_curve=loss_curve(trainer),
                         gradient_checkpointing=trainer.args.gradient_checkpointing, bf16=trainer.args.bf16,
                         **sharding)
         return model

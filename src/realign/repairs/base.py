@@ -43,6 +43,13 @@ class StepRecord:
     details: dict = field(default_factory=dict)
     passes: dict | None = None
 
+    # long details (a search's every point, the logged loss at every step) that realign.json keeps
+    # and the short listings (report.md, the model card) leave out
+    LONG: ClassVar[tuple[str, ...]] = ("search", "loss_curve")
+
+    def short_details(self) -> dict:
+        return {k: v for k, v in self.details.items() if k not in self.LONG}
+
     @property
     def skipped(self) -> str | None:
         """Why the step left the model as it was, if it did."""

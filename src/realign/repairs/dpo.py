@@ -71,7 +71,7 @@ class DPO:
 
         from ..distributed import from_main, is_distributed, trained_model
         from ..progress import RichProgressCallback, drop_printer
-        from ..training import Reporting, batching_kwargs, device_kwargs
+        from ..training import Reporting, batching_kwargs, device_kwargs, loss_curve
 
         p.validate()
         build_probes(state, samples=p.samples)   # on every rank (it broadcasts)
@@ -112,7 +112,8 @@ class DPO:
             state.model = trained.merge_and_unload()
         state.model.eval()
         state.record(self.name, pairs=n_align, task_anchors=len(rows) - n_align, steps=p.steps, lr=p.lr,
-                     final_loss=round(float(out.training_loss), 4), processes=args.world_size,
+                     final_loss=round(float(out.training_loss), 4), loss_curve=loss_curve(trainer),
+                     processes=args.world_size,
                      gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16,
                      **sharding)
         return state

@@ -155,6 +155,7 @@ class Mix:
         state.record(self.name, examples=len(state.train_conversations), **info,
                      kl=p.kl if anchors else 0.0, steps=p.steps, processes=trained_on["processes"],
                      gradient_checkpointing=trained_on["gradient_checkpointing"], bf16=trained_on["bf16"],
+                     final_loss=trained_on["final_loss"], loss_curve=trained_on["loss_curve"],
                      trained_in="the finetune's module" if in_place else "a copy of the base",
                      **{k: trained_on[k] for k in ("sharding", "sharded_fraction") if k in trained_on})
         return state

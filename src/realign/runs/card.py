@@ -70,8 +70,7 @@ def _verdict(meta: dict) -> list[str]:
 def _steps(meta: dict) -> list[str]:
     lines = []
     for rec in map(StepRecord.from_json, meta.get("history", [])):
-        # searches and per-pass records are long; realign.json keeps them
-        info = ", ".join(f"{k}={v}" for k, v in rec.details.items() if k != "search" and v is not None)
+        info = ", ".join(f"{k}={v}" for k, v in rec.short_details().items() if v is not None)
         lines.append(f"- **{rec.step}**: {info}")
     return lines
 

@@ -109,7 +109,7 @@ def markdown(meta: dict, results: dict[str, Evaluation]) -> str:
         lines += ["", f"Judge: `{trust['judge']}` — {trust['note']}."]
     lines += ["", "Steps:", ""]
     for rec in map(StepRecord.from_json, meta.get("history", [])):
-        shown = {k: v for k, v in rec.details.items() if k != "search"}   # searches are long
+        shown = rec.short_details()
         if rec.passes is not None:
             shown["passes"] = rec.passes
         lines.append(f"- **{rec.step}** {shown}")
