@@ -48,16 +48,44 @@ def batching_kwargs(model, batch_size: int, micro_batch_size: int | None,
     micro = min(micro_batch_size or batch_size, batch_size)   # a micro-batch never exceeds the batch
     if micro < 1 or batch_size % micro:
         raise ValueError(f"micro_batch_size must divide batch_size ({batch_size}), not {micro}")
-    if gradient_checkpointing == "auto":
-        gradient_checkpointing = sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_FROM_PARAMS
-    elif not isinstance(gradient_checkpointing, bool):
-        raise ValueError(f"gradient_checkpointing must be true, false or auto, not {gradient_checkpointing!r}")
+    gradient_checkpointing = checkpointing_wanted(model, gradient_checkpointing)
     # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns)
     name = "activation" if "activation_checkpointing" in _training_argument_names() else "gradient"
     return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": batch_size // micro,
             f"{name}_checkpointing": gradient_checkpointing,
             # non-reentrant: works with frozen inputs (LoRA on a frozen model) without hooks on the embeddings
             f"{name}_checkpointing_kwargs": {"use_reentrant": False} if gradient_checkpointing else None}
+
+
+def checkpointing_wanted(model, setting: bool | str) -> bool:
+    """Whether to recompute activations in the backward pass: `"auto"` turns it on for models of
+    50M parameters and more, where activations outweigh the weights."""
+    if setting == "auto":
+        return sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_FROM_PARAMS
+    if not isinstance(setting, bool):
+        raise ValueError(f"gradient_checkpointing must be true, false or auto, not {setting!r}")
+    return setting
+
+
+@contextmanager
+def activation_checkpointing(model, setting: bool | str) -> Iterator[bool]:
+    """For a training loop of realign's own (harden): while open, the model's decoder layers keep only
+    their inputs for the backward pass and recompute the rest (transformers' checkpointing, which
+    acts in training mode only; non-reentrant, so gradients reach tensors a forward hook adds, such
+    as harden's perturbation). Yields whether it is on; leaves the model as it found it."""
+    on = checkpointing_wanted(model, setting)
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old names warn)
+    name = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
+    if not on or getattr(model, f"is_{name}_checkpointing", False):
+        yield on
+        return
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it; set it to false")
+    getattr(model, f"{name}_checkpointing_enable")(**{f"{name}_checkpointing_kwargs": {"use_reentrant": False}})
+    try:
+        yield True
+    finally:
+        getattr(model, f"{name}_checkpointing_disable")()
 
 
 @functools.cache

@@ -63,6 +63,7 @@ class HardenParams:
     rank: int = 8
     batch_size: int = 8         # preference pairs per step (and task examples per step)
     micro_batch_size: int = MICRO_BATCH   # pairs (and task examples) per forward pass: bounds activations and logits
+    gradient_checkpointing: bool | str = "auto"   # recompute activations in the training loop's backward; auto: models >= 50M params
     clean_share: float = 0.5    # share of each batch trained without δ (the clean model must stay right too)
     beta: float = 2.0           # preference loss: -log σ(β · (mean token log-prob aligned − misaligned))
     sft_weight: float = 1.0     # SFT term on the aligned answers (keeps them likely, not just preferred)
@@ -97,6 +98,8 @@ class HardenParams:
             raise ValueError("harden.beta must be > 0, harden.sft_weight and harden.task_weight >= 0")
         if self.pairs not in PAIR_SOURCES:
             raise ValueError(f"harden.pairs must be one of {', '.join(PAIR_SOURCES)}, not {self.pairs!r}")
+        if self.gradient_checkpointing not in (True, False, "auto"):
+            raise ValueError(f"harden.gradient_checkpointing must be true, false or auto, not {self.gradient_checkpointing!r}")
         if self.positions not in POSITIONS:
             raise ValueError(f"harden.positions must be one of {', '.join(POSITIONS)}, not {self.positions!r}")
 
@@ -400,6 +403,7 @@ def harden_lora(state: RepairState, triples: list, task: list, layers: list[int]
     from peft import get_peft_model
 
     from ..progress import progress_bar
+    from ..training import activation_checkpointing
 
     pad = state.tokenizer.pad_token_id or 0
     rng = random.Random(state.seed)
@@ -412,7 +416,9 @@ def harden_lora(state: RepairState, triples: list, task: list, layers: list[int]
     found = Perturbation(zero_deltas(model, layers), float(p.epsilon), p.positions == "prompt")
     model.train()
     log = []
-    with progress_bar("harden: adversary + LoRA steps", int(p.steps)) as tick:
+    # the adversary's and the LoRA's backward passes both run in training mode: both recompute
+    with activation_checkpointing(model, p.gradient_checkpointing), \
+            progress_bar("harden: adversary + LoRA steps", int(p.steps)) as tick:
         for _ in range(int(p.steps)):
             batch = rng.sample(triples, min(int(p.batch_size), len(triples)))
             margin = attack(model, batch, pad, found, int(p.inner_steps), float(p.inner_lr), int(p.micro_batch_size))
@@ -473,6 +479,9 @@ class Harden:
                                  "nothing to harden against (without harden.skip_if_robust=true it trains anyway)")
             return state
         task, task_source = task_pairs(state) if float(p.task_weight) > 0 else ([], None)
+        from ..training import checkpointing_wanted
+
+        checkpointed = checkpointing_wanted(state.model, p.gradient_checkpointing)
         log = harden_lora(state, triples, task, layers, p)
         after = adversary_success(state.model, probe, pad, layers, **measure)
         tail = log[-max(1, len(log) // 10):]          # the last tenth: steadier than one batch
@@ -480,7 +489,8 @@ class Harden:
                      epsilon=eps, positions=p.positions, steps=int(p.steps), inner_steps=int(p.inner_steps),
                      pairs=counts, task_data=task_source,
                      final_losses=_rounded({k: sum(r[k] for r in tail) / len(tail) for k in log[0]}),
-                     adversary_before=_rounded(before), adversary_after=_rounded(after))
+                     adversary_before=_rounded(before), adversary_after=_rounded(after),
+                     gradient_checkpointing=checkpointed)
         return state
 
 
