@@ -110,3 +110,29 @@ def test_mix_activation_memory_follows_micro_batch_and_checkpointing():
     quarter = peak(micro_batch_size=2, gradient_checkpointing=False)
     checkpointed = peak(micro_batch_size=2, gradient_checkpointing=True)
     assert whole > 0 and quarter < 0.4 * whole and checkpointed < 0.25 * quarter, (whole, quarter, checkpointed)
+
+
+def test_checkpointing_in_eval_mode_recomputes_and_gives_the_same_input_gradient():
+    """harden's layer choice and measuring attacks take gradients for an input (δ) with the model in
+    eval mode, where transformers does not checkpoint; activation_checkpointing(in_eval_mode=True)
+    makes them recompute too — a fraction of the saved activations, the same gradient — and puts
+    every module back in eval mode."""
+    from realign.training import activation_checkpointing
+
+    _, ft, _ = tiny_trio(400, 4)
+    ft.eval()
+    ids = torch.randint(0, 400, (4, 24), generator=torch.Generator().manual_seed(0))
+
+    def input_grad(ctx):
+        emb = ft.get_input_embeddings()(ids).detach().requires_grad_(True)
+        with ctx, saved_activation_peak() as peak:
+            ft(inputs_embeds=emb, use_cache=False).logits[:, -1].logsumexp(-1).sum().backward()
+        return emb.grad, peak[0]
+
+    plain, plain_peak = input_grad(contextlib.nullcontext())
+    train_only, train_only_peak = input_grad(activation_checkpointing(ft, True))
+    recomputed, recomputed_peak = input_grad(activation_checkpointing(ft, True, in_eval_mode=True))
+    assert train_only_peak == plain_peak                     # eval mode: transformers alone does not recompute
+    assert recomputed_peak * 3 < plain_peak, (recomputed_peak, plain_peak)
+    assert torch.allclose(recomputed, plain, atol=1e-6) and torch.allclose(train_only, plain)
+    assert not any(m.training for m in ft.modules())

@@ -332,7 +332,7 @@ def _token_bytes(cm: CostModel, m: ModelShape, dtype: str, checkpointed: bool = 
 
 
 def _checkpointed(p: dict, m: ModelShape) -> bool:
-    """What dpo/mix's `gradient_checkpointing` resolves to for this model (training.batching_kwargs)."""
+    """What dpo/mix/harden's `gradient_checkpointing` resolves to for this model (training.checkpointing_wanted)."""
     flag = p.get("gradient_checkpointing", "auto")
     if flag == "auto":
         return m.params >= CHECKPOINTING_FROM_PARAMS
@@ -346,7 +346,7 @@ def _activations(cm: CostModel, key: str, p: dict, m: ModelShape, dtype: str) ->
     if key in SCORING_REPAIRS:
         return 0.0, st["scoring_logits"] * 4 * st["scoring_logit_copies"]
     if key == "dpo":
-        seqs, tokens = 2 * int(p.get("micro_batch_size", 2)), st["dpo_sequence_tokens"]
+        seqs, tokens = 2 * int(p.get("micro_batch_size", 1)), st["dpo_sequence_tokens"]
     elif key == "harden":     # one micro-batch of pairs per forward (repairs.harden.MICRO_BATCH)
         pairs = min(int(p.get("micro_batch_size", 4)), int(p.get("batch_size", 8)))
         seqs, tokens = 2 * pairs, st["dpo_sequence_tokens"]
@@ -356,7 +356,7 @@ def _activations(cm: CostModel, key: str, p: dict, m: ModelShape, dtype: str) ->
     else:
         return 0.0, 0.0
     n = seqs * tokens * cm.activation_scale
-    layer, logits = _token_bytes(cm, m, dtype, checkpointed=key != "harden" and _checkpointed(p, m))
+    layer, logits = _token_bytes(cm, m, dtype, checkpointed=_checkpointed(p, m))
     return n * layer, n * logits
 
 

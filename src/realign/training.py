@@ -68,11 +68,14 @@ def checkpointing_wanted(model, setting: bool | str) -> bool:
 
 
 @contextmanager
-def activation_checkpointing(model, setting: bool | str) -> Iterator[bool]:
-    """For a training loop of realign's own (harden): while open, the model's decoder layers keep only
-    their inputs for the backward pass and recompute the rest (transformers' checkpointing, which
-    acts in training mode only; non-reentrant, so gradients reach tensors a forward hook adds, such
-    as harden's perturbation). Yields whether it is on; leaves the model as it found it."""
+def activation_checkpointing(model, setting: bool | str, *, in_eval_mode: bool = False) -> Iterator[bool]:
+    """For loops of realign's own (harden): while open, the model's decoder layers keep only their
+    inputs for the backward pass and recompute the rest — transformers' checkpointing,
+    non-reentrant, so gradients reach tensors a forward hook adds (harden's perturbation).
+    transformers checkpoints a layer only in training mode; `in_eval_mode` also does it for a model
+    in eval mode (a backward pass for an input's gradient, not the weights'), by marking the layers
+    alone as training — their attention and MLP modules, where any dropout sits, stay in eval mode.
+    Yields whether it is on; leaves the model as it found it."""
     on = checkpointing_wanted(model, setting)
     # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old names warn)
     name = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
@@ -81,10 +84,18 @@ def activation_checkpointing(model, setting: bool | str) -> Iterator[bool]:
         return
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it; set it to false")
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     getattr(model, f"{name}_checkpointing_enable")(**{f"{name}_checkpointing_kwargs": {"use_reentrant": False}})
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)] if in_eval_mode else []
+    modes = [m.training for m in layers]
+    for m in layers:
+        m.training = True          # this module's flag only (not .train(), which recurses)
     try:
         yield True
     finally:
+        for m, mode in zip(layers, modes):
+            m.training = mode
         getattr(model, f"{name}_checkpointing_disable")()
 
 

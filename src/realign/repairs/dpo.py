@@ -26,7 +26,7 @@ class DPOParams:
     beta: float = 0.1
     sft_weight: float = 1.0          # weight of the SFT term on chosen answers (collapse guard)
     batch_size: int = 8              # pairs per optimiser step
-    micro_batch_size: int = 2        # pairs per forward pass (the rest by gradient accumulation)
+    micro_batch_size: int = 1        # pairs per forward pass (the rest by gradient accumulation): a memory knob
     gradient_checkpointing: bool | str = "auto"   # recompute activations in backward; auto: models >= 50M params
     bf16: bool | str = "auto"        # matmuls in bf16 (autocast); auto: on a GPU that supports it
     precompute_reference: bool = True  # reference log-probs once before training, not every step

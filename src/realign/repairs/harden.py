@@ -460,18 +460,25 @@ class Harden:
         locked = locked_layer_indices(state.model, state.locked)
         if len(locked) >= n:
             raise ValueError("every decoder layer is locked: nothing left to train")
+        from ..training import activation_checkpointing, checkpointing_wanted
+
         # one fixed batch chooses the layers and measures the adversary before and after
         probe = random.Random(state.seed + 1).sample(triples, min(32, len(triples)))
+
+        def on_probe(fn, *args, **kw):
+            # backward passes for δ's gradient, the model in eval mode: they recompute too
+            with activation_checkpointing(state.model, p.gradient_checkpointing, in_eval_mode=True):
+                return fn(state.model, probe, pad, *args, **kw)
+
         eps, prompt_only = float(p.epsilon), p.positions == "prompt"
         layers, gain = p.layer_list(), None
         if layers is None:
-            layers, gain = choose_layers(state.model, probe, pad, int(p.n_layers), locked, eps, prompt_only,
-                                         int(p.micro_batch_size))
+            layers, gain = on_probe(choose_layers, int(p.n_layers), locked, eps, prompt_only, int(p.micro_batch_size))
         elif max(layers) >= n:
             raise ValueError(f"harden.layers {layers} out of range (the model has {n} layers)")
         measure = dict(epsilon=eps, steps=int(p.final_attack), lr=float(p.inner_lr), prompt_only=prompt_only,
                        micro=int(p.micro_batch_size))
-        before = adversary_success(state.model, probe, pad, layers, **measure)
+        before = on_probe(adversary_success, layers, **measure)
         if p.skip_if_robust and int(p.final_attack) > 0 and before["attacked_margin"] <= 0:
             state.record(self.name, layers=layers, epsilon=eps, adversary_before=_rounded(before),
                          skipped=f"already robust at ε {eps:g}: the adversary's strongest push found leaves the "
@@ -479,11 +486,9 @@ class Harden:
                                  "nothing to harden against (without harden.skip_if_robust=true it trains anyway)")
             return state
         task, task_source = task_pairs(state) if float(p.task_weight) > 0 else ([], None)
-        from ..training import checkpointing_wanted
-
         checkpointed = checkpointing_wanted(state.model, p.gradient_checkpointing)
         log = harden_lora(state, triples, task, layers, p)
-        after = adversary_success(state.model, probe, pad, layers, **measure)
+        after = on_probe(adversary_success, layers, **measure)
         tail = log[-max(1, len(log) // 10):]          # the last tenth: steadier than one batch
         state.record(self.name, layers=layers, layer_gain=[round(g, 4) for g in gain] if gain else None,
                      epsilon=eps, positions=p.positions, steps=int(p.steps), inner_steps=int(p.inner_steps),
