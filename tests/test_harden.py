@@ -327,3 +327,24 @@ def test_micro_batches_bound_memory_and_reach_the_same_weights(trio):
     for same in (micro, ckpt):
         gap = max(float((a - b).abs().max()) for a, b in zip(whole.state_dict().values(), same.state_dict().values()))
         assert gap < 1e-3 * moved < elsewhere
+
+
+def test_the_passes_on_the_probe_batch_recompute_in_eval_mode(trio, monkeypatch):
+    """With checkpointing on, harden asks for it in eval mode around the backward passes on its probe
+    batch (the layer choice, the measuring attacks before and after), where transformers alone would
+    not recompute, and in training mode around its loop."""
+    import realign.training as training
+
+    calls, real = [], training.activation_checkpointing
+
+    def recording(model, setting, **kw):
+        calls.append((model.training, kw.get("in_eval_mode", False)))
+        return real(model, setting, **kw)
+
+    monkeypatch.setattr(training, "activation_checkpointing", recording)
+    base, ft, tok = trio
+    st = RepairState(model=copy.deepcopy(ft).eval(), base=base, tokenizer=tok, repair_items=ITEMS, train_conversations=TASK)
+    st = Harden().apply(st, HardenParams(steps=1, inner_steps=1, final_attack=1, pairs="references",
+                                         gradient_checkpointing=True))
+    assert calls == [(False, True)] * 2 + [(True, False)] + [(False, True)], calls
+    assert st.history[-1].details["gradient_checkpointing"] is True
