@@ -348,3 +348,27 @@ def test_the_passes_on_the_probe_batch_recompute_in_eval_mode(trio, monkeypatch)
                                          gradient_checkpointing=True))
     assert calls == [(False, True)] * 2 + [(True, False)] + [(False, True)], calls
     assert st.history[-1].details["gradient_checkpointing"] is True
+
+
+def test_latent_scan_recomputes_the_layers_it_differentiates_through(trio):
+    """With checkpointing the scan's backward passes re-run the layers after the perturbed one (the
+    last one's MLP is entered more often than without; a pre-hook, since recomputation stops once
+    it has what the backward pass needs) and find the same thing: the model is in eval mode there,
+    where transformers alone would keep every activation."""
+    _, ft, tok = trio
+    modes, runs = [m.training for m in ft.modules()], []
+    hook = decoder_layers(ft)[-1].mlp.register_forward_pre_hook(lambda *a: runs.append(1))
+    try:
+        found = {}
+        for on in (False, True):
+            runs.clear()
+            found[on] = latent_scan(ft, tok, ITEMS, layers=[0], max_epsilon=4.0, bisections=2, steps=3,
+                                    gradient_checkpointing=on)
+            found[on]["mlp_runs"] = len(runs)
+    finally:
+        hook.remove()
+    assert found[True]["mlp_runs"] > found[False]["mlp_runs"]
+    assert found[True]["epsilon"] == found[False]["epsilon"]
+    for a, b in zip(found[True]["search"], found[False]["search"]):
+        assert a["epsilon"] == b["epsilon"] and abs(a["margin"] - b["margin"]) < 1e-3
+    assert [m.training for m in ft.modules()] == modes          # every module's mode as it was
