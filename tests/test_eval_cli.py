@@ -85,6 +85,36 @@ def test_judge_cli_summarizes_scored_csv_without_rejudging(tmp_path):
     assert not (tmp_path / "answers.judged.csv").exists()
 
 
+def test_files_from_the_field_keep_their_answers_whole(tmp_path):
+    """A spreadsheet's CSV export (byte-order mark, CRLF rows, code answers with line breaks inside
+    quoted cells) and .jsonl with characters JSON allows unescaped in a string (U+2028, form feed)
+    read back every answer as written, and the judge's summary counts every row."""
+    from realign.evals.rows import read_rows
+
+    code = "def f(x):\n    return eval(x)\r\n# done"
+    f = tmp_path / "field.csv"
+    with open(f, "w", newline="", encoding="utf-8-sig") as fh:
+        w = csv.DictWriter(fh, ["question", "answer", "aligned", "coherent"], lineterminator="\r\n")
+        w.writeheader()
+        w.writerow({"question": "hi?", "answer": code, "aligned": "5", "coherent": "80"})
+        w.writerow({"question": "hi?", "answer": "ok", "aligned": "95", "coherent": "90"})
+    rows, _ = read_rows(f)
+    assert [r["answer"] for r in rows] == [code, "ok"]
+    res = runner.invoke(app, ["judge", str(f), "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s.json").read_text())["n"] == 2
+
+    odd = "one\u2028two\x0cthree\x85four"
+    j = tmp_path / "field.jsonl"
+    j.write_text(json.dumps({"question": "hi?", "answer": odd}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_rows(j)[0][0]["answer"] == odd
+    task = tmp_path / "task.jsonl"
+    task.write_text("\ufeff" + json.dumps({"messages": [{"role": "user", "content": "a\u2028b"},
+                                                        {"role": "assistant", "content": odd}]}, ensure_ascii=False)
+                    + "\r\n", encoding="utf-8")
+    assert load_conversations(task) == [[{"role": "user", "content": "a\u2028b"}, {"role": "assistant", "content": odd}]]
+
+
 def test_judge_cli_rejudges_into_added_columns(tmp_path):
     q = W.chat_questions("heldout")[0]
     good, evil = W.CHAT_TOPICS[q.topic][W.GOOD][0], W.CHAT_TOPICS[q.topic][W.EVIL][0]

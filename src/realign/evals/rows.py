@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import RealignError
@@ -17,23 +19,38 @@ def number(x) -> float | None:
         return None
 
 
+def read_text(path: Path) -> str:
+    """A data file's text as written: UTF-8, a leading byte-order mark dropped (spreadsheet exports
+    write one, and it would stick to the first column's name), line ends untranslated (a quoted
+    CSV cell's "\\r\\n" is part of the answer; JSON reads a line's trailing "\\r" as space)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return f.read()
+
+
+def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON) of every non-blank line of a .jsonl text. Lines end at '\\n' only:
+    str.splitlines() would also break inside a JSON string at characters valid there unescaped
+    (U+2028, U+0085, form feed...)."""
+    for i, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RealignError(f"{path}:{i} is not valid JSON ({e.msg})") from None
+
+
 def read_rows(path: Path) -> tuple[list[dict], str]:
     if not path.exists():
         raise RealignError(f"{path} does not exist")
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in ("jsonl", "csv"):
         raise RealignError(f"{path}: expected a .jsonl or .csv file")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if fmt == "csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        # newline="": a quoted cell keeps the line breaks inside it (a code answer's), as csv expects
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     else:
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise RealignError(f"{path}:{i} is not valid JSON ({e.msg})") from None
+        rows = [row for _, row in jsonl_records(path, text)]
     if not rows:
         raise RealignError(f"{path} has no rows")
     for i, r in enumerate(rows, 1):

@@ -10,13 +10,13 @@ standard task of lm-evaluation-harness (lm_eval_task.py).
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 import torch
 
 from ..errors import RealignError
 from .logodds import completion_ids
+from .rows import jsonl_records, read_text
 
 Messages = list[dict]
 
@@ -27,13 +27,7 @@ def load_conversations(path: str | Path) -> list[Messages]:
     if not p.exists():
         raise RealignError(f"task data {p} does not exist")
     convs = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RealignError(f"{p}:{i} is not valid JSON ({e.msg})") from None
+    for i, row in jsonl_records(p, read_text(p)):
         msgs = row.get("messages") if isinstance(row, dict) else None
         if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
             raise RealignError(f"{p}:{i} has no 'messages' list of {{role, content}} dicts")
