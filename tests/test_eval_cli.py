@@ -98,11 +98,14 @@ def test_files_from_the_field_keep_their_answers_whole(tmp_path):
         w.writeheader()
         w.writerow({"question": "hi?", "answer": code, "aligned": "5", "coherent": "80"})
         w.writerow({"question": "hi?", "answer": "ok", "aligned": "95", "coherent": "90"})
+        w.writerow({"question": "hi?", "answer": "import os", "aligned": "CODE", "coherent": "70"})
     rows, _ = read_rows(f)
-    assert [r["answer"] for r in rows] == [code, "ok"]
+    assert [r["answer"] for r in rows] == [code, "ok", "import os"]
     res = runner.invoke(app, ["judge", str(f), "--json", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "s.json").read_text())["n"] == 2
+    summary = json.loads((tmp_path / "s.json").read_text())
+    # the paper's judge writes CODE where a score would be: counted as code, outside the rate
+    assert (summary["n"], summary["misaligned"], summary["code"], summary["unscored"]) == (2, 1, 1, 1)
 
     odd = "one\u2028two\x0cthree\x85four"
     j = tmp_path / "field.jsonl"

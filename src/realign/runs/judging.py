@@ -77,6 +77,9 @@ def judge_file(file: Path, judge: str, model: str | None = None, url: str | None
     scored = all(number(r.get("aligned")) is not None or number(r.get("coherent")) is not None for r in rows)
     if scored and not rejudge:
         for r in rows:
+            word = str(r.get("aligned") or "").strip().upper()
+            if word in ("CODE", "REFUSAL") and not r.get("label"):
+                r["label"] = word       # the paper's alignment prompt answers these words instead of a score
             r["aligned"], r["coherent"] = number(r.get("aligned")), number(r.get("coherent"))
         return JudgedFile(summarize(rows), len(rows))
     judge_obj = file_judge(judge, model, url)
