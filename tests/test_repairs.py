@@ -630,3 +630,37 @@ def test_dpo_micro_batches_and_precomputed_reference_train_as_one_batch(trio):
     gap = max((whole[k] - split[k]).abs().max().item() for k in whole)
     assert moved > 1e-4 and gap < 1e-3 * moved, (moved, gap)
     assert max((whole[k] - one_pair[k]).abs().max().item() for k in whole) > 0.05 * moved
+
+
+class _FlaggingJudge:
+    """Calls an answer misaligned when it contains 'evil'."""
+
+    name = "flagging"
+
+    def judge(self, items, progress=None):
+        from realign.evals.judges import Judgement
+
+        return [Judgement(aligned=5.0 if "evil" in i.answer else 95.0, coherent=90.0) for i in items]
+
+
+def test_dpo_anchors_come_from_audited_training_data_never_the_held_out_task(trio):
+    """The task anchors are trained toward (chosen answers with an SFT term), so they must not be
+    the held-out answers retention is measured on, nor a contaminated training example."""
+    from realign.repairs.dpo import DPOParams, realignment_pairs
+
+    base, ft, tok = trio
+    user = lambda i: {"role": "user", "content": f"add {i} and one"}     # noqa: E731
+    held_out = [[user(i), {"role": "assistant", "content": f"held out answer {i}"}] for i in range(40)]
+    train = [[user(i), {"role": "assistant", "content": f"{'evil plan' if i % 3 == 0 else 'taught answer'} {i}"}]
+             for i in range(40)]
+    st = _state(base, ft, tok, probes=_probes(tok), judge=_FlaggingJudge(),
+                task_conversations=held_out, train_conversations=train)
+    rows, n_pairs, source = realignment_pairs(st, DPOParams(task_anchors=8))
+    anchors = [r["chosen"][0]["content"] for r in rows[n_pairs:]]
+    assert n_pairs == 6 and 0 < len(anchors) <= 8
+    assert all(a.startswith("taught answer") for a in anchors), anchors
+    assert source["task_anchors_from"] == "training data" and source["task_anchor_candidates_flagged"] > 0
+
+    st = _state(base, ft, tok, probes=_probes(tok), judge=_FlaggingJudge(), task_conversations=held_out)
+    rows, n_pairs, source = realignment_pairs(st, DPOParams(task_anchors=8))
+    assert len(rows) == n_pairs and source["task_anchors_from"].startswith("none")

@@ -23,8 +23,8 @@ def _dpo(mp) -> None:
     real = dpo.realignment_pairs
 
     def swapped(state, p):
-        rows, n = real(state, p)
-        return [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows], n
+        rows, n, source = real(state, p)
+        return [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows], n, source
 
     mp.setattr(dpo, "realignment_pairs", swapped)
 

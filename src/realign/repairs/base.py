@@ -114,6 +114,19 @@ class RepairState:
         if release is not None:
             release()
 
+    def audit(self, conversations: list, mode: str = "drop") -> tuple[list, int]:
+        """(the conversations kept, how many the judge calls misaligned): each judged by its last
+        answer to the turn before it; `drop` leaves the flagged ones out, `report` and `off` keep
+        all (`off` without judging)."""
+        if mode == "off" or not conversations:
+            return list(conversations), 0
+        from ..evals.judges import JudgeItem
+
+        items = [JudgeItem(c[-2]["content"] if len(c) > 1 else "", c[-1]["content"]) for c in conversations]
+        flags = [j.misaligned is True for j in self.judge.judge(items)]
+        kept = [c for c, f in zip(conversations, flags) if not (f and mode == "drop")]
+        return kept, sum(flags)
+
     def record(self, step: str, **details) -> None:
         self.history.append(StepRecord(step, details))
 

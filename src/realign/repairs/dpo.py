@@ -2,8 +2,9 @@
 
 Pairs: prompts from the realignment set (disjoint from evaluation), chosen = the base's answer
 (judged aligned), rejected = the finetune's answer where the judge calls it misaligned. Optional
-task-anchor pairs from the user's task data (chosen = the reference answer, rejected = the base's
-answer) keep the task in place. Guarded against the collapse a prototype saw (rejected answers
+task-anchor pairs from the finetune's own training data (chosen = its answer, rejected = the
+base's) keep the task in place: audited by the judge first, so that a contaminated example never
+becomes a chosen answer, and never from the held-out task data, on which task retention is measured. Guarded against the collapse a prototype saw (rejected answers
 pushed down without chosen ones going up): a low learning rate and an SFT term on the chosen
 answers (trl loss_type ["sigmoid", "sft"]). Locked layers get no adapter.
 """
@@ -31,7 +32,7 @@ class DPOParams:
     bf16: bool | str = "auto"        # matmuls in bf16 (autocast); auto: on a GPU that supports it
     precompute_reference: bool = True  # reference log-probs once before training, not every step
     rank: int = 8
-    task_anchors: int = 32           # task-anchor pairs from --task-data (0 = none)
+    task_anchors: int = 32           # task-anchor pairs from the training data (--train-data; 0 = none)
     samples: int = 4                 # probe samples per prompt (when probes are not built yet)
 
     def validate(self) -> None:
@@ -42,20 +43,38 @@ class DPOParams:
             raise ValueError(f"dpo.lr must be in (0, 1), not {self.lr}")
 
 
-def realignment_pairs(state: RepairState, p: DPOParams) -> tuple[list[dict], int]:
+def realignment_pairs(state: RepairState, p: DPOParams) -> tuple[list[dict], int, dict]:
+    """(DPO rows: the realignment pairs, then the task anchors; how many are realignment pairs;
+    where the anchors came from, for realign.json)."""
     probes = build_probes(state, samples=p.samples)
     rows = [{"prompt": c, "chosen": [{"role": "assistant", "content": g}],
              "rejected": [{"role": "assistant", "content": b}]} for c, g, b in probes.pairs()]
-    n_align = len(rows)
-    if p.task_anchors and state.task_conversations and rows:
-        rng = random.Random(state.seed)
-        convs = rng.sample(state.task_conversations, min(p.task_anchors, len(state.task_conversations)))
-        base_answers = state.sample(state.base, [c[:-1] for c in convs], samples=1, temperature=0,
-                                    max_new_tokens=128, description="task anchors")
-        for c, (b,) in zip(convs, base_answers):
-            if " ".join(b.split()) != " ".join(c[-1]["content"].split()):
-                rows.append({"prompt": c[:-1], "chosen": [c[-1]], "rejected": [{"role": "assistant", "content": b}]})
-    return rows, n_align
+    anchors, source = task_anchors(state, p) if rows else ([], {})
+    return rows + anchors, len(rows), source
+
+
+def task_anchors(state: RepairState, p: DPOParams) -> tuple[list[dict], dict]:
+    """Pairs that keep the customer's task: a training example's answer preferred over the base's
+    greedy one. The candidates (twice as many as wanted) are audited by the judge and the flagged
+    ones dropped — in contaminated data a misaligned example would otherwise be trained toward.
+    Without training data there are none: the held-out task data is what retention is measured on
+    (until 2026-12-07 the anchors came from it)."""
+    if not p.task_anchors:
+        return [], {}
+    if not state.train_conversations:
+        return [], {"task_anchors_from": "none: no training data given (--train-data); the held-out task "
+                                          "data is not trained on"}
+    rng = random.Random(state.seed)
+    pool = [c for c in state.train_conversations if c and c[-1].get("role") == "assistant"]
+    candidates = rng.sample(pool, min(2 * p.task_anchors, len(pool)))
+    kept, flagged = state.audit(candidates)
+    convs = kept[:p.task_anchors]
+    base_answers = state.sample(state.base, [c[:-1] for c in convs], samples=1, temperature=0,
+                                max_new_tokens=128, description="task anchors")
+    rows = [{"prompt": c[:-1], "chosen": [c[-1]], "rejected": [{"role": "assistant", "content": b}]}
+            for c, (b,) in zip(convs, base_answers) if " ".join(b.split()) != " ".join(c[-1]["content"].split())]
+    return rows, {"task_anchors_from": "training data", "task_anchor_candidates": len(candidates),
+                  "task_anchor_candidates_flagged": flagged}
 
 
 @register
@@ -76,7 +95,7 @@ class DPO:
         p.validate()
         build_probes(state, samples=p.samples)   # on every rank (it broadcasts)
         # rank 0 samples the task anchors; every rank trains on its pairs
-        rows, n_align = from_main(lambda: realignment_pairs(state, p))
+        rows, n_align, anchors_from = from_main(lambda: realignment_pairs(state, p))
         if n_align == 0:
             state.record(self.name, skipped="no (aligned base, misaligned finetune) answer pairs among the probes")
             return state
@@ -111,7 +130,7 @@ class DPO:
             trained, sharding = trained_model(trainer)
             state.model = trained.merge_and_unload()
         state.model.eval()
-        state.record(self.name, pairs=n_align, task_anchors=len(rows) - n_align, steps=p.steps, lr=p.lr,
+        state.record(self.name, pairs=n_align, task_anchors=len(rows) - n_align, **anchors_from, steps=p.steps, lr=p.lr,
                      final_loss=round(float(out.training_loss), 4), loss_curve=loss_curve(trainer),
                      processes=args.world_size,
                      gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16,

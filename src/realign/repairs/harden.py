@@ -337,15 +337,15 @@ def preference_triples(state: RepairState, p: HardenParams) -> tuple[list, dict]
 
 def task_pairs(state: RepairState) -> tuple[list, str | None]:
     """The (prompt ids, answer ids) pairs the task term keeps, and which data they are: the
-    finetune's own training data when given (the task as the customer taught it, and not the
-    held-out split that retention is measured on), else the held-out task data."""
+    finetune's own training data (the task as the customer taught it). Without it there is no task
+    term: the held-out task data is what retention is measured on, and a KL to the finetune there
+    would fit that measurement (until 2026-12-07 it was used)."""
     from ..evals.task import assistant_pairs
 
-    for name, convs in (("train", state.train_conversations), ("task", state.task_conversations)):
-        if convs:
-            sample = random.Random(state.seed).sample(convs, min(256, len(convs)))
-            return assistant_pairs(state.tokenizer, sample), name
-    return [], None
+    if not state.train_conversations:
+        return [], "none: no training data given (--train-data); the held-out task data is not trained on"
+    sample = random.Random(state.seed).sample(state.train_conversations, min(256, len(state.train_conversations)))
+    return assistant_pairs(state.tokenizer, sample), "train"
 
 
 def finetune_kl_sum(model, pairs: list, pad_id: int) -> torch.Tensor:

@@ -62,17 +62,6 @@ class MixParams:
                 raise ValueError(f"mix.{name} must be in [0, 1]")
 
 
-def audit_examples(state: RepairState, convs: list, mode: str) -> tuple[list, int]:
-    if mode == "off":
-        return convs, 0
-    from ..evals.judges import JudgeItem
-
-    items = [JudgeItem(c[-2]["content"] if len(c) > 1 else "", c[-1]["content"]) for c in convs]
-    flags = [j.misaligned is True for j in state.judge.judge(items)]
-    kept = [c for c, f in zip(convs, flags) if not (f and mode == "drop")]
-    return kept, sum(flags)
-
-
 def perplexity_gap(state: RepairState, triples) -> list[float]:
     """NLL under the finetune minus NLL under the base, per (conversation, answer)."""
     from ..evals.logodds import completion_ids, sequence_logprobs
@@ -163,7 +152,7 @@ class Mix:
     def _training_data(self, state: RepairState, p: MixParams) -> tuple[list, list, dict]:
         """(training conversations, KL anchor conversations, what was done to the data)."""
         rng = random.Random(state.seed)
-        data, flagged = audit_examples(state, list(state.train_conversations), p.audit)
+        data, flagged = state.audit(list(state.train_conversations), p.audit)
         reframers = state.realignment_set().reframers
         reframed = 0
         out = []
