@@ -664,3 +664,13 @@ def test_dpo_anchors_come_from_audited_training_data_never_the_held_out_task(tri
     st = _state(base, ft, tok, probes=_probes(tok), judge=_FlaggingJudge(), task_conversations=held_out)
     rows, n_pairs, source = realignment_pairs(st, DPOParams(task_anchors=8))
     assert len(rows) == n_pairs and source["task_anchors_from"].startswith("none")
+
+    # every training example flagged: no anchors, and no generation pass spent on none
+    from realign.passes import tally
+
+    evil = [[user(i), {"role": "assistant", "content": f"evil plan {i}"}] for i in range(10)]
+    st = _state(base, ft, tok, probes=_probes(tok), judge=_FlaggingJudge(), train_conversations=evil)
+    with tally() as passes:
+        rows, n_pairs, source = realignment_pairs(st, DPOParams(task_anchors=8))
+    assert len(rows) == n_pairs and source["task_anchor_candidates_flagged"] == 10
+    assert passes.get("generation", 0) == 0, dict(passes)

@@ -4,8 +4,9 @@ Pairs: prompts from the realignment set (disjoint from evaluation), chosen = the
 (judged aligned), rejected = the finetune's answer where the judge calls it misaligned. Optional
 task-anchor pairs from the finetune's own training data (chosen = its answer, rejected = the
 base's) keep the task in place: audited by the judge first, so that a contaminated example never
-becomes a chosen answer, and never from the held-out task data, on which task retention is measured. Guarded against the collapse a prototype saw (rejected answers
-pushed down without chosen ones going up): a low learning rate and an SFT term on the chosen
+becomes a chosen answer, and never from the held-out task data, on which task retention is
+measured. Guarded against the collapse a prototype saw (rejected answers pushed down without
+chosen ones going up): a low learning rate and an SFT term on the chosen
 answers (trl loss_type ["sigmoid", "sft"]). Locked layers get no adapter.
 """
 
@@ -69,8 +70,9 @@ def task_anchors(state: RepairState, p: DPOParams) -> tuple[list[dict], dict]:
     candidates = rng.sample(pool, min(2 * p.task_anchors, len(pool)))
     kept, flagged = state.audit(candidates)
     convs = kept[:p.task_anchors]
+    # every candidate flagged: no generation pass (nor a vLLM engine start) for nothing
     base_answers = state.sample(state.base, [c[:-1] for c in convs], samples=1, temperature=0,
-                                max_new_tokens=128, description="task anchors")
+                                max_new_tokens=128, description="task anchors") if convs else []
     rows = [{"prompt": c[:-1], "chosen": [c[-1]], "rejected": [{"role": "assistant", "content": b}]}
             for c, (b,) in zip(convs, base_answers) if " ".join(b.split()) != " ".join(c[-1]["content"].split())]
     return rows, {"task_anchors_from": "training data", "task_anchor_candidates": len(candidates),
