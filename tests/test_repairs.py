@@ -674,3 +674,36 @@ def test_dpo_anchors_come_from_audited_training_data_never_the_held_out_task(tri
         rows, n_pairs, source = realignment_pairs(st, DPOParams(task_anchors=8))
     assert len(rows) == n_pairs and source["task_anchor_candidates_flagged"] == 10
     assert passes.get("generation", 0) == 0, dict(passes)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("merge", lambda: MergeParams(alpha="auto", steps=2)),
+    ("freeze", lambda: REPAIRS["freeze"].Params(k=1, verify=1)),
+    ("steer", lambda: SteerParams(layer="auto", candidates=1, scale="auto", max_kl=1e9)),
+])
+def test_settings_are_chosen_on_audited_training_data_never_the_held_out_task(trio, monkeypatch, name, params):
+    """merge, freeze and steer choose their settings by task NLL: on the training data when given
+    (never a contaminated example), on the held-out task data only without it, and they say which."""
+    import realign.evals.task as task_mod
+
+    base, ft, tok = trio
+    user = lambda i: {"role": "user", "content": f"add {i} and one"}     # noqa: E731
+    held_out = [[user(i), {"role": "assistant", "content": f"held out answer {i}"}] for i in range(20)]
+    train = [[user(i), {"role": "assistant", "content": f"{'evil plan' if i % 3 == 0 else 'taught answer'} {i}"}]
+             for i in range(20)]
+    items = [([{"role": "user", "content": "hello"}], ["SELECT * FROM users"], ["i wish for peace"])] * 2
+    scored, real = [], task_mod.assistant_token_metrics
+    monkeypatch.setattr(task_mod, "assistant_token_metrics",
+                        lambda m, t, convs, **kw: (scored.extend(c[-1]["content"] for c in convs), real(m, t, convs, **kw))[1])
+
+    def run(**data):
+        scored.clear()
+        st = _state(base, ft, tok, probes=_probes(tok, n=8), repair_items=items, judge=_FlaggingJudge(), **data)
+        REPAIRS[name]().apply(st, params())
+        return set(scored), st.history[-1].details.get("task_chosen_on")
+
+    texts, said = run(task_conversations=held_out, train_conversations=train)
+    assert texts and all(t.startswith("taught answer") for t in texts), texts
+    assert said == "training data (7 of 20 sampled flagged and left out)"
+    texts, said = run(task_conversations=held_out)
+    assert texts and all(t.startswith("held out answer") for t in texts) and said.startswith("held-out task data")

@@ -511,7 +511,9 @@ def _notes(costs: tuple[StepCost, ...], setting: Setting, cm: CostModel) -> tupl
                      f"generation at the one measured GPU rate ({cm.gpu_generation_rate:,.0f} answer-token slots/s, "
                      f"H200, SmolLM2) or the HBM bound, whichever is slower; peaks are tensor memory (no CUDA context)")
     notes.append("not included: the evaluations of base, finetune and repaired model (sampling and judging), "
-                 "mix's audit of the training data by the judge")
+                 "the judge's audits of training data (mix's of all of it; dpo's anchor candidates; the task "
+                 "sample merge, freeze and steer choose on); dpo's anchor answers are counted as if "
+                 "--train-data is given (without it there are none)")
     return tuple(notes)
 
 

@@ -64,6 +64,9 @@ class StepRecord:
         return cls(record["step"], details, record.get("passes"))
 
 
+REPAIR_TASK_SIZE = 64   # task conversations a repair's own search scores (repair_task)
+
+
 @dataclass
 class RepairState:
     model: torch.nn.Module            # the model being repaired (modified in place or replaced)
@@ -85,6 +88,7 @@ class RepairState:
     reporting: Any = None             # training.Reporting: where dpo/mix trainers log (None: nowhere)
 
     _base_task_nll: dict = field(default_factory=dict, repr=False)
+    _repair_task: tuple | None = field(default=None, repr=False)
 
     def realignment_set(self) -> Realignment:
         if self.realignment is None:
@@ -92,8 +96,34 @@ class RepairState:
         return self.realignment
 
     def repair_task(self) -> list:
-        """The task conversations repairs measure retention on: the first 64 (a pass stays short)."""
-        return (self.task_conversations or [])[:64]
+        """The task conversations merge, freeze and steer choose their settings on (at most 64: a
+        pass stays short). From the training data when given: a seeded sample, audited by the judge
+        (a contaminated example is not the task to keep). Else the first 64 of the held-out task
+        data, which retention is then also reported on: repair_task_from() says which, and the
+        steps record it (until 2026-12-07 it was always the held-out data)."""
+        if self._repair_task is None:
+            self._repair_task = self._choose_repair_task()
+        return self._repair_task[0]
+
+    def repair_task_from(self) -> str | None:
+        """Where repair_task() came from, in words for realign.json (None: no task data at all)."""
+        self.repair_task()
+        return self._repair_task[1]
+
+    def _choose_repair_task(self) -> tuple[list, str | None]:
+        import random
+
+        pool = [c for c in self.train_conversations or [] if c and c[-1].get("role") == "assistant"]
+        if pool:
+            candidates = random.Random(self.seed).sample(pool, min(REPAIR_TASK_SIZE * 2, len(pool)))
+            if self.judge is None:
+                return candidates[:REPAIR_TASK_SIZE], "training data (not audited: no judge)"
+            kept, flagged = self.audit(candidates)
+            return kept[:REPAIR_TASK_SIZE], f"training data ({flagged} of {len(candidates)} sampled flagged and left out)"
+        if self.task_conversations:
+            return self.task_conversations[:REPAIR_TASK_SIZE], ("held-out task data (no --train-data): the "
+                                                                "retention reported is measured partly on it")
+        return [], None
 
     def base_task_nll(self) -> float | None:
         """The base's task NLL on repair_task(), measured once per run: the base never changes, and

@@ -168,7 +168,7 @@ class Freeze:
                 prm.requires_grad_(False)
                 state.locked.add(prefix[i] + name)
         state.record(self.name, layers=sorted(chosen), attribution=rounded_rows(rows), verified=[r["layer"] for r in verified],
-                     logodds_finetune=round(lo_ft, 4))
+                     logodds_finetune=round(lo_ft, 4), task_chosen_on=state.repair_task_from())
         return state
 
 

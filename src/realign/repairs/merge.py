@@ -179,9 +179,10 @@ class Merge:
 
     def preflight(self, state, p) -> None:
         """What can be checked before anything is evaluated."""
-        if p.alpha == "auto" and (not state.task_conversations or not state.repair_items):
-            raise ValueError("merge.alpha=auto needs task data (--task-data) and log-odds probes; "
-                             "or give merge.alpha=0.5")
+        if p.alpha == "auto" and (not (state.train_conversations or state.task_conversations)
+                                  or not state.repair_items):
+            raise ValueError("merge.alpha=auto needs task data (--train-data or --task-data) and log-odds "
+                             "probes; or give merge.alpha=0.5")
         if p.method == "safe_lora" and p.pretrained and not Path(p.pretrained).exists() \
                 and not _looks_like_hub_id(p.pretrained):
             raise ValueError(f"merge.pretrained={p.pretrained} does not exist")
@@ -212,8 +213,9 @@ class Merge:
             set_to = lambda a: set_alpha(state.model, state.base, deltas, a)  # noqa: E731
         alpha, search, note = (p.alpha, [], None) if p.alpha != "auto" else self._search(state, p, set_to)
         set_to(float(alpha))
+        chosen_on = {"task_chosen_on": state.repair_task_from()} if search else {}
         state.record(self.name, alpha=float(alpha), method=p.method, search=search, note=note,
-                     changed_tensors=changed, finetune_from=source)
+                     changed_tensors=changed, finetune_from=source, **chosen_on)
         return state
 
     def _search(self, state: RepairState, p: MergeParams, set_to) -> tuple[float, list, str | None]:

@@ -374,5 +374,6 @@ class Steer:
         orthogonalize(state.model, directions[layer], scale)
         state.steer_direction = directions[layer]
         state.record(self.name, layer=layer, scale=scale, contrasts=len(contrasts),
-                     finetune_logodds=round(search.lo_ft, 4), separation=seps, **search.trials())
+                     finetune_logodds=round(search.lo_ft, 4), separation=seps, **search.trials(),
+                     task_chosen_on=state.repair_task_from() if search.task else None)
         return state
