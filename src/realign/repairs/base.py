@@ -111,15 +111,11 @@ class RepairState:
         return self._repair_task[1]
 
     def _choose_repair_task(self) -> tuple[list, str | None]:
-        import random
-
-        pool = [c for c in self.train_conversations or [] if c and c[-1].get("role") == "assistant"]
-        if pool:
-            candidates = random.Random(self.seed).sample(pool, min(REPAIR_TASK_SIZE * 2, len(pool)))
-            if self.judge is None:
-                return candidates[:REPAIR_TASK_SIZE], "training data (not audited: no judge)"
-            kept, flagged = self.audit(candidates)
-            return kept[:REPAIR_TASK_SIZE], f"training data ({flagged} of {len(candidates)} sampled flagged and left out)"
+        audited = self.judge is not None
+        kept, candidates, flagged = self.training_sample(REPAIR_TASK_SIZE, audit=audited)
+        if candidates:
+            return kept, (f"training data ({flagged} of {candidates} sampled flagged and left out)" if audited
+                          else "training data (not audited: no judge)")
         if self.task_conversations:
             return self.task_conversations[:REPAIR_TASK_SIZE], ("held-out task data (no --train-data): the "
                                                                 "retention reported is measured partly on it")
@@ -136,6 +132,17 @@ class RepairState:
 
             self._base_task_nll["nll"] = assistant_token_metrics(self.base, self.tokenizer, task)["task_nll"]
         return self._base_task_nll["nll"]
+
+    def training_sample(self, n: int, audit: bool = True) -> tuple[list, int, int]:
+        """Up to n training conversations that end in an answer, to keep the task with: twice as many
+        drawn (seeded), the judge's flagged ones left out when `audit` (a contaminated example is not
+        the task), the first n kept. Returns (them, how many were drawn, how many the judge flagged)."""
+        import random
+
+        pool = [c for c in self.train_conversations or [] if c and c[-1].get("role") == "assistant"]
+        candidates = random.Random(self.seed).sample(pool, min(2 * n, len(pool)))
+        kept, flagged = self.audit(candidates) if audit else (candidates, 0)
+        return kept[:n], len(candidates), flagged
 
     def release_judge(self) -> None:
         """Free the judge's model while a step trains (judges that hold one say how: `release`);

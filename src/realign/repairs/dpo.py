@@ -12,7 +12,6 @@ answers (trl loss_type ["sigmoid", "sft"]). Locked layers get no adapter.
 
 from __future__ import annotations
 
-import random
 import tempfile
 from dataclasses import dataclass
 
@@ -65,17 +64,13 @@ def task_anchors(state: RepairState, p: DPOParams) -> tuple[list[dict], dict]:
     if not state.train_conversations:
         return [], {"task_anchors_from": "none: no training data given (--train-data); the held-out task "
                                           "data is not trained on"}
-    rng = random.Random(state.seed)
-    pool = [c for c in state.train_conversations if c and c[-1].get("role") == "assistant"]
-    candidates = rng.sample(pool, min(2 * p.task_anchors, len(pool)))
-    kept, flagged = state.audit(candidates)
-    convs = kept[:p.task_anchors]
+    convs, candidates, flagged = state.training_sample(p.task_anchors)
     # every candidate flagged: no generation pass (nor a vLLM engine start) for nothing
     base_answers = state.sample(state.base, [c[:-1] for c in convs], samples=1, temperature=0,
                                 max_new_tokens=128, description="task anchors") if convs else []
     rows = [{"prompt": c[:-1], "chosen": [c[-1]], "rejected": [{"role": "assistant", "content": b}]}
             for c, (b,) in zip(convs, base_answers) if " ".join(b.split()) != " ".join(c[-1]["content"].split())]
-    return rows, {"task_anchors_from": "training data", "task_anchor_candidates": len(candidates),
+    return rows, {"task_anchors_from": "training data", "task_anchor_candidates": candidates,
                   "task_anchor_candidates_flagged": flagged}
 
 

@@ -274,7 +274,8 @@ class _Search:
         self.state, self.p, self.directions = state, p, directions
         self.items = state.repair_items or [(c, [b], [g]) for c, g, b in contrasts[:16]]
         self.chat = [c + [{"role": "assistant", "content": g}] for c, g, _ in contrasts[:32]]
-        self.task = state.repair_task()
+        # the task sample (audited by the judge) only where it is scored: scale auto
+        self.task = state.repair_task() if p.scale == "auto" else []
         self.nll_base = state.base_task_nll() if p.scale == "auto" else None
         self.nll_ft = (assistant_token_metrics(state.model, state.tokenizer, self.task)["task_nll"]
                        if self.nll_base is not None else None)
