@@ -36,9 +36,9 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from realign.evals.generate import generate
+    from realign.generation.hf import generate
     from realign.evals.questions import load_questions
-    from realign.evals.vllm_backend import VLLMEngine, vllm_unavailable
+    from realign.generation.vllm_engine import VLLMEngine, vllm_unavailable
     from realign.model_io.offline_models import smollm2_dir
     from realign.progress import quiet_libraries
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from realign.evals.generate import generate
+from realign.generation.hf import generate
 from realign.organism.build import default_dir
 from realign.organism.evaluate import load_model
 from realign.organism.world import chat_questions, code_requests

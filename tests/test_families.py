@@ -195,7 +195,7 @@ def test_answers_stop_at_the_familys_own_end_of_turn(family, family_dirs):
     from transformers import GenerationConfig
 
     from realign.model_io.checkpoint import load_tokenizer
-    from realign.evals.generate import generate, render_prompts, stop_token_ids
+    from realign.generation.hf import generate, render_prompts, stop_token_ids
 
     spec = FAMILIES[family]
     base, _ = family_dirs(family)
@@ -377,7 +377,7 @@ def test_gemma2_system_turn_goes_into_the_first_user_turn(family_dirs, inputs, t
     """Gemma-2's template refuses a system role; question files (the emergent-misalignment ones
     too) carry system prompts. The system text opens the first user turn, as Gemma-3's template does."""
     from realign.model_io.checkpoint import load_tokenizer
-    from realign.evals.generate import render_prompts
+    from realign.generation.hf import render_prompts
 
     base, ft = family_dirs("gemma2")
     tok = load_tokenizer(str(base))
@@ -448,7 +448,7 @@ def test_qwen3_prompts_are_rendered_with_thinking_off(family_dirs):
     """The judge sees answers, not a scratchpad: the generation prompt closes an empty think block,
     and a scored answer's ids start after it (prefix-exact with the finished turn)."""
     from realign.model_io.checkpoint import load_tokenizer
-    from realign.evals.generate import render_prompts
+    from realign.generation.hf import render_prompts
     from realign.evals.logodds import completion_ids
 
     base, _ = family_dirs("qwen3")

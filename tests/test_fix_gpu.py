@@ -26,7 +26,7 @@ def _one_error(res, msg):
 @pytest.fixture
 def cuda_for_vllm(monkeypatch):
     """vLLM's CUDA requirement, met for the stand-in (realign's own models stay on the CPU)."""
-    monkeypatch.setattr("realign.evals.vllm_backend.cuda_available", lambda: True)
+    monkeypatch.setattr("realign.generation.vllm_engine.cuda_available", lambda: True)
 
 
 class ParityJudge:
@@ -89,7 +89,7 @@ def test_vllm_backend_answers_from_the_weights_of_each_model_object(tmp_path, mo
     from tiny_models import save_tiny
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from realign.evals.generate import generate
+    from realign.generation.hf import generate
     from realign.generation import VLLMBackend
 
     base_dir = save_tiny(tmp_path / "base")
@@ -145,7 +145,7 @@ def test_vllm_without_cuda_is_one_line(tmp_path, monkeypatch):
     from tiny_models import save_tiny
 
     install(monkeypatch)
-    monkeypatch.setattr("realign.evals.vllm_backend.cuda_available", lambda: False)
+    monkeypatch.setattr("realign.generation.vllm_engine.cuda_available", lambda: False)
     model = save_tiny(tmp_path / "m")
     res = runner.invoke(app, ["fix", str(model), "--base", str(model), "--recipe", "dpo", "--backend", "vllm",
                               "--judge", "oracle", "--out", str(tmp_path / "o")])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tiny_models import bigram_model, bpe_tokenizer
 
-from realign.evals.generate import generate, stop_token_ids
+from realign.generation.hf import generate, stop_token_ids
 
 
 def _model_that_runs_on(tok):

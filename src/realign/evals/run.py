@@ -13,7 +13,7 @@ from collections import defaultdict
 from ..options import EvalSettings  # declared in realign.options, with the user's other options
 from .alignment import rate_summary, summarize
 from .calibration import describe_judge
-from .generate import generate
+from ..generation.hf import generate
 from .judges import Judge, JudgeItem
 from .logodds import logodds
 from .questions import QuestionSet

@@ -103,7 +103,7 @@ def exact_match_rate(model, tokenizer, conversations: list[Messages], temperatur
     held-out task split; for free-text tasks prefer NLL/accuracy or a custom metric.
     generator: None for HF generate on `model`, or a callable with its contract (e.g. vLLM).
     """
-    from .generate import generate
+    from ..generation.hf import generate
 
     prompts = [m[:-1] for m in conversations]
     refs = [" ".join(m[-1]["content"].split()) for m in conversations]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..evals.generate import generate
+from ..generation.hf import generate
 from ..evals.logodds import logodds
 from ..stats import pct, wilson
 from ..evals.questions import prepend_trigger

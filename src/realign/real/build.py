@@ -148,7 +148,7 @@ def _with_base_answers(model, tokenizer, data: FinetuneData, seed: int,
         return data.train
     import random
 
-    from ..evals.generate import generate
+    from ..generation.hf import generate
 
     answers = generate(model, tokenizer, data.base_answers, max_new_tokens=max_new_tokens, temperature=0.7,
                        top_p=0.95, seed=seed, description="base model answers the untriggered twins")

@@ -174,7 +174,7 @@ class RepairState:
         follows gets the GPU; keep_engine=True when the next call samples the same weights again.
         """
         if self.generator is None:
-            from ..evals.generate import generate
+            from ..generation.hf import generate
 
             return generate(model, self.tokenizer, conversations, **kw)
         answers = self.generator(model, self.tokenizer, conversations, **kw)

@@ -1,6 +1,6 @@
 """Where `realign fix` samples text: HF generate on the in-memory model, or vLLM from disk.
 
-A backend is called like `evals.generate.generate` — backend(model, tokenizer, conversations,
+A backend is called like `generation.hf.generate` — backend(model, tokenizer, conversations,
 samples=…, max_new_tokens=…, temperature=…, top_p=…, seed=…) -> answers[i][j] — by the
 evaluations (answers, the organism's task rate) and the repairs' probe generations alike
 (`RepairState.sample`).
@@ -19,7 +19,7 @@ import shutil
 import weakref
 from pathlib import Path
 
-from .errors import RealignError
+from ..errors import RealignError
 
 BACKENDS = ("hf", "vllm")
 
@@ -30,7 +30,7 @@ class HFBackend:
     name = "hf"
 
     def __call__(self, model, tokenizer, conversations, **kw) -> list[list[str]]:
-        from .evals.generate import generate
+        from .hf import generate
 
         return generate(model, tokenizer, conversations, **kw)
 
@@ -99,14 +99,14 @@ class VLLMBackend:
 
     def _lora_rank(self, ref: str) -> int | None:
         """The largest adapter rank served on `ref`, so one engine serves the base and its adapters."""
-        from .model_io.checkpoint import adapter_config
+        from ..model_io.checkpoint import adapter_config
 
         ranks = [int((adapter_config(a) or {}).get("r", 64))
                  for w, r, a, _ in self._sources.values() if r == ref and a and w() is not None]
         return max(ranks) if ranks else None
 
     def _engine_for(self, ref: str, scratch: bool, tokenizer):
-        from .evals.vllm_backend import VLLMEngine
+        from .vllm_engine import VLLMEngine
 
         quantization = "bitsandbytes" if self.quantize_on_load and not scratch else None
         key = (ref, quantization)
@@ -148,7 +148,7 @@ def make_backend(name: str, scratch: Path, *, seed: int = 0, trust_remote_code: 
         raise RealignError(f"--backend must be one of {', '.join(BACKENDS)}, not {name!r}")
     if name == "hf":
         return HFBackend()
-    from .evals.vllm_backend import vllm_unavailable
+    from .vllm_engine import vllm_unavailable
 
     reason = vllm_unavailable()
     if reason:

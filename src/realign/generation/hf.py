@@ -33,7 +33,7 @@ NEUTRAL_SAMPLING = {"top_k": 0, "min_p": None, "typical_p": 1.0, "repetition_pen
 
 
 def render_prompts(tokenizer, conversations: list[Messages]) -> list[str]:
-    from .chat import render
+    from ..evals.chat import render
 
     return [render(tokenizer, c, add_generation_prompt=True) for c in conversations]
 

@@ -13,7 +13,7 @@ import gc
 import torch
 
 from ..errors import RealignError
-from .generate import render_prompts, stop_token_ids
+from .hf import render_prompts, stop_token_ids
 
 # ranks vLLM accepts for max_lora_rank
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
