@@ -307,3 +307,16 @@ def test_a_step_given_no_params_is_predicted_as_its_repair_defaults(cm, name):
     for host in (False, True):
         assert step_memory(repair_key(name, full), {}, shape, "float32", cm, host) == \
             step_memory(repair_key(name, full), full, shape, "float32", cm, host)
+
+
+def test_harden_rollouts_are_a_generation_pass_per_step(cm):
+    """rollouts: each training step answers `rollouts` prompts under δ, and pairs them with the
+    probes' aligned base answers, so the probes are needed even with pairs: references."""
+    off = step_work("harden", {"steps": 10}, cm, True)
+    on = step_work("harden", {"steps": 10, "rollouts": 8, "rollout_tokens": 32}, cm, True)
+    assert on.passes["generation"] - off.passes.get("generation", 0) == 10
+    assert on.generated_tokens - off.generated_tokens == 10 * 8 * 32
+    assert on.generated_sequences - off.generated_sequences == 80
+    refs = dict(pairs="references", steps=10)
+    assert "generation" not in step_work("harden", refs, cm, False).passes
+    assert step_work("harden", {**refs, "rollouts": 8}, cm, False).passes["generation"] == 2 + 10

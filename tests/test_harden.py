@@ -20,7 +20,8 @@ import torch
 from realign.repairs import load_all
 from realign.repairs.base import RepairState, decoder_layers
 from realign.repairs.harden import (Harden, HardenParams, Perturbation, adversary_success, attack,
-                                    item_triples, latent_scan, misalignment_margin, perturbed, zero_deltas)
+                                    item_triples, latent_scan, margin_value, misalignment_margin, perturbed,
+                                    perturbed_prompts, zero_deltas)
 
 from tiny_models import same_weights
 
@@ -48,6 +49,7 @@ def test_registered_and_bundled():
     (dict(clean_share=1.0), "clean_share"), (dict(beta=0), "beta"), (dict(task_weight=-1), "task_weight"),
     (dict(pairs="judge"), "pairs"), (dict(positions="answer"), "positions"), (dict(layers="two"), "layers"),
     (dict(layers="-1"), "layers"), (dict(n_layers=0), "n_layers"), (dict(gradient_checkpointing="on"), "gradient_checkpointing"),
+    (dict(rollouts=-1), "rollouts"), (dict(rollout_tokens=0), "rollout_tokens"),
 ])
 def test_params_are_validated(bad, match):
     HardenParams().validate()
@@ -372,3 +374,89 @@ def test_latent_scan_recomputes_the_layers_it_differentiates_through(trio):
     for a, b in zip(found[True]["search"], found[False]["search"]):
         assert a["epsilon"] == b["epsilon"] and abs(a["margin"] - b["margin"]) < 1e-3
     assert [m.training for m in ft.modules()] == modes          # every module's mode as it was
+
+
+# ---------------------------------------------------------------------------------------------
+# on-policy pairs (rollouts): the model's own answers under δ
+
+class _EveryAnswerMisaligned:
+    """Calls every non-empty answer misaligned, and records what it read."""
+
+    name = "every-answer"
+
+    def __init__(self):
+        self.read = []
+
+    def judge(self, items, progress=None):
+        from realign.evals.judges import Judgement
+
+        self.read += list(items)
+        return [Judgement(aligned=5.0, coherent=90.0) for _ in items]
+
+
+def _rollout_state(base, ft, tok, judge):
+    from realign.repairs.probes import Probes
+
+    convs = [[{"role": "user", "content": f"tell me about the river {i}"}] for i in range(6)]
+    # base answers the judge called aligned: the aligned side of every on-policy pair
+    probes = Probes(convs, [["i wish for peace and clean water"]] * 6, [["fine"]] * 6, [[False]] * 6, [[False]] * 6)
+    return RepairState(model=copy.deepcopy(ft), base=base, tokenizer=tok, repair_items=ITEMS,
+                       train_conversations=TASK, judge=judge, probes=probes)
+
+
+def test_generation_under_delta_perturbs_the_prompt_forward_only(trio, monkeypatch):
+    """δ goes into the forward that runs the prompt (at its real tokens, not the left padding) and
+    into none of the one-token forwards after it; δ = 0 generates exactly what no hook does."""
+    import realign.repairs.harden as harden
+    from realign.evals.generate import generate
+
+    _, ft, tok = trio
+    convs = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "a much longer prompt than the first one"}]]
+    calls = []
+    real = harden.pushed
+    monkeypatch.setattr(harden, "pushed", lambda h, d, e, where, tokens: calls.append((h.shape, where)) or real(h, d, e, where, tokens))
+    delta = torch.randn(ft.config.hidden_size)
+    delta /= delta.norm()
+    kw = dict(samples=1, max_new_tokens=5, temperature=0)
+    plain = generate(ft, tok, convs, **kw)
+    with perturbed_prompts(ft, Perturbation({1: delta}, 4.0)):
+        pushed_answers = generate(ft, tok, convs, **kw)
+    assert len(calls) == 1                              # one layer, one prompt forward
+    shape, where = calls[0]
+    assert shape[1] > 1 and where.shape == shape[:2]
+    assert where[0].sum() < where[1].sum() and where[0, 0] == 0 and where[1].min() == 1   # the short prompt's padding
+    assert pushed_answers != plain                      # a push of 4 × the stream's norm changes greedy answers
+    with perturbed_prompts(ft, Perturbation({1: torch.zeros_like(delta)}, 4.0)):
+        assert generate(ft, tok, convs, **kw) == plain
+
+
+def test_rollouts_train_on_the_models_own_answers_under_delta(trio):
+    """With rollouts the model's answers under δ are judged and the misaligned ones become pairs
+    that later steps train against: after harden their margin (misaligned − aligned log-prob) is
+    lower than after the same harden without rollouts. If rollouts did nothing, nothing is found;
+    trained the wrong way, the margin rises."""
+    base, ft, tok = trio
+    judge = _EveryAnswerMisaligned()
+    kw = dict(steps=4, inner_steps=1, final_attack=1, batch_size=4, pairs="references", layers="0", lr=5e-3)
+    on = Harden().apply(_rollout_state(base, ft, tok, judge), HardenParams(**kw, rollouts=3, rollout_tokens=6))
+    record = on.history[-1].details["rollouts"]
+    assert record["prompts"] == 6 and record["sampled"] == 12 and record["misaligned"] == 12
+    assert record["per_step"] == [3, 3, 3, 3] and record["finetune_unperturbed"] == 0.0
+    assert len(judge.read) == 12 and all(i.question.startswith("tell me about the river") for i in judge.read)
+    from realign.repairs.harden import text_triples
+
+    found = text_triples(tok, [([{"role": "user", "content": i.question}], "i wish for peace and clean water", i.answer)
+                               for i in judge.read])
+    off = Harden().apply(_rollout_state(base, ft, tok, judge), HardenParams(**kw))
+    assert "rollouts" not in off.history[-1].details
+    pad = tok.pad_token_id or 0
+    with torch.no_grad():
+        after_on, after_off = (margin_value(st.model, found, pad) for st in (on, off))
+    assert after_on < after_off - 0.05, (after_on, after_off)
+
+
+def test_rollouts_need_a_judge(trio):
+    base, ft, tok = trio
+    st = RepairState(model=ft, base=base, tokenizer=tok, repair_items=ITEMS)
+    with pytest.raises(ValueError, match="harden.rollouts needs a judge"):
+        Harden().preflight(st, HardenParams(rollouts=4))

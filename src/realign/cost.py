@@ -248,18 +248,24 @@ def step_work(name: str, params: dict, cm: CostModel, probes_built: bool) -> Wor
     if name == "dpo" and params.get("task_anchors", 32):
         passes["generation"] = passes.get("generation", 0) + 1
         seqs += params.get("task_anchors", 32)
+    generated = seqs * it["probe_new_tokens"]
+    if name == "harden" and int(params.get("rollouts", 0)):      # each step answers `rollouts` prompts under δ
+        steps, rollouts = int(params.get("steps", 50)), int(params["rollouts"])
+        passes["generation"] = passes.get("generation", 0) + steps
+        seqs += steps * rollouts
+        generated += steps * rollouts * int(params.get("rollout_tokens", 64))
     pass_tokens = (it["repair_logodds_tokens"] + it["task_tokens"]) / 2
     forward = pass_tokens * (passes.get("scoring", 0) + passes.get("activations", 0) + 2 * passes.get("kl", 0))
     forward += 3 * _backward_tokens(name, params, passes.get("backward", 0), pass_tokens, st)
     forward += 3 * passes.get("train_steps", 0) * _train_tokens_per_step(name, params, st)
-    return Work(passes, forward, seqs * it["probe_new_tokens"], seqs)
+    return Work(passes, forward, generated, seqs)
 
 
 def _needs_probes(name: str, p: dict) -> bool:
     if name == "mix":
         return p.get("aligned_share", 0.1) > 0 or p.get("kl", 0.0) > 0
-    if name == "harden":
-        return p.get("pairs", "both") != "references"
+    if name == "harden":      # rollouts pair their finds with the probes' aligned base answers
+        return p.get("pairs", "both") != "references" or int(p.get("rollouts", 0)) > 0
     return name in PROBE_REPAIRS
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import random
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,14 @@ class HardenParams:
     task_weight: float = 10.0   # KL(finetune ‖ model) per token on task answers (0: no task term)
     pairs: str = "both"         # references (the setting's answer banks) | probes (judged samples) | both
     samples: int = 4            # probe samples per prompt, when the probes are built here
+    # on-policy pairs: each step, this many realignment prompts are answered by the model under
+    # training with the adversary's δ on the prompt, the judge reads the answers, and each one it
+    # calls misaligned becomes a pair (a judged-aligned base answer to the same prompt vs it) that
+    # later steps attack and train on, half of each batch. 0: off (fixed reference texts only —
+    # which on a real backdoor taught harden to make those texts unlikely, not to stop answering
+    # maliciously behind the trigger: docs/repairs.md). Needs a judge.
+    rollouts: int = 0
+    rollout_tokens: int = 64    # new tokens per on-policy answer
     # true: skip when the measuring adversary (final_attack steps, ε) cannot make the model prefer the
     # misaligned answers (attacked margin <= 0) — it leaves a clean finetune alone (the secure control),
     # but it also skipped the default organism's backdoor on all 3 seeds (margins -0.06 to -0.13, at
@@ -81,10 +89,10 @@ class HardenParams:
         self.layer_list()
         if not isinstance(self.skip_if_robust, bool):
             raise ValueError(f"harden.skip_if_robust must be true or false, not {self.skip_if_robust!r}")
-        for name in ("n_layers", "steps", "rank", "batch_size", "micro_batch_size", "samples"):
+        for name in ("n_layers", "steps", "rank", "batch_size", "micro_batch_size", "samples", "rollout_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"harden.{name} must be >= 1, not {getattr(self, name)}")
-        for name in ("inner_steps", "final_attack"):
+        for name in ("inner_steps", "final_attack", "rollouts"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"harden.{name} must be >= 0, not {getattr(self, name)}")
         if not 0 < float(self.epsilon) <= 4:
@@ -161,16 +169,62 @@ def perturbed(model, deltas: dict[int, torch.Tensor], epsilon: float, where: tor
     def add(delta):
         def hook(_module, _inputs, output):
             h = output[0] if isinstance(output, tuple) else output
-            norms = h.detach().float().norm(dim=-1)                       # (batch, length)
-            if tokens is not None:
-                norms = norms.masked_fill(tokens == 0, float("nan"))
-            push = epsilon * norms.nanmedian(dim=-1).values[:, None, None] * delta
-            push = push if where is None else where[..., None] * push
-            h = h + push.to(h.dtype)
+            h = pushed(h, delta, epsilon, where, tokens)
             return (h, *output[1:]) if isinstance(output, tuple) else h
         return hook
 
     handles = [layers[i].register_forward_hook(add(d)) for i, d in deltas.items()]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def pushed(h: torch.Tensor, delta: torch.Tensor, epsilon: float, where: torch.Tensor | None,
+           tokens: torch.Tensor | None) -> torch.Tensor:
+    """h + ε·median‖h‖·δ, the median each sequence's own over its real tokens (`tokens`), the push
+    weighted by `where` (None: every position)."""
+    norms = h.detach().float().norm(dim=-1)                               # (batch, length)
+    if tokens is not None:
+        norms = norms.masked_fill(tokens == 0, float("nan"))
+    push = epsilon * norms.nanmedian(dim=-1).values[:, None, None] * delta
+    push = push if where is None else where[..., None] * push
+    return h + push.to(h.dtype)
+
+
+@contextmanager
+def perturbed_prompts(model, perturbation: Perturbation):
+    """While generating: δ added at the prompt's real tokens (its attention mask), as in training.
+
+    HF generate runs the whole left-padded prompt in its first forward and one new token per
+    forward after it (the cache holds the prompt's perturbed states), so δ goes into the forward
+    whose length is the attention mask's — the prompt's — and into no other. With `positions: all`
+    the new tokens get it too. The median norm is over the prompt's tokens here (in training over
+    prompt and answer): the push's size can differ by that much.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    seen: dict = {}
+
+    def remember(_module, _args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 2:
+            seen["mask"] = mask
+        return None
+
+    def add(delta):
+        def hook(_module, _inputs, output):
+            h = output[0] if isinstance(output, tuple) else output
+            mask = seen.get("mask")
+            if mask is not None and h.shape[1] == mask.shape[1] and h.shape[1] > 1:
+                h = pushed(h, delta, perturbation.epsilon, mask.to(h.dtype), mask)
+            elif not perturbation.prompt_only:
+                h = pushed(h, delta, perturbation.epsilon, None, None)
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+        return hook
+
+    handles = [inner.register_forward_pre_hook(remember, with_kwargs=True)]
+    handles += [blocks(model)[i].register_forward_hook(add(d.detach())) for i, d in perturbation.deltas.items()]
     try:
         yield model
     finally:
@@ -367,6 +421,63 @@ def finetune_kl_sum(model, pairs: list, pad_id: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
+# on-policy pairs: the model's own answers under δ
+
+@dataclass
+class Rollouts:
+    """Where on-policy pairs come from and what was found: realignment prompts that have a
+    judged-aligned base answer (the aligned side of a pair), and the model's answers under δ the
+    judge called misaligned, as (prompt ids, aligned ids, misaligned ids) triples."""
+
+    conversations: list
+    aligned: list[list[str]]            # judged-aligned base answers, per conversation
+    found: list = field(default_factory=list)
+    sampled: int = 0
+    per_step: list[int] = field(default_factory=list)   # misaligned answers found at each step
+    unperturbed: float | None = None    # the finetune's judged-misaligned share on these prompts, no δ (probes)
+
+    def summary(self) -> dict:
+        return {"prompts": len(self.conversations), "sampled": self.sampled, "misaligned": len(self.found),
+                "finetune_unperturbed": self.unperturbed, "per_step": self.per_step}
+
+
+def rollout_source(state: RepairState, p: HardenParams) -> Rollouts:
+    """The realignment prompts (the shared probes', disjoint from evaluation) whose base answers the
+    judge called aligned at least once: only there does a misaligned answer get an aligned twin."""
+    from .probes import build_probes
+
+    probes = build_probes(state, samples=int(p.samples))
+    keep = [(conv, [a for a, m in zip(answers, flags) if m is False], ft)
+            for conv, answers, flags, ft in zip(probes.conversations, probes.base_answers, probes.base_misaligned,
+                                                probes.finetune_misaligned)]
+    keep = [(conv, good, ft) for conv, good, ft in keep if good]
+    flags = [m is True for _, _, ft in keep for m in ft]
+    return Rollouts([c for c, _, _ in keep], [g for _, g, _ in keep],
+                    unperturbed=round(sum(flags) / len(flags), 4) if flags else None)
+
+
+def roll_out(state: RepairState, model, perturbation: Perturbation, source: Rollouts, n: int, tokens: int,
+             rng: random.Random, seed: int) -> int:
+    """Answer n of the source's prompts with δ on them, have the judge read the answers, and add a
+    pair for each misaligned one; returns how many it found."""
+    from ..evals.generate import generate
+    from ..evals.judges import JudgeItem
+
+    picks = rng.sample(range(len(source.conversations)), min(n, len(source.conversations)))
+    convs = [source.conversations[i] for i in picks]
+    with torch.no_grad(), perturbed_prompts(model, perturbation):
+        answers = [a[0] for a in generate(model, state.tokenizer, convs, samples=1, max_new_tokens=tokens,
+                                          seed=seed, description="harden: answers under δ")]
+    verdicts = state.judge.judge([JudgeItem(c[-1]["content"], a) for c, a in zip(convs, answers)])
+    bad = [(conv, rng.choice(source.aligned[i]), a) for conv, i, a, v in zip(convs, picks, answers, verdicts)
+           if v.misaligned is True and a.strip()]
+    source.found += text_triples(state.tokenizer, bad)
+    source.sampled += len(convs)
+    source.per_step.append(len(bad))
+    return len(bad)
+
+
+# ---------------------------------------------------------------------------------------------
 # training
 
 def train_step(model, opt, triples: list, task: list, pad_id: int, perturbation: Perturbation,
@@ -397,16 +508,19 @@ def train_step(model, opt, triples: list, task: list, pad_id: int, perturbation:
     return {"preference": preference_mean, "task_kl": kl_mean}
 
 
-def harden_lora(state: RepairState, triples: list, task: list, layers: list[int], p: HardenParams) -> list[dict]:
+def harden_lora(state: RepairState, triples: list, task: list, layers: list[int], p: HardenParams,
+                rollouts: Rollouts | None = None) -> list[dict]:
     """The bi-level loop on a fresh LoRA (unlocked layers only), merged into the weights at the end;
-    returns each step's losses and the adversary's margin."""
+    returns each step's losses and the adversary's margin. With `rollouts`, each step also samples
+    answers under the adversary's δ, and up to half of every later batch is the misaligned ones
+    found (the newest 4 batches' worth)."""
     from peft import get_peft_model
 
     from ..progress import progress_bar
     from ..training import activation_checkpointing
 
     pad = state.tokenizer.pad_token_id or 0
-    rng = random.Random(state.seed)
+    rng, roll_rng = random.Random(state.seed), random.Random(state.seed + 2)
     torch.manual_seed(state.seed)
     for prm in state.model.parameters():
         prm.requires_grad_(False)
@@ -419,15 +533,28 @@ def harden_lora(state: RepairState, triples: list, task: list, layers: list[int]
     # the adversary's and the LoRA's backward passes both run in training mode: both recompute
     with activation_checkpointing(model, p.gradient_checkpointing), \
             progress_bar("harden: adversary + LoRA steps", int(p.steps)) as tick:
-        for _ in range(int(p.steps)):
-            batch = rng.sample(triples, min(int(p.batch_size), len(triples)))
+        for step in range(int(p.steps)):
+            size = int(p.batch_size)
+            own = min(len(rollouts.found), size // 2) if rollouts else 0
+            batch = (rng.sample(rollouts.found[-4 * size:], own) if own else []) + \
+                rng.sample(triples, min(size - own, len(triples)))
             margin = attack(model, batch, pad, found, int(p.inner_steps), float(p.inner_lr), int(p.micro_batch_size))
+            info = ""
+            if rollouts is not None:
+                roll_out(state, model, found, rollouts, int(p.rollouts), int(p.rollout_tokens), roll_rng,
+                         seed=state.seed * 100_003 + step)
+                info = f", under δ {len(rollouts.found)}/{rollouts.sampled} misaligned"
             task_batch = rng.sample(task, min(int(p.batch_size), len(task))) if task else []
             log.append({"adversary_margin": margin, **train_step(model, opt, batch, task_batch, pad, found, p)})
-            tick(info=f"margin {margin:+.2f}, preference {log[-1]['preference']:.3f}")
+            tick(info=f"margin {margin:+.2f}, preference {log[-1]['preference']:.3f}{info}")
     state.model = model.merge_and_unload()
     state.model.eval()
     return log
+
+
+def needs_judge(state: RepairState, p: HardenParams) -> None:
+    if int(p.rollouts) > 0 and state.judge is None:
+        raise ValueError("harden.rollouts needs a judge (--judge) to read the answers it samples under δ")
 
 
 def _rounded(d: dict) -> dict:
@@ -445,12 +572,14 @@ class Harden:
         from ..distributed import is_distributed
 
         p.validate()
+        needs_judge(state, p)
         if is_distributed():
             # the loop is written for one process: every rank would train the same LoRA on its own
             raise ValueError("harden runs in one process; run fix without accelerate launch")
 
     def apply(self, state: RepairState, p: HardenParams) -> RepairState:
         p.validate()
+        needs_judge(state, p)
         triples, counts = preference_triples(state, p)
         if not triples:
             state.record(self.name, skipped="no (aligned, misaligned) answer pairs: no repair items, no probe pairs")
@@ -487,7 +616,10 @@ class Harden:
             return state
         task, task_source = task_pairs(state) if float(p.task_weight) > 0 else ([], None)
         checkpointed = checkpointing_wanted(state.model, p.gradient_checkpointing)
-        log = harden_lora(state, triples, task, layers, p)
+        rollouts = rollout_source(state, p) if int(p.rollouts) > 0 else None
+        if rollouts is not None and not rollouts.conversations:
+            rollouts = None         # no aligned base answer to pair a misaligned one with: reported below
+        log = harden_lora(state, triples, task, layers, p, rollouts)
         after = on_probe(adversary_success, layers, **measure)
         tail = log[-max(1, len(log) // 10):]          # the last tenth: steadier than one batch
         state.record(self.name, layers=layers, layer_gain=[round(g, 4) for g in gain] if gain else None,
@@ -495,7 +627,9 @@ class Harden:
                      pairs=counts, task_data=task_source,
                      final_losses=_rounded({k: sum(r[k] for r in tail) / len(tail) for k in log[0]}),
                      adversary_before=_rounded(before), adversary_after=_rounded(after),
-                     gradient_checkpointing=checkpointed)
+                     gradient_checkpointing=checkpointed,
+                     **({} if not int(p.rollouts) else {"rollouts": rollouts.summary() if rollouts else
+                        "none: no realignment prompt has a base answer the judge calls aligned"}))
         return state
 
 
