@@ -408,7 +408,7 @@ def test_generation_under_delta_perturbs_the_prompt_forward_only(trio, monkeypat
     """δ goes into the forward that runs the prompt (at its real tokens, not the left padding) and
     into none of the one-token forwards after it; δ = 0 generates exactly what no hook does."""
     import realign.repairs.harden as harden
-    from realign.evals.generate import generate
+    from realign.generation.hf import generate
 
     _, ft, tok = trio
     convs = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "a much longer prompt than the first one"}]]

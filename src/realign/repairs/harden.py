@@ -460,7 +460,7 @@ def roll_out(state: RepairState, model, perturbation: Perturbation, source: Roll
              rng: random.Random, seed: int) -> int:
     """Answer n of the source's prompts with δ on them, have the judge read the answers, and add a
     pair for each misaligned one; returns how many it found."""
-    from ..evals.generate import generate
+    from ..generation.hf import generate
     from ..evals.judges import JudgeItem
 
     picks = rng.sample(range(len(source.conversations)), min(n, len(source.conversations)))
