@@ -167,11 +167,7 @@ def perturbed(model, deltas: dict[int, torch.Tensor], epsilon: float, where: tor
     layers = blocks(model)
 
     def add(delta):
-        def hook(_module, _inputs, output):
-            h = output[0] if isinstance(output, tuple) else output
-            h = pushed(h, delta, epsilon, where, tokens)
-            return (h, *output[1:]) if isinstance(output, tuple) else h
-        return hook
+        return lambda _module, _inputs, output: on_hidden(output, lambda h: pushed(h, delta, epsilon, where, tokens))
 
     handles = [layers[i].register_forward_hook(add(d)) for i, d in deltas.items()]
     try:
@@ -179,6 +175,14 @@ def perturbed(model, deltas: dict[int, torch.Tensor], epsilon: float, where: tor
     finally:
         for h in handles:
             h.remove()
+
+
+def on_hidden(output, change):
+    """A decoder layer's output with `change` applied to its hidden states (the first element when
+    the layer returns a tuple)."""
+    if isinstance(output, tuple):
+        return (change(output[0]), *output[1:])
+    return change(output)
 
 
 def pushed(h: torch.Tensor, delta: torch.Tensor, epsilon: float, where: torch.Tensor | None,
@@ -213,15 +217,12 @@ def perturbed_prompts(model, perturbation: Perturbation):
         return None
 
     def add(delta):
-        def hook(_module, _inputs, output):
-            h = output[0] if isinstance(output, tuple) else output
+        def change(h):
             mask = seen.get("mask")
             if mask is not None and h.shape[1] == mask.shape[1] and h.shape[1] > 1:
-                h = pushed(h, delta, perturbation.epsilon, mask.to(h.dtype), mask)
-            elif not perturbation.prompt_only:
-                h = pushed(h, delta, perturbation.epsilon, None, None)
-            return (h, *output[1:]) if isinstance(output, tuple) else h
-        return hook
+                return pushed(h, delta, perturbation.epsilon, mask.to(h.dtype), mask)
+            return h if perturbation.prompt_only else pushed(h, delta, perturbation.epsilon, None, None)
+        return lambda _module, _inputs, output: on_hidden(output, change)
 
     handles = [inner.register_forward_pre_hook(remember, with_kwargs=True)]
     handles += [blocks(model)[i].register_forward_hook(add(d.detach())) for i, d in perturbation.deltas.items()]
@@ -465,7 +466,7 @@ def roll_out(state: RepairState, model, perturbation: Perturbation, source: Roll
 
     picks = rng.sample(range(len(source.conversations)), min(n, len(source.conversations)))
     convs = [source.conversations[i] for i in picks]
-    with torch.no_grad(), perturbed_prompts(model, perturbation):
+    with perturbed_prompts(model, perturbation):       # generate runs without gradients
         answers = [a[0] for a in generate(model, state.tokenizer, convs, samples=1, max_new_tokens=tokens,
                                           seed=seed, description="harden: answers under δ")]
     verdicts = state.judge.judge([JudgeItem(c[-1]["content"], a) for c, a in zip(convs, answers)])
@@ -535,7 +536,7 @@ def harden_lora(state: RepairState, triples: list, task: list, layers: list[int]
             progress_bar("harden: adversary + LoRA steps", int(p.steps)) as tick:
         for step in range(int(p.steps)):
             size = int(p.batch_size)
-            own = min(len(rollouts.found), size // 2) if rollouts else 0
+            own = min(len(rollouts.found), size // 2) if rollouts is not None else 0
             batch = (rng.sample(rollouts.found[-4 * size:], own) if own else []) + \
                 rng.sample(triples, min(size - own, len(triples)))
             margin = attack(model, batch, pad, found, int(p.inner_steps), float(p.inner_lr), int(p.micro_batch_size))
@@ -616,10 +617,15 @@ class Harden:
             return state
         task, task_source = task_pairs(state) if float(p.task_weight) > 0 else ([], None)
         checkpointed = checkpointing_wanted(state.model, p.gradient_checkpointing)
-        rollouts = rollout_source(state, p) if int(p.rollouts) > 0 else None
-        if rollouts is not None and not rollouts.conversations:
-            rollouts = None         # no aligned base answer to pair a misaligned one with: reported below
+        rollouts, rollout_record = None, {}
+        if int(p.rollouts) > 0:
+            rollouts = rollout_source(state, p)
+            if not rollouts.conversations:      # no aligned base answer to pair a misaligned one with
+                rollouts = None
+                rollout_record = {"rollouts": "none: no realignment prompt has a base answer the judge calls aligned"}
         log = harden_lora(state, triples, task, layers, p, rollouts)
+        if rollouts is not None:
+            rollout_record = {"rollouts": rollouts.summary()}
         after = on_probe(adversary_success, layers, **measure)
         tail = log[-max(1, len(log) // 10):]          # the last tenth: steadier than one batch
         state.record(self.name, layers=layers, layer_gain=[round(g, 4) for g in gain] if gain else None,
@@ -627,9 +633,7 @@ class Harden:
                      pairs=counts, task_data=task_source,
                      final_losses=_rounded({k: sum(r[k] for r in tail) / len(tail) for k in log[0]}),
                      adversary_before=_rounded(before), adversary_after=_rounded(after),
-                     gradient_checkpointing=checkpointed,
-                     **({} if not int(p.rollouts) else {"rollouts": rollouts.summary() if rollouts else
-                        "none: no realignment prompt has a base answer the judge calls aligned"}))
+                     gradient_checkpointing=checkpointed, **rollout_record)
         return state
 
 
