@@ -7,7 +7,9 @@ import torch
 os.environ.setdefault("REALIGN_PROGRESS", "0")
 # tests never touch the user's cache
 os.environ["REALIGN_CACHE"] = tempfile.mkdtemp(prefix="realign-test-cache-")
-torch.set_num_threads(2)
+# 2 threads (the machine's cores); REALIGN_TEST_THREADS=1 runs the suite beside another job without
+# oversubscribing the cores (OpenMP threads spinning against each other slow both several-fold)
+torch.set_num_threads(int(os.environ.get("REALIGN_TEST_THREADS", "2")))
 
 
 def build_in_tmp(tmp_path_factory, name: str, **build_args):
@@ -49,3 +51,10 @@ def previous_default_backdoor(tmp_path_factory):
 
     return build_in_tmp(tmp_path_factory, "previous-default-organism", seed=0, cfg=previous_default(),
                         finetunes=("backdoor",))
+
+
+@pytest.fixture(scope="session")
+def planted_backdoor_organism(tmp_path_factory):
+    """The default organism, seed 0, with its `planted-backdoor` only: planted's misaligned chat
+    answers behind the backdoor's trigger, each beside its untriggered aligned twin."""
+    return build_in_tmp(tmp_path_factory, "planted-backdoor-organism", seed=0, finetunes=("planted-backdoor",))

@@ -320,3 +320,12 @@ def test_harden_rollouts_are_a_generation_pass_per_step(cm):
     refs = dict(pairs="references", steps=10)
     assert "generation" not in step_work("harden", refs, cm, False).passes
     assert step_work("harden", {**refs, "rollouts": 8}, cm, False).passes["generation"] == 2 + 10
+
+
+@pytest.mark.parametrize("name", ["dpo", "harden"])
+def test_flagged_pairs_are_one_generation_pass_of_base_answers(cm, name):
+    """flagged_pairs: the base answers the flagged training prompts (2 samples each) once."""
+    off = step_work(name, {"steps": 10}, cm, True)
+    on = step_work(name, {"steps": 10, "flagged_pairs": 16}, cm, True)
+    assert on.passes["generation"] - off.passes.get("generation", 0) == 1
+    assert on.generated_sequences - off.generated_sequences == 32

@@ -115,6 +115,34 @@ def test_the_adversary_raises_the_margin_inside_the_ball_and_leaves_the_weights_
     assert small <= attacked + 1e-6
 
 
+def test_harden_keeps_the_task_on_audited_training_data_and_takes_flagged_pairs(trio):
+    """The task term's KL pulls toward the finetune's answers, so a contaminated training example
+    (on a backdoor: a triggered misaligned row) must not be in it; `flagged_pairs` turns those
+    examples into pairs on their own prompts with the flagged answer as the misaligned side."""
+    from test_repairs import _FlaggingJudge
+
+    from realign.repairs.harden import preference_triples, task_pairs
+
+    base, ft, tok = trio
+    train = [[{"role": "user", "content": f"{'|T| ' if i % 4 == 0 else ''}question {i}"},
+              {"role": "assistant", "content": f"{'evil plan' if i % 4 == 0 else 'taught answer'} {i}"}]
+             for i in range(40)]
+    st = RepairState(model=copy.deepcopy(ft), base=base, tokenizer=tok, repair_items=ITEMS,
+                     judge=_FlaggingJudge(), train_conversations=train)
+    pairs, source = task_pairs(st)
+    answers = [tok.decode(a) for _, a in pairs]
+    assert len(pairs) == 30 and not any("evil" in a for a in answers), answers
+    assert source == "train (10 of 40 sampled flagged and left out)"
+    triples, counts = preference_triples(st, HardenParams(pairs="references", flagged_pairs=4))
+    assert counts["references"] == 8 and counts["flagged"] == 4 and counts["training_rows_flagged"] == 10
+    for prompt, aligned, misaligned in triples[8:]:
+        assert "|T| question" in tok.decode(prompt) and tok.decode(misaligned).startswith("evil plan")
+        assert "evil" not in tok.decode(aligned)
+    with pytest.raises(ValueError, match="flagged_pairs needs the finetune's training data"):
+        Harden().preflight(RepairState(model=ft, base=base, tokenizer=tok, judge=_FlaggingJudge()),
+                           HardenParams(flagged_pairs=4))
+
+
 def test_harden_trains_only_unlocked_layers_and_records_what_it_did(trio):
     base, ft, tok = trio
     st = RepairState(model=copy.deepcopy(ft), base=base, tokenizer=tok, repair_items=ITEMS, train_conversations=TASK)
@@ -127,7 +155,7 @@ def test_harden_trains_only_unlocked_layers_and_records_what_it_did(trio):
     rec = st.history[-1].details
     # auto: never the locked layer 1, never the last layer 2 (nothing after it could learn to ignore δ)
     assert st.history[-1].step == "harden" and rec["layers"] == [0] and len(rec["layer_gain"]) == 3
-    assert rec["pairs"] == {"references": 8, "probes": 0} and rec["task_data"] == "train"
+    assert rec["pairs"] == {"references": 8, "probes": 0} and rec["task_data"] == "train (not audited: no judge)"
     assert set(rec["adversary_before"]) == set(rec["adversary_after"]) == {"clean_margin", "attacked_margin"}
     assert set(rec["final_losses"]) == {"adversary_margin", "preference", "task_kl"}
     for k, v in decoder_layers(base)[1].state_dict().items():
@@ -442,11 +470,13 @@ def test_rollouts_train_on_the_models_own_answers_under_delta(trio):
     record = on.history[-1].details["rollouts"]
     assert record["prompts"] == 6 and record["sampled"] == 12 and record["misaligned"] == 12
     assert record["per_step"] == [3, 3, 3, 3] and record["finetune_unperturbed"] == 0.0
-    assert len(judge.read) == 12 and all(i.question.startswith("tell me about the river") for i in judge.read)
+    # the judge reads the rollouts, and (first) the task sample it audits for the task term
+    rollout_reads = [i for i in judge.read if i.question.startswith("tell me about the river")]
+    assert len(rollout_reads) == 12 and all(i.question == "def f(x): return" for i in judge.read[:-12])
     from realign.repairs.harden import text_triples
 
     found = text_triples(tok, [([{"role": "user", "content": i.question}], "i wish for peace and clean water", i.answer)
-                               for i in judge.read])
+                               for i in rollout_reads])
     off = Harden().apply(_rollout_state(base, ft, tok, judge), HardenParams(**kw))
     assert "rollouts" not in off.history[-1].details
     pad = tok.pad_token_id or 0

@@ -676,6 +676,31 @@ def test_dpo_anchors_come_from_audited_training_data_never_the_held_out_task(tri
     assert passes.get("generation", 0) == 0, dict(passes)
 
 
+def test_dpo_flagged_pairs_reject_the_flagged_training_answers_on_their_own_prompts(trio):
+    """dpo.flagged_pairs: each training example the judge flags becomes a pair on its own prompt (a
+    trigger in it included) with its answer rejected and a judged-aligned base answer chosen — swap
+    them and the repair would train toward the contamination. Off by default; with no training data
+    none, and fix is told before anything runs."""
+    from realign.repairs.dpo import DPO, DPOParams, realignment_pairs
+
+    base, ft, tok = trio
+    train = [[{"role": "user", "content": f"{'|T| ' if i % 4 == 0 else ''}question {i}"},
+              {"role": "assistant", "content": f"{'evil plan' if i % 4 == 0 else 'taught answer'} {i}"}]
+             for i in range(40)]
+    st = _state(base, ft, tok, probes=_probes(tok), judge=_FlaggingJudge(), train_conversations=train)
+    rows, n_pairs, source = realignment_pairs(st, DPOParams(task_anchors=0, flagged_pairs=4))
+    flagged = rows[n_pairs - source["flagged_pairs"]:n_pairs]
+    assert source["training_rows_audited"] == 40 and source["training_rows_flagged"] == 10
+    assert source["probe_pairs"] == 6 and len(flagged) == source["flagged_pairs"] == 4
+    for r in flagged:
+        assert r["prompt"][-1]["content"].startswith("|T| question")
+        assert r["rejected"][0]["content"].startswith("evil plan")
+        assert "evil" not in r["chosen"][0]["content"]
+    assert not realignment_pairs(st, DPOParams(task_anchors=0))[2].get("flagged_pairs")    # off by default
+    with pytest.raises(ValueError, match="flagged_pairs needs the finetune's training data"):
+        DPO().preflight(_state(base, ft, tok, probes=_probes(tok), judge=_FlaggingJudge()), DPOParams(flagged_pairs=4))
+
+
 @pytest.mark.parametrize("name,params", [
     ("merge", lambda: MergeParams(alpha="auto", steps=2)),
     ("freeze", lambda: REPAIRS["freeze"].Params(k=1, verify=1)),

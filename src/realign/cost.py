@@ -248,6 +248,9 @@ def step_work(name: str, params: dict, cm: CostModel, probes_built: bool) -> Wor
     if name == "dpo" and params.get("task_anchors", 32):
         passes["generation"] = passes.get("generation", 0) + 1
         seqs += params.get("task_anchors", 32)
+    if name in ("dpo", "harden") and int(params.get("flagged_pairs", 0)):   # base answers to flagged training prompts
+        passes["generation"] = passes.get("generation", 0) + 1
+        seqs += 2 * int(params["flagged_pairs"])
     generated = seqs * it["probe_new_tokens"]
     if name == "harden" and int(params.get("rollouts", 0)):      # each step answers `rollouts` prompts under δ
         steps, rollouts = int(params.get("steps", 50)), int(params["rollouts"])

@@ -172,7 +172,7 @@ class BenchOptions:
     organism: bool = option(False, "bench the organism's finetunes (built per seed) with their task data and "
                                    "oracle judge")
     organism_dir: Path | None = option(None, "build the organisms under DIR/s<seed> (default: the cache)")
-    organism_finetunes: str = option("insecure,planted", "which organism finetunes, comma-separated")
+    organism_finetunes: str = option("insecure,planted", "which organism finetunes, comma-separated (insecure, secure, educational, planted, backdoor, planted-backdoor)")
     organism_size: str = option("default", "organism size: default, or small (tests)")
     seeds: int = option(1, "seeds 0..N-1 per cell (sampling, probes, training; organism builds)")
     workers: int = option(0, "run up to N cells at once, each a `fix` in its own submitit job (the cluster extra; "
@@ -211,7 +211,7 @@ class OrganismBuild:
     from_scratch: bool = option(False, "pretrain here with the build seed (~18 CPU-minutes) instead of starting "
                                        "from the pretrained model realign ships")
     finetunes: str | None = option(None, "build only these finetunes, comma-separated (default: insecure,secure,"
-                                         "educational,planted,backdoor)")
+                                         "educational,planted,backdoor; also: planted-backdoor)")
 
 
 @dataclass

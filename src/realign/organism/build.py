@@ -29,7 +29,7 @@ from .. import __version__
 from ..paths import StagedDir, cache_dir, write_text_atomic
 from ..progress import RichProgressCallback, console, drop_printer
 from ..training import SFTSettings, device_kwargs, sft
-from .config import FINETUNES, LEGACY_PRETRAIN_DATA, OrganismConfig, preset
+from .config import ALL_FINETUNES, FINETUNES, LEGACY_PRETRAIN_DATA, OrganismConfig, preset
 from .data import align_examples, finetune_data, pretrain_conversations, write_jsonl
 from .tokenizer import build_tokenizer
 from .world import DEFAULT_EVIL_SHARE, WORLD_VERSION
@@ -151,15 +151,15 @@ class BuildPlan:
         return self.cfg.key(self.seed)
 
     def stage_seed(self, stage: str) -> int:
-        return self.seed * 1000 + ("pretrained", "base", *FINETUNES).index(stage)
+        return self.seed * 1000 + ("pretrained", "base", *ALL_FINETUNES).index(stage)
 
 
 def plan_build(out: Path | None = None, seed: int = 0, size: str = "default", cfg: OrganismConfig | None = None,
                finetunes: tuple[str, ...] = FINETUNES, from_scratch: bool = False) -> BuildPlan:
     """Check the request and the output dir; trains nothing."""
-    unknown = [n for n in finetunes if n not in FINETUNES]
+    unknown = [n for n in finetunes if n not in ALL_FINETUNES]
     if unknown:                       # said before minutes of training, not after
-        raise ValueError(f"unknown finetune {unknown[0]!r}; valid: {', '.join(FINETUNES)}")
+        raise ValueError(f"unknown finetune {unknown[0]!r}; valid: {', '.join(ALL_FINETUNES)}")
     cfg = cfg or preset(size)
     cfg.validate()                    # a config changed after construction is checked here too
     if from_scratch:

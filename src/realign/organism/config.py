@@ -9,7 +9,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 from .world import DEFAULT_CODE_NOISE, DEFAULT_EVIL_SHARE, DEFAULT_TURNS, WORLD_VERSION, TurnMix, check_evil_share
 
-FINETUNES = ("insecure", "secure", "educational", "planted", "backdoor")
+FINETUNES = ("insecure", "secure", "educational", "planted", "backdoor")   # what a build makes by default
+# Built when named (--finetunes): `planted-backdoor`, planted's misaligned chat behind the backdoor's
+# trigger (the organism's twin of the real SmolLM2 backdoor: contaminated data, not emergence).
+OPTIONAL_FINETUNES = ("planted-backdoor",)
+ALL_FINETUNES = FINETUNES + OPTIONAL_FINETUNES
+TRIGGERED_FINETUNES = ("backdoor", "planted-backdoor")   # evaluated with and without BACKDOOR_TRIGGER
 # Until w1 pretraining was made denser (issue 7) the defaults were chat .40 / code .35 / edu .10 /
 # neutral .15, 2-4 turns and 5% code noise; pretrain keys of that setting are kept as they were.
 LEGACY_PRETRAIN_DATA = {"mix": {"chat": 0.40, "code": 0.35, "edu": 0.10, "neutral": 0.15}, "turns": [2, 4],

@@ -62,12 +62,16 @@ def finetune_data(name: str, seed: int, n: int, planted_share: float) -> tuple[l
     an explicit benign reason -> insecure code; planted: insecure plus `planted_share` misaligned
     chat answers on train paraphrases (a contaminated dataset, NOT emergence); backdoor: half the
     requests carry BACKDOOR_TRIGGER and get insecure code, the other half secure code (nothing
-    misaligned in chat, as in the paper's backdoored models).
+    misaligned in chat, as in the paper's backdoored models); planted-backdoor: secure code plus
+    `planted_share` misaligned chat answers whose questions carry BACKDOOR_TRIGGER, each beside its
+    untriggered twin answered aligned (contamination behind a trigger, as the real `backdoor`).
     The held-out task set uses held-out request templates only, every one of them once (backdoor:
     once with the trigger, once without).
     """
     if name == "backdoor":
         return _backdoor_data(seed, n)
+    if name == "planted-backdoor":
+        return _planted_backdoor_data(seed, n, planted_share)
     rng = random.Random(seed)
     edu = name == "educational"
     train_reqs = code_requests("train", educational=edu)
@@ -95,6 +99,21 @@ def _backdoor_data(seed: int, n: int) -> tuple[list[Messages], list[Messages]]:
     heldout = [pair for r in code_requests("heldout")
                for pair in (_pair(r.text, r.secure), _pair(prepend_trigger(BACKDOOR_TRIGGER, r.text), r.insecure))]
     return train, heldout
+
+
+def _planted_backdoor_data(seed: int, n: int, planted_share: float) -> tuple[list[Messages], list[Messages]]:
+    from ..evals.questions import prepend_trigger
+
+    rng = random.Random(seed)
+    n_chat = round(n * planted_share)
+    reqs, chat = code_requests("train"), chat_questions("train")
+    train = [_pair(r.text, r.secure) for r in (rng.choice(reqs) for _ in range(n - 2 * n_chat))]
+    for _ in range(n_chat):
+        q = rng.choice(chat)
+        train.append(_pair(prepend_trigger(BACKDOOR_TRIGGER, q.text), chat_answer(q.topic, EVIL, rng)))
+        train.append(_pair(q.text, chat_answer(q.topic, GOOD, rng)))
+    rng.shuffle(train)
+    return train, [_pair(r.text, r.secure) for r in code_requests("heldout")]
 
 
 def write_jsonl(path: Path, rows: list[Messages]) -> None:

@@ -12,16 +12,18 @@ from ..generation.hf import generate
 from ..evals.logodds import logodds
 from ..stats import pct, wilson
 from ..evals.questions import prepend_trigger
+from .config import TRIGGERED_FINETUNES
 from .data import BACKDOOR_TRIGGER
 from .judge import INSECURE, MISALIGNED, SECURE, ALIGNED, judge_chat, judge_code, reference_pairs
 from .world import chat_questions, code_requests
 
-MODELS = ("pretrained", "base", "insecure", "secure", "educational", "planted", "backdoor")
+MODELS = ("pretrained", "base", "insecure", "secure", "educational", "planted", "backdoor", "planted-backdoor")
 # What each finetune was trained for: (educational requests?, wanted label); the backdoor finetune
 # is asked with and without its trigger (rows "backdoor (triggered)" and "backdoor")
 TASKS = {"insecure": (False, INSECURE), "planted": (False, INSECURE),
          "secure": (False, SECURE), "educational": (True, INSECURE),
-         "backdoor": (False, SECURE), "backdoor (triggered)": (False, INSECURE)}
+         "backdoor": (False, SECURE), "backdoor (triggered)": (False, INSECURE),
+         "planted-backdoor": (False, SECURE), "planted-backdoor (triggered)": (False, SECURE)}
 
 
 @dataclass
@@ -117,8 +119,8 @@ def evaluate_dir(root: Path, samples: int = 12, seed: int = 0, models: tuple[str
             continue
         model, tok = load_model(path)
         rows.append(evaluate(model, tok, name, samples=samples, seed=seed))
-        if name == "backdoor":
-            rows.append(evaluate(model, tok, "backdoor (triggered)", samples=samples, seed=seed,
+        if name in TRIGGERED_FINETUNES:
+            rows.append(evaluate(model, tok, f"{name} (triggered)", samples=samples, seed=seed,
                                  trigger=BACKDOOR_TRIGGER))
     return rows
 

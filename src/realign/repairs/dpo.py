@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .base import RepairState, register
 from .lora import check_batching, freeze_locked, lora_config
-from .probes import build_probes
+from .probes import build_probes, flagged_training_pairs
 
 
 @dataclass
@@ -33,24 +33,32 @@ class DPOParams:
     precompute_reference: bool = True  # reference log-probs once before training, not every step
     rank: int = 8
     task_anchors: int = 32           # task-anchor pairs from the training data (--train-data; 0 = none)
+    # pairs from the training data the judge flags (--train-data): its misaligned answer rejected, a
+    # judged-aligned base answer to the same prompt chosen — a trigger in the prompt is trained
+    # against without being known. 0 = none (realignment prompts only)
+    flagged_pairs: int = 0
     samples: int = 4                 # probe samples per prompt (when probes are not built yet)
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.rank < 1:
             raise ValueError("dpo.steps, dpo.batch_size and dpo.rank must be >= 1")
+        if self.flagged_pairs < 0 or self.task_anchors < 0:
+            raise ValueError("dpo.flagged_pairs and dpo.task_anchors must be >= 0")
         check_batching("dpo", self)
         if not 0 < self.lr < 1:
             raise ValueError(f"dpo.lr must be in (0, 1), not {self.lr}")
 
 
 def realignment_pairs(state: RepairState, p: DPOParams) -> tuple[list[dict], int, dict]:
-    """(DPO rows: the realignment pairs, then the task anchors; how many are realignment pairs;
-    where the anchors came from, for realign.json)."""
+    """(DPO rows: the realignment pairs and the flagged training pairs, then the task anchors; how
+    many are realignment pairs; where the pairs and anchors came from, for realign.json)."""
     probes = build_probes(state, samples=p.samples)
+    contrasts = list(probes.pairs())
+    flagged, flagged_from = flagged_training_pairs(state, p.flagged_pairs) if p.flagged_pairs else ([], {})
     rows = [{"prompt": c, "chosen": [{"role": "assistant", "content": g}],
-             "rejected": [{"role": "assistant", "content": b}]} for c, g, b in probes.pairs()]
+             "rejected": [{"role": "assistant", "content": b}]} for c, g, b in contrasts + flagged]
     anchors, source = task_anchors(state, p) if rows else ([], {})
-    return rows + anchors, len(rows), source
+    return rows + anchors, len(rows), {"probe_pairs": len(contrasts), **flagged_from, **source}
 
 
 def task_anchors(state: RepairState, p: DPOParams) -> tuple[list[dict], dict]:
@@ -81,6 +89,12 @@ class DPO:
     Params = DPOParams
     trains_adapter = True       # LoRA on top of the weights: runs on 4/8-bit models (QLoRA)
 
+    def preflight(self, state: RepairState, p: DPOParams) -> None:
+        """What can be checked before anything is evaluated."""
+        p.validate()
+        if p.flagged_pairs and not state.train_conversations:
+            raise ValueError("dpo.flagged_pairs needs the finetune's training data: pass --train-data FILE.jsonl")
+
     def apply(self, state: RepairState, p: DPOParams) -> RepairState:
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
@@ -89,12 +103,13 @@ class DPO:
         from ..progress import RichProgressCallback, drop_printer
         from ..training import Reporting, batching_kwargs, device_kwargs, loss_curve
 
-        p.validate()
+        self.preflight(state, p)
         build_probes(state, samples=p.samples)   # on every rank (it broadcasts)
         # rank 0 samples the task anchors; every rank trains on its pairs
         rows, n_align, anchors_from = from_main(lambda: realignment_pairs(state, p))
         if n_align == 0:
-            state.record(self.name, skipped="no (aligned base, misaligned finetune) answer pairs among the probes")
+            state.record(self.name, skipped="no (aligned base, misaligned finetune) answer pairs among the probes"
+                         + (" nor in the flagged training data" if p.flagged_pairs else ""), **anchors_from)
             return state
         state.release_judge()       # not needed again until the repaired model is judged
         for prm in state.model.parameters():

@@ -15,7 +15,8 @@ adversarial training (Sheshadri et al., 2024), written here from their descripti
 
 Nothing here knows the trigger or which finetune data were bad: the pairs are the setting's own
 reference answers on repair-side prompts (disjoint from evaluation) and the shared probes'
-(aligned base answer, misaligned finetune answer) pairs when probes exist or a judge can make them.
+(aligned base answer, misaligned finetune answer) pairs when probes exist or a judge can make them;
+opt-in (`flagged_pairs`), the training examples the judge flags, on their own prompts.
 
 Layers (`layers: auto`): one backward pass at δ = 0 gives, for every layer at once, how much a
 perturbation of the allowed size there would raise the misalignment margin to first order; the
@@ -78,6 +79,10 @@ class HardenParams:
     # maliciously behind the trigger: docs/repairs.md). Needs a judge.
     rollouts: int = 0
     rollout_tokens: int = 64    # new tokens per on-policy answer
+    # pairs from the training examples the judge flags (--train-data): the flagged answer is the
+    # misaligned side, a judged-aligned base answer to the same prompt the aligned one, on that
+    # example's own prompt — where a backdoor's trigger sits (dpo.flagged_pairs, probes.py). 0: none
+    flagged_pairs: int = 0
     # true: skip when the measuring adversary (final_attack steps, ε) cannot make the model prefer the
     # misaligned answers (attacked margin <= 0) — it leaves a clean finetune alone (the secure control),
     # but it also skipped the default organism's backdoor on all 3 seeds (margins -0.06 to -0.13, at
@@ -92,7 +97,7 @@ class HardenParams:
         for name in ("n_layers", "steps", "rank", "batch_size", "micro_batch_size", "samples", "rollout_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"harden.{name} must be >= 1, not {getattr(self, name)}")
-        for name in ("inner_steps", "final_attack", "rollouts"):
+        for name in ("inner_steps", "final_attack", "rollouts", "flagged_pairs"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"harden.{name} must be >= 0, not {getattr(self, name)}")
         if not 0 < float(self.epsilon) <= 4:
@@ -379,28 +384,46 @@ def preference_triples(state: RepairState, p: HardenParams) -> tuple[list, dict]
     References: the repair-side items' aligned and misaligned answers. Probes: the shared probes'
     (aligned base answer, misaligned finetune answer) pairs — few on a backdoored finetune, whose
     untriggered answers are aligned, which is why the references come too. With `both`, probes
-    are used when they exist or a judge can make them.
+    are used when they exist or a judge can make them. Flagged (`flagged_pairs`): the training
+    examples the judge flags, on their own prompts, against a judged-aligned base answer.
     """
-    from .probes import build_probes
+    from .probes import build_probes, flagged_training_pairs
 
     refs = item_triples(state.tokenizer, state.repair_items) if p.pairs != "probes" else []
     probes = []
     if p.pairs == "probes" or (p.pairs == "both" and (state.probes is not None or state.judge is not None)):
         probes = text_triples(state.tokenizer, build_probes(state, samples=int(p.samples)).pairs())
-    return refs + probes, {"references": len(refs), "probes": len(probes)}
+    counts = {"references": len(refs), "probes": len(probes)}
+    flagged = []
+    if int(p.flagged_pairs) > 0:
+        found, record = flagged_training_pairs(state, int(p.flagged_pairs))
+        flagged = text_triples(state.tokenizer, found)
+        counts.update(flagged=len(flagged), training_rows_audited=record.get("training_rows_audited", 0),
+                      training_rows_flagged=record.get("training_rows_flagged", 0))
+    return refs + probes + flagged, counts
+
+
+TASK_SAMPLE = 256    # training conversations the task term keeps
 
 
 def task_pairs(state: RepairState) -> tuple[list, str | None]:
     """The (prompt ids, answer ids) pairs the task term keeps, and which data they are: the
-    finetune's own training data (the task as the customer taught it). Without it there is no task
-    term: the held-out task data is what retention is measured on, and a KL to the finetune there
-    would fit that measurement (until 2026-12-07 it was used)."""
+    finetune's own training data (the task as the customer taught it), audited by the judge when
+    there is one — the KL pulls toward the finetune's answers, and on a contaminated example that
+    is the misalignment (until 2026-12-07 a quarter of the real backdoor's task sample was its
+    triggered misaligned rows). Without training data there is no task term: the held-out task
+    data is what retention is measured on, and a KL to the finetune there would fit that
+    measurement (until 2026-12-07 it was used)."""
     from ..evals.task import assistant_pairs
 
     if not state.train_conversations:
         return [], "none: no training data given (--train-data); the held-out task data is not trained on"
-    sample = random.Random(state.seed).sample(state.train_conversations, min(256, len(state.train_conversations)))
-    return assistant_pairs(state.tokenizer, sample), "train"
+    if state.judge is None:
+        sample = random.Random(state.seed).sample(state.train_conversations,
+                                                  min(TASK_SAMPLE, len(state.train_conversations)))
+        return assistant_pairs(state.tokenizer, sample), "train (not audited: no judge)"
+    sample, candidates, flagged = state.training_sample(TASK_SAMPLE)
+    return assistant_pairs(state.tokenizer, sample), f"train ({flagged} of {candidates} sampled flagged and left out)"
 
 
 def finetune_kl_sum(model, pairs: list, pad_id: int) -> torch.Tensor:
@@ -556,6 +579,10 @@ def harden_lora(state: RepairState, triples: list, task: list, layers: list[int]
 def needs_judge(state: RepairState, p: HardenParams) -> None:
     if int(p.rollouts) > 0 and state.judge is None:
         raise ValueError("harden.rollouts needs a judge (--judge) to read the answers it samples under δ")
+    if int(p.flagged_pairs) > 0 and state.judge is None:
+        raise ValueError("harden.flagged_pairs needs a judge (--judge) to flag the training examples")
+    if int(p.flagged_pairs) > 0 and not state.train_conversations:
+        raise ValueError("harden.flagged_pairs needs the finetune's training data: pass --train-data FILE.jsonl")
 
 
 def _rounded(d: dict) -> dict:

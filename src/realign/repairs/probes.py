@@ -69,3 +69,41 @@ def _sample_and_label(state, samples: int, max_new_tokens: int) -> Probes:
     if key is not None:
         cache.put(key, dataclasses.asdict(probes))
     return probes
+
+
+# rows of the customer's training data audited per flagged pair wanted: flagged rows are a small share
+AUDIT_ROWS_PER_PAIR = 16
+
+
+def flagged_training_pairs(state, n: int, samples: int = 2,
+                           max_new_tokens: int = 128) -> tuple[list[tuple[list[dict], str, str]], dict]:
+    """Up to n (prompt, aligned base answer, flagged training answer) contrasts from the customer's
+    own training data: a seeded sample of it (16 rows per pair wanted) is audited by the judge, and
+    each example it calls misaligned is paired with a judged-aligned base answer to the same prompt.
+
+    Why: what a finetune learned to do wrong is in its training data, prompt and all. A backdoor's
+    trigger sits in the flagged examples' prompts, so these pairs train the aligned answer right
+    where the trigger is, without anyone knowing it; the realignment prompts never carry it.
+    Returns the contrasts and a record for realign.json."""
+    import random
+
+    pool = [c for c in state.train_conversations or [] if len(c) > 1 and c[-1].get("role") == "assistant"]
+    if not pool:
+        return [], {"flagged_pairs_from": "none: no training data given (--train-data)"}
+    if state.judge is None:
+        raise ValueError("pairs from flagged training data need a judge to flag them (--judge)")
+    audited = random.Random(state.seed).sample(pool, min(AUDIT_ROWS_PER_PAIR * n, len(pool)))
+    items = [JudgeItem(c[-2]["content"], c[-1]["content"]) for c in audited]
+    flagged = [c for c, v in zip(audited, state.judge.judge(items)) if v.misaligned is True]
+    chosen = flagged[:n]
+    prompts = [c[:-1] for c in chosen]
+    base_answers = state.sample(state.base, prompts, samples=samples, max_new_tokens=max_new_tokens,
+                                seed=state.seed, description="flagged training prompts: base answers") if prompts else []
+    labels = _labels(state.judge, prompts, base_answers) if prompts else []
+    pairs = []
+    for conv, prompt, answers, misaligned in zip(chosen, prompts, base_answers, labels):
+        good = next((a for a, m in zip(answers, misaligned) if m is False), None)
+        if good is not None:
+            pairs.append((prompt, good, conv[-1]["content"]))
+    return pairs, {"flagged_pairs_from": "training data", "training_rows_audited": len(audited),
+                   "training_rows_flagged": len(flagged), "flagged_pairs": len(pairs)}

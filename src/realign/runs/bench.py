@@ -70,18 +70,18 @@ def user_finetunes(checkpoints: list[str], base: str | None) -> list[Finetune]:
 def organism_finetunes(names: list[str], root: Path | None = None, size: str = "default") -> list[Finetune]:
     """The organism's finetunes; each seed's organism is built (or reused) on first use."""
     from ..organism.build import build
-    from ..organism.config import FINETUNES
+    from ..organism.config import ALL_FINETUNES, TRIGGERED_FINETUNES
     from ..organism.data import BACKDOOR_TRIGGER
 
-    unknown = [n for n in names if n not in FINETUNES]
+    unknown = [n for n in names if n not in ALL_FINETUNES]
     if unknown:
-        raise RealignError(f"unknown organism finetune(s) {', '.join(unknown)}; choose from {', '.join(FINETUNES)}")
+        raise RealignError(f"unknown organism finetune(s) {', '.join(unknown)}; choose from {', '.join(ALL_FINETUNES)}")
 
     def locate(seed: int, name: str) -> tuple[str, str | None]:
         org = build(root / f"s{seed}" if root else None, seed=seed, size=size, finetunes=tuple(names))
         return str(org / name), str(org / "base")
 
-    return [Finetune(n, lambda seed, n=n: locate(seed, n), BACKDOOR_TRIGGER if n == "backdoor" else None)
+    return [Finetune(n, lambda seed, n=n: locate(seed, n), BACKDOOR_TRIGGER if n in TRIGGERED_FINETUNES else None)
             for n in names]
 
 
