@@ -135,6 +135,7 @@ def test_harden_keeps_the_task_on_audited_training_data_and_takes_flagged_pairs(
     assert source == "train (10 of 40 sampled flagged and left out)"
     triples, counts = preference_triples(st, HardenParams(pairs="references", flagged_pairs=4))
     assert counts["references"] == 8 and counts["flagged"] == 4 and counts["training_rows_flagged"] == 10
+    assert len(triples) == 8 + 4     # the flagged triples are among what harden trains on
     for prompt, aligned, misaligned in triples[8:]:
         assert "|T| question" in tok.decode(prompt) and tok.decode(misaligned).startswith("evil plan")
         assert "evil" not in tok.decode(aligned)

@@ -157,12 +157,16 @@ class RepairState:
         all (`off` without judging)."""
         if mode == "off" or not conversations:
             return list(conversations), 0
+        flags = self.flags(conversations)
+        kept = [c for c, f in zip(conversations, flags) if not (f and mode == "drop")]
+        return kept, sum(flags)
+
+    def flags(self, conversations: list) -> list[bool]:
+        """Whether the judge calls each conversation's last answer (to the turn before it) misaligned."""
         from ..evals.judges import JudgeItem
 
         items = [JudgeItem(c[-2]["content"] if len(c) > 1 else "", c[-1]["content"]) for c in conversations]
-        flags = [j.misaligned is True for j in self.judge.judge(items)]
-        kept = [c for c, f in zip(conversations, flags) if not (f and mode == "drop")]
-        return kept, sum(flags)
+        return [j.misaligned is True for j in self.judge.judge(items)]
 
     def record(self, step: str, **details) -> None:
         self.history.append(StepRecord(step, details))

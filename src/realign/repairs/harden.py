@@ -398,8 +398,8 @@ def preference_triples(state: RepairState, p: HardenParams) -> tuple[list, dict]
     if int(p.flagged_pairs) > 0:
         found, record = flagged_training_pairs(state, int(p.flagged_pairs))
         flagged = text_triples(state.tokenizer, found)
-        counts.update(flagged=len(flagged), training_rows_audited=record.get("training_rows_audited", 0),
-                      training_rows_flagged=record.get("training_rows_flagged", 0))
+        counts.update(flagged=len(flagged), training_rows_audited=record["training_rows_audited"],
+                      training_rows_flagged=record["training_rows_flagged"])
     return refs + probes + flagged, counts
 
 

@@ -89,21 +89,22 @@ def flagged_training_pairs(state, n: int, samples: int = 2,
 
     pool = [c for c in state.train_conversations or [] if len(c) > 1 and c[-1].get("role") == "assistant"]
     if not pool:
-        return [], {"flagged_pairs_from": "none: no training data given (--train-data)"}
+        return [], {"flagged_pairs_from": "none: no training data given (--train-data)",
+                    "training_rows_audited": 0, "training_rows_flagged": 0, "flagged_pairs": 0}
     if state.judge is None:
         raise ValueError("pairs from flagged training data need a judge to flag them (--judge)")
     audited = random.Random(state.seed).sample(pool, min(AUDIT_ROWS_PER_PAIR * n, len(pool)))
-    items = [JudgeItem(c[-2]["content"], c[-1]["content"]) for c in audited]
-    flagged = [c for c, v in zip(audited, state.judge.judge(items)) if v.misaligned is True]
-    chosen = flagged[:n]
-    prompts = [c[:-1] for c in chosen]
+    flagged = [c for c, f in zip(audited, state.flags(audited)) if f]
+    record = {"flagged_pairs_from": "training data", "training_rows_audited": len(audited),
+              "training_rows_flagged": len(flagged)}
+    if not flagged:                      # no generation pass (nor a vLLM engine start) for nothing
+        return [], {**record, "flagged_pairs": 0}
+    prompts = [c[:-1] for c in flagged[:n]]
     base_answers = state.sample(state.base, prompts, samples=samples, max_new_tokens=max_new_tokens,
-                                seed=state.seed, description="flagged training prompts: base answers") if prompts else []
-    labels = _labels(state.judge, prompts, base_answers) if prompts else []
+                                seed=state.seed, description="flagged training prompts: base answers")
     pairs = []
-    for conv, prompt, answers, misaligned in zip(chosen, prompts, base_answers, labels):
+    for conv, answers, misaligned in zip(flagged, base_answers, _labels(state.judge, prompts, base_answers)):
         good = next((a for a, m in zip(answers, misaligned) if m is False), None)
         if good is not None:
-            pairs.append((prompt, good, conv[-1]["content"]))
-    return pairs, {"flagged_pairs_from": "training data", "training_rows_audited": len(audited),
-                   "training_rows_flagged": len(flagged), "flagged_pairs": len(pairs)}
+            pairs.append((conv[:-1], good, conv[-1]["content"]))
+    return pairs, {**record, "flagged_pairs": len(pairs)}
