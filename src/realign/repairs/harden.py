@@ -407,23 +407,20 @@ TASK_SAMPLE = 256    # training conversations the task term keeps
 
 
 def task_pairs(state: RepairState) -> tuple[list, str | None]:
-    """The (prompt ids, answer ids) pairs the task term keeps, and which data they are: the
-    finetune's own training data (the task as the customer taught it), audited by the judge when
-    there is one — the KL pulls toward the finetune's answers, and on a contaminated example that
-    is the misalignment (until 2026-12-07 a quarter of the real backdoor's task sample was its
-    triggered misaligned rows). Without training data there is no task term: the held-out task
-    data is what retention is measured on, and a KL to the finetune there would fit that
-    measurement (until 2026-12-07 it was used)."""
+    """The (prompt ids, answer ids) pairs the task term keeps, and which data they are: a seeded
+    sample of the finetune's own training data (the task as the customer taught it), audited by the
+    judge when there is one — the KL pulls toward the finetune's answers, and on a contaminated
+    example that is the misalignment. Without training data there is no task term: the held-out
+    task data is what retention is measured on, and a KL to the finetune there would fit it."""
     from ..evals.task import assistant_pairs
 
     if not state.train_conversations:
         return [], "none: no training data given (--train-data); the held-out task data is not trained on"
-    if state.judge is None:
-        sample = random.Random(state.seed).sample(state.train_conversations,
-                                                  min(TASK_SAMPLE, len(state.train_conversations)))
-        return assistant_pairs(state.tokenizer, sample), "train (not audited: no judge)"
-    sample, candidates, flagged = state.training_sample(TASK_SAMPLE)
-    return assistant_pairs(state.tokenizer, sample), f"train ({flagged} of {candidates} sampled flagged and left out)"
+    audited = state.judge is not None
+    sample, candidates, flagged = state.training_sample(TASK_SAMPLE, audit=audited)
+    source = (f"train ({flagged} of {candidates} sampled flagged and left out)" if audited
+              else "train (not audited: no judge)")
+    return assistant_pairs(state.tokenizer, sample), source
 
 
 def finetune_kl_sum(model, pairs: list, pad_id: int) -> torch.Tensor:
