@@ -27,13 +27,18 @@ def measured(planted_backdoor_organism):
     return s, _measure(s.pair.base, tok, task), _measure(s.pair.finetune, tok, task)
 
 
+def _repaired(session, repair, params) -> tuple[dict, dict]:
+    """The measurements of a copy of the finetune after `repair` with `params`, and its record."""
+    state = session.repair_state()
+    state.model = copy.deepcopy(state.model)
+    state = repair.apply(state, params)
+    return _measure(state.model, session.pair.tokenizer, session.task_convs), state.history[-1].details
+
+
 def _dpo(session, **params) -> tuple[dict, dict]:
     from realign.repairs.dpo import DPO, DPOParams
 
-    state = session.repair_state()
-    state.model = copy.deepcopy(state.model)
-    state = DPO().apply(state, DPOParams(**params))
-    return _measure(state.model, session.pair.tokenizer, session.task_convs), state.history[-1].details
+    return _repaired(session, DPO(), DPOParams(**params))
 
 
 def test_planted_backdoor_is_misaligned_only_behind_its_trigger(measured):
@@ -69,10 +74,7 @@ def test_dpo_on_flagged_training_pairs_removes_the_backdoor_without_its_trigger(
 def _harden(session, **params) -> tuple[dict, dict]:
     from realign.repairs.harden import Harden, HardenParams
 
-    state = session.repair_state()
-    state.model = copy.deepcopy(state.model)
-    state = Harden().apply(state, HardenParams(**params))
-    return _measure(state.model, session.pair.tokenizer, session.task_convs), state.history[-1].details
+    return _repaired(session, Harden(), HardenParams(**params))
 
 
 def test_harden_on_flagged_training_pairs_removes_the_backdoor(measured):
